@@ -1,0 +1,1 @@
+"""Shared contract, settings, bus helpers and telemetry for every BYORouter service."""

@@ -1,0 +1,25 @@
+"""The bus contract: every subject and its request/reply models, in one place.
+
+Handlers and callers import subjects from here and never spell a subject string themselves.
+"""
+
+from byorouter_common.contracts import events, keystore, router
+from byorouter_common.contracts.base import Contract, Empty, Endpoint, Event
+
+# Streaming protocol headers (see byorouter_common.bus).
+HDR_KIND = "Byo-Kind"
+HDR_SEQ = "Byo-Seq"
+HDR_REQUEST_ID = "Byo-Request-Id"
+
+__all__ = [
+    "HDR_KIND",
+    "HDR_REQUEST_ID",
+    "HDR_SEQ",
+    "Contract",
+    "Empty",
+    "Endpoint",
+    "Event",
+    "events",
+    "keystore",
+    "router",
+]

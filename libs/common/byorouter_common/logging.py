@@ -1,0 +1,68 @@
+"""One logging setup for every process: structured lines on stderr, secrets redacted.
+
+Redaction happens in the formatter attached to the root handler, so it covers every logger that
+propagates there: ours, uvicorn's, httpx/aiohttp's, SQLAlchemy's and nats-py's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from byorouter_common.redact import redact
+
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class RedactingJsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return redact(orjson.dumps(entry, default=str).decode())
+
+
+class RedactingTextFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter = (
+        RedactingJsonFormatter(service) if fmt == "json" else RedactingTextFormatter(service)
+    )
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Libraries that install their own handlers must go through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream", "nats", "aiohttp"):
+        lib = logging.getLogger(name)
+        lib.handlers[:] = []
+        lib.propagate = True

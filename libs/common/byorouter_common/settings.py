@@ -1,0 +1,29 @@
+"""Settings shared by every service; each service extends `ServiceSettings` with its own fields.
+
+Connection URLs use the conventional unprefixed names (`NATS_URL`, `DATABASE_URL`); everything
+else is `BYOROUTER_<FIELD>`.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BYOROUTER_", extra="ignore")
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        validation_alias=AliasChoices("NATS_URL", "BYOROUTER_NATS_URL"),
+    )
+    nats_user: str | None = None
+    nats_password: str | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+    # How long a caller waits for a plain request/reply on the bus before answering 504.
+    bus_timeout_s: float = 5.0
+    # A stream with no message (not even a keep-alive) for this long is treated as failed.
+    stream_idle_timeout_s: float = 30.0
+    # OpenTelemetry exporter: none | console (OTLP can be added by the operator's own config).
+    otel_exporter: str = "none"
