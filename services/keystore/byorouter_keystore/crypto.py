@@ -1,0 +1,291 @@
+"""Envelope encryption of provider credentials and the versioned keyring of key-encryption keys.
+
+Each credential gets its own random 256-bit data key (DEK). The secret is sealed with
+AES-256-GCM under the DEK, and the DEK is wrapped with AES-256-GCM under the active
+key-encryption key (KEK). Both layers carry associated data naming the connection and provider
+(the wrap also names the KEK version), so a row copied to another connection or provider fails
+to decrypt instead of handing out someone else's key. Rotation re-wraps DEKs only; the sealed
+secrets never change.
+
+The keyring is JSON ``{"active": N, "keys": {"1": "<base64 of 32 bytes>", ...}}``, kept in a file
+of mode 0600 (rewritten atomically) or, for containers, given inline in ``BYOROUTER_KEYRING``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from byorouter_common.errors import ByoError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+_SECRET_AAD = b"byorouter/credential/v1|"
+_DEK_AAD = b"byorouter/dek/v1|"
+
+
+class KeyringError(Exception):
+    """The keyring is missing, malformed or cannot be changed; the message says what to do."""
+
+
+class UnknownKekVersion(Exception):
+    """A row names a KEK version this process does not hold (yet): reload and try again."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"key-encryption key version {version} is not in the keyring")
+        self.version = version
+
+
+def undecryptable() -> ByoError:
+    # Deliberately vague about the row and never carrying any bytes of it.
+    return ByoError(
+        500,
+        "credential_undecryptable",
+        "A stored credential could not be decrypted: it does not belong to this connection "
+        "and provider, or its key-encryption key is no longer in the keyring.",
+    )
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """Immutable set of KEKs by version; a change produces a new `Keyring`."""
+
+    active: int
+    keys: Mapping[int, bytes]
+
+    @classmethod
+    def generate(cls) -> Keyring:
+        return cls(1, MappingProxyType({1: secrets.token_bytes(KEY_BYTES)}))
+
+    @classmethod
+    def from_json(cls, text: str) -> Keyring:
+        """Parse keyring JSON; errors describe the problem, never the key material."""
+        try:
+            doc = json.loads(text)
+            active = int(doc["active"])
+            keys = {int(v): base64.b64decode(k, validate=True) for v, k in doc["keys"].items()}
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+            raise KeyringError(
+                'keyring is not valid JSON of the form {"active": N, "keys": {"N": "<base64>"}}'
+            ) from None
+        if any(len(k) != KEY_BYTES for k in keys.values()):
+            raise KeyringError(f"every keyring key must be {KEY_BYTES} bytes (base64-encoded)")
+        if active not in keys:
+            raise KeyringError(f"keyring's active version {active} has no key")
+        return cls(active, MappingProxyType(keys))
+
+    def to_json(self) -> str:
+        keys = {str(v): base64.b64encode(k).decode() for v, k in sorted(self.keys.items())}
+        return json.dumps({"active": self.active, "keys": keys}, indent=2) + "\n"
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self.keys)
+
+    def kek(self, version: int) -> bytes:
+        try:
+            return self.keys[version]
+        except KeyError:
+            raise UnknownKekVersion(version) from None
+
+    def with_new_version(self) -> Keyring:
+        """A keyring with one more KEK, version max+1, made active; older versions stay readable."""
+        version = max(self.keys) + 1
+        keys = dict(self.keys)
+        keys[version] = secrets.token_bytes(KEY_BYTES)
+        return Keyring(version, MappingProxyType(keys))
+
+    def without(self, versions: Iterable[int]) -> Keyring:
+        drop = set(versions) - {self.active}
+        keys = {v: k for v, k in self.keys.items() if v not in drop}
+        return Keyring(self.active, MappingProxyType(keys))
+
+
+@dataclass(frozen=True)
+class SealedSecret:
+    """What is stored for one credential: which KEK wraps the DEK, the wrapped DEK, the secret."""
+
+    kek_version: int
+    wrapped_dek: bytes
+    ciphertext: bytes
+
+
+def _secret_aad(connection_id: str, provider: str) -> bytes:
+    return _SECRET_AAD + f"{connection_id}|{provider}".encode()
+
+
+def _dek_aad(kek_version: int, connection_id: str, provider: str) -> bytes:
+    return _DEK_AAD + f"{kek_version}|{connection_id}|{provider}".encode()
+
+
+def _encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _decrypt(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+    except InvalidTag:
+        raise undecryptable() from None
+
+
+def seal(keyring: Keyring, plaintext: bytes, connection_id: str, provider: str) -> SealedSecret:
+    """Encrypt `plaintext` under a fresh DEK wrapped by the active KEK, bound to its owner."""
+    dek = AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+    ciphertext = _encrypt(dek, plaintext, _secret_aad(connection_id, provider))
+    version = keyring.active
+    wrapped = _encrypt(keyring.kek(version), dek, _dek_aad(version, connection_id, provider))
+    return SealedSecret(version, wrapped, ciphertext)
+
+
+def unseal(keyring: Keyring, sealed: SealedSecret, connection_id: str, provider: str) -> bytes:
+    """The plaintext; `UnknownKekVersion` if the KEK is missing, a 500 `ByoError` if tampered."""
+    dek = _unwrap(keyring, sealed, connection_id, provider)
+    return _decrypt(dek, sealed.ciphertext, _secret_aad(connection_id, provider))
+
+
+def rewrap(keyring: Keyring, sealed: SealedSecret, connection_id: str, provider: str) -> bytes:
+    """The same DEK wrapped under the active KEK; the sealed secret itself is untouched."""
+    dek = _unwrap(keyring, sealed, connection_id, provider)
+    version = keyring.active
+    return _encrypt(keyring.kek(version), dek, _dek_aad(version, connection_id, provider))
+
+
+def _unwrap(keyring: Keyring, sealed: SealedSecret, connection_id: str, provider: str) -> bytes:
+    kek = keyring.kek(sealed.kek_version)
+    return _decrypt(kek, sealed.wrapped_dek, _dek_aad(sealed.kek_version, connection_id, provider))
+
+
+# --- the keyring file ---------------------------------------------------------------------------
+
+
+def read_keyring_file(path: Path) -> Keyring:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise KeyringError(
+            f"keyring file {path} does not exist; create it once with "
+            "`python -m byorouter_keystore init-keyring` (or set BYOROUTER_KEYRING_FILE to the "
+            "existing one). Keystore never creates keys on its own, so a misconfigured deploy "
+            "cannot silently lose access to stored credentials."
+        ) from None
+    except OSError as exc:
+        raise KeyringError(f"cannot read keyring file {path}: {exc.strerror}") from None
+    try:
+        return Keyring.from_json(text)
+    except KeyringError as exc:
+        raise KeyringError(f"keyring file {path}: {exc}") from None
+
+
+def write_keyring_file(path: Path, keyring: Keyring) -> None:
+    """Replace the keyring file atomically: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(keyring.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def init_keyring_file(path: Path) -> bool:
+    """Create a keyring file with one fresh KEK unless one exists; True if it was created."""
+    with _file_lock(path):
+        if path.exists():
+            return False
+        write_keyring_file(path, Keyring.generate())
+        return True
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of the keyring between keystore copies on one host."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class KeyringStore:
+    """This process's current keyring and where it came from (a file, or inline and fixed)."""
+
+    def __init__(self, keyring: Keyring, path: Path | None) -> None:
+        self.current = keyring
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_inline(cls, text: str) -> KeyringStore:
+        try:
+            return cls(Keyring.from_json(text), None)
+        except KeyringError as exc:
+            raise KeyringError(f"BYOROUTER_KEYRING: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: Path) -> KeyringStore:
+        return cls(read_keyring_file(path), path)
+
+    def reload(self) -> None:
+        """Pick up a rotation or prune another copy wrote; an inline keyring never changes."""
+        if self.path is not None:
+            self.current = read_keyring_file(self.path)
+
+    def _require_file(self, what: str) -> Path:
+        if self.path is None:
+            raise ByoError(
+                409,
+                "keyring_not_rotatable",
+                f"Key {what} needs a keyring file (BYOROUTER_KEYRING_FILE); this keystore reads "
+                "its keyring inline from BYOROUTER_KEYRING, which it cannot rewrite. Generate "
+                "the new keyring offline and redeploy instead.",
+            )
+        return self.path
+
+    async def rotate(self) -> Keyring:
+        """Add KEK version max+1, make it active and persist it before anything is wrapped."""
+        path = self._require_file("rotation")
+        async with self._lock:
+            _, self.current = await asyncio.to_thread(
+                self._update_file, path, Keyring.with_new_version
+            )
+            return self.current
+
+    async def prune(self, in_use: set[int]) -> list[int]:
+        """Drop every version not in `in_use` (never the active one); returns what was dropped."""
+        path = self._require_file("pruning")
+        async with self._lock:
+            before, self.current = await asyncio.to_thread(
+                self._update_file, path, lambda ring: ring.without(set(ring.keys) - in_use)
+            )
+            return sorted(set(before.keys) - set(self.current.keys))
+
+    @staticmethod
+    def _update_file(path: Path, change: Callable[[Keyring], Keyring]) -> tuple[Keyring, Keyring]:
+        # Re-read under the lock so a change another copy just wrote is never overwritten.
+        with _file_lock(path):
+            before = read_keyring_file(path)
+            after = change(before)
+            write_keyring_file(path, after)
+            return before, after

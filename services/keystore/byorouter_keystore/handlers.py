@@ -1,0 +1,213 @@
+"""Bus handlers: contract model in, domain call in one transaction, contract model out.
+
+Events go out only after the transaction has committed, so a cache never drops an entry for a
+change that was then rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from byorouter_common.bus import serve, subscribe_event
+from byorouter_common.contracts import events
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts.base import Empty
+from byorouter_common.service import ServiceRuntime
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from byorouter_keystore import repository as repo
+from byorouter_keystore.crypto import KeyringStore
+from byorouter_keystore.models import App, Connection, Credential
+
+
+def _app_info(app: App) -> ks.AppInfo:
+    return ks.AppInfo(
+        app_id=app.id,
+        client_id=app.client_id,
+        name=app.name,
+        redirect_uris=app.redirect_uris,
+        created_at=app.created_at,
+    )
+
+
+def _connection_info(connection: Connection, credentials: list[Credential]) -> ks.ConnectionInfo:
+    return ks.ConnectionInfo(
+        connection_id=connection.id,
+        app_id=connection.app_id,
+        status="active" if connection.status == "active" else "revoked",
+        fallback_to_default=connection.fallback_to_default,
+        created_at=connection.created_at,
+        providers=[
+            ks.ProviderInfo(
+                provider=repo.provider_name(c),
+                label=c.label,
+                base_url=c.base_url,
+                preferred_model=c.preferred_model,
+                priority=c.priority,
+                status="failing" if c.status == "failing" else "ok",
+                last_error=c.last_error,
+                updated_at=c.updated_at,
+            )
+            for c in credentials
+        ],
+    )
+
+
+@dataclass
+class KeystoreHandlers:
+    """The keystore's endpoints, sharing one session factory and one keyring."""
+
+    runtime: ServiceRuntime
+    sessions: async_sessionmaker[AsyncSession]
+    keyring: KeyringStore
+    rewrap_batch_size: int
+
+    def register(self) -> None:
+        broker, discovery = self.runtime.broker, self.runtime.discovery
+        serve(broker, ks.APP_CREATE, self.create_app, discovery=discovery)
+        serve(broker, ks.APP_GET, self.get_app, discovery=discovery)
+        serve(broker, ks.APP_AUTHENTICATE, self.authenticate_app, discovery=discovery)
+        serve(broker, ks.APP_KEY_CREATE, self.create_app_key, discovery=discovery)
+        serve(broker, ks.APP_KEY_REVOKE, self.revoke_app_key, discovery=discovery)
+        serve(broker, ks.CONNECTION_CREATE, self.create_connection, discovery=discovery)
+        serve(broker, ks.CONNECTION_GET, self.get_connection, discovery=discovery)
+        serve(broker, ks.CONNECTION_DELETE, self.delete_connection, discovery=discovery)
+        serve(broker, ks.CREDENTIALS_RESOLVE, self.resolve_credentials, discovery=discovery)
+        serve(broker, ks.KEYS_ROTATE, self.rotate_keys, discovery=discovery)
+        serve(broker, ks.KEYS_PRUNE, self.prune_keys, discovery=discovery)
+        serve(broker, ks.KEYS_STATUS, self.keys_status, discovery=discovery)
+        subscribe_event(broker, events.KEYRING_ROTATED, self.on_keyring_rotated)
+
+    # --- apps ---
+
+    async def create_app(self, request: ks.AppCreate) -> ks.AppCreated:
+        async with self.sessions.begin() as session:
+            app, key = await repo.create_app(session, request.name, request.redirect_uris)
+        return ks.AppCreated(
+            app_id=app.id,
+            client_id=app.client_id,
+            name=app.name,
+            redirect_uris=app.redirect_uris,
+            key_id=key.key_id,
+            key_label=key.label,
+            app_api_key=SecretStr(key.key),
+        )
+
+    async def get_app(self, request: ks.AppGet) -> ks.AppInfo:
+        async with self.sessions.begin() as session:
+            return _app_info(await repo.get_app(session, request.client_id))
+
+    async def authenticate_app(self, request: ks.AppAuthenticate) -> ks.AppPrincipal:
+        async with self.sessions.begin() as session:
+            app = await repo.authenticate_app(session, request.key_id, request.key_hash)
+        return ks.AppPrincipal(
+            app_id=app.id, client_id=app.client_id, name=app.name, key_id=request.key_id
+        )
+
+    async def create_app_key(self, request: ks.AppKeyCreate) -> ks.AppKeyCreated:
+        async with self.sessions.begin() as session:
+            app, key = await repo.create_app_key(session, request.client_id)
+        return ks.AppKeyCreated(
+            client_id=app.client_id,
+            key_id=key.key_id,
+            key_label=key.label,
+            app_api_key=SecretStr(key.key),
+        )
+
+    async def revoke_app_key(self, request: ks.AppKeyRevoke) -> ks.AppKeyRevoked:
+        async with self.sessions.begin() as session:
+            app_id = await repo.revoke_app_key(session, request.key_id)
+        await self.runtime.bus.publish_event(
+            events.APP_KEY_REVOKED, events.AppKeyRevokedEvent(key_id=request.key_id, app_id=app_id)
+        )
+        return ks.AppKeyRevoked(key_id=request.key_id, app_id=app_id)
+
+    # --- connections ---
+
+    async def create_connection(self, request: ks.ConnectionCreate) -> ks.ConnectionInfo:
+        async with self.sessions.begin() as session:
+            connection, credentials = await repo.create_connection(
+                session,
+                self.keyring,
+                request.app_id,
+                request.providers,
+                request.fallback_to_default,
+            )
+        await self._connection_changed(connection.id, connection.app_id, deleted=False)
+        return _connection_info(connection, credentials)
+
+    async def get_connection(self, request: ks.ConnectionRef) -> ks.ConnectionInfo:
+        async with self.sessions.begin() as session:
+            connection, credentials = await repo.get_connection(
+                session, request.app_id, request.connection_id
+            )
+        return _connection_info(connection, credentials)
+
+    async def delete_connection(self, request: ks.ConnectionRef) -> ks.ConnectionDeleted:
+        async with self.sessions.begin() as session:
+            await repo.delete_connection(session, request.app_id, request.connection_id)
+        await self._connection_changed(request.connection_id, request.app_id, deleted=True)
+        return ks.ConnectionDeleted(connection_id=request.connection_id)
+
+    async def resolve_credentials(self, request: ks.ConnectionRef) -> ks.ResolvedConnection:
+        async with self.sessions.begin() as session:
+            connection, resolved = await repo.resolve_credentials(
+                session, self.keyring, request.app_id, request.connection_id
+            )
+        return ks.ResolvedConnection(
+            connection_id=connection.id,
+            app_id=connection.app_id,
+            fallback_to_default=connection.fallback_to_default,
+            providers=[
+                ks.ResolvedProvider(
+                    provider=repo.provider_name(r.credential),
+                    api_key=SecretStr(r.api_key) if r.api_key is not None else None,
+                    base_url=r.credential.base_url,
+                    preferred_model=r.credential.preferred_model,
+                    priority=r.credential.priority,
+                )
+                for r in resolved
+            ],
+        )
+
+    async def _connection_changed(self, connection_id: str, app_id: str, *, deleted: bool) -> None:
+        await self.runtime.bus.publish_event(
+            events.CONNECTION_CHANGED,
+            events.ConnectionChangedEvent(
+                connection_id=connection_id, app_id=app_id, deleted=deleted
+            ),
+        )
+
+    # --- key-encryption keys ---
+
+    async def rotate_keys(self, _: Empty) -> ks.KeysRotated:
+        active, result = await repo.rotate_keys(
+            self.sessions, self.keyring, self.rewrap_batch_size, self._keyring_rotated
+        )
+        return ks.KeysRotated(active_version=active, rewrapped=result.rewrapped)
+
+    async def _keyring_rotated(self, active_version: int) -> None:
+        await self.runtime.bus.publish_event(
+            events.KEYRING_ROTATED, events.KeyringRotatedEvent(active_version=active_version)
+        )
+
+    async def prune_keys(self, _: Empty) -> ks.KeysPruned:
+        async with self.sessions.begin() as session:
+            removed = await repo.prune_keys(session, self.keyring)
+        return ks.KeysPruned(active_version=self.keyring.current.active, removed_versions=removed)
+
+    async def keys_status(self, _: Empty) -> ks.KeysStatus:
+        self.keyring.reload()
+        async with self.sessions.begin() as session:
+            counts = await repo.kek_versions_in_use(session)
+        return ks.KeysStatus(
+            active_version=self.keyring.current.active,
+            versions=self.keyring.current.versions,
+            credentials_by_version={str(v): n for v, n in sorted(counts.items())},
+        )
+
+    async def on_keyring_rotated(self, event: events.KeyringRotatedEvent) -> None:
+        # Every copy, including the one that rotated: cheap, and it keeps them all identical.
+        if event.active_version != self.keyring.current.active:
+            self.keyring.reload()
