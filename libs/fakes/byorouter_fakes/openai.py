@@ -1,0 +1,496 @@
+"""A fake OpenAI Chat Completions server, speaking the real wire format, whose faults tests choose.
+
+Each request picks its own behaviour through its model name (the part after the last "/"), so
+tests running in parallel never disturb each other:
+
+    fail-<status>       that HTTP status with OpenAI's error body for it (429 adds retry-after: 1)
+    flat-<status>       that status with a flat {"error": "text"} body, as some self-hosted servers
+    slow-<ms>           wait before the response headers, then succeed
+    drip-<ms>           a stream that pauses <ms> between events
+    hang                never answer
+    cut-after-<n>       stream n events, then drop the connection
+    stall-after-<n>     stream n events, then go silent without closing
+    error-after-<n>     stream n events, then an in-stream {"error": ...} event and the end
+    garbage-after-<n>   stream n events, then a data line that is not JSON
+    anything else       success: the reply echoes the last user message
+
+Every request is recorded (headers, body) under a tag, the `x-test-tag` header or else the body's
+`user` field, and served back at GET /_fake/requests?tag=...; GET /_fake/disconnects?tag=... counts
+requests whose client went away before the answer was complete. Run it in-process with
+`FakeOpenAI` or as a server: `python -m byorouter_fakes.openai --host 127.0.0.1 --port 8090`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import secrets
+import signal
+import time
+from collections import Counter, deque
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+DEFAULT_STREAM_CHUNKS: Final = 20
+DEFAULT_MAX_RECORDED: Final = 20_000
+MODELS: Final = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "o3-mini", "text-embedding-3-small")
+
+_DONE: Final = b"data: [DONE]\n\n"
+_JSON: Final = "application/json"
+_SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+}
+_BEHAVIOUR = re.compile(
+    r"^(fail|flat|slow|drip|cut-after|stall-after|error-after|garbage-after)-(\d+)$|^(hang)$"
+)
+_WORD = re.compile(r"\S+\s*")
+
+
+def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def _openai_error(status: int, model: str) -> web.Response:
+    """The error OpenAI answers with for `status`, with its usual message, type and code."""
+    headers: dict[str, str] = {}
+    if status == 400:
+        body = _error_body(
+            "Invalid 'messages': the fake upstream was asked to refuse this request.",
+            "invalid_request_error",
+            None,
+            "messages",
+        )
+    elif status == 401:
+        # The real message shows a masked key; the fake shows none, so no test can leak one.
+        body = _error_body(
+            "Incorrect API key provided. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            "invalid_api_key",
+        )
+    elif status == 403:
+        body = _error_body(
+            "You are not allowed to use this model.", "invalid_request_error", "permission_denied"
+        )
+    elif status == 404:
+        body = _error_body(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            "model_not_found",
+        )
+    elif status == 429:
+        headers = {
+            "retry-after": "1",
+            "x-ratelimit-limit-requests": "3",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1s",
+        }
+        body = _error_body(
+            f"Rate limit reached for {model} in organization org-fake on requests per min "
+            "(RPM): Limit 3, Used 3, Requested 1. Please try again in 1s.",
+            "requests",
+            "rate_limit_exceeded",
+        )
+    elif status == 503:
+        body = _error_body(
+            "The engine is currently overloaded, please try again later.", "server_error", None
+        )
+    else:
+        body = _error_body(
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error" if status >= 500 else "invalid_request_error",
+            None,
+        )
+    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+
+def _text_of(content: Any) -> str:
+    """A message's text, whether `content` is a string or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _reply_words(body: dict[str, Any]) -> tuple[list[str], int]:
+    """The words of the reply (an echo of the last user message) and the prompt's word count."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        messages = []
+    prompt_words = 0
+    last_user = ""
+    for message in messages:
+        if isinstance(message, dict):
+            text = _text_of(message.get("content"))
+            prompt_words += len(text.split())
+            if message.get("role") == "user":
+                last_user = text
+    words = _WORD.findall(last_user.strip()) or ["Hello ", "from ", "the ", "fake ", "upstream."]
+    return words, prompt_words
+
+
+def _limit(body: dict[str, Any]) -> int | None:
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _split(words: list[str], parts: int) -> list[str]:
+    """`words` joined into at most `parts` pieces of near-equal size, in order."""
+    count = max(1, min(parts, len(words)))
+    return [
+        "".join(words[i * len(words) // count : (i + 1) * len(words) // count])
+        for i in range(count)
+    ]
+
+
+class FakeOpenAI:
+    """The fake server; `await start(host, port)` in-process, `await stop()` when done."""
+
+    def __init__(
+        self,
+        *,
+        stream_chunks: int = DEFAULT_STREAM_CHUNKS,
+        max_recorded: int = DEFAULT_MAX_RECORDED,
+    ) -> None:
+        self.stream_chunks = stream_chunks
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._recorded: deque[dict[str, Any]] = deque(maxlen=max_recorded)
+        self._disconnects: Counter[str] = Counter()
+        self._parked: set[asyncio.Future[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 1715367049, "owned_by": "system"}
+                    for m in MODELS
+                ],
+            }
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 2**20)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/_fake/requests", self.recorded_requests)
+        app.router.add_get("/_fake/disconnects", self.recorded_disconnects)
+        app.router.add_post("/_fake/reset", self.reset)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on `host:port` (port 0 picks a free one; read it back from `self.port`)."""
+        # handler_cancellation: a client that goes away cancels its handler at once, which is
+        # how a hanging or dripping answer notices the disconnect within milliseconds.
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        await site.start()
+        self._runner = runner
+        self.host = host
+        self.port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        for parked in list(self._parked):
+            parked.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """What a provider credential's `base_url` should be to reach this fake."""
+        return self.url + "/v1"
+
+    # --- what tests read back -------------------------------------------------------------
+
+    def requests(self, tag: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self._recorded if tag is None or r["tag"] == tag]
+
+    def disconnects(self, tag: str | None = None) -> int:
+        return self._disconnects.total() if tag is None else self._disconnects[tag]
+
+    async def recorded_requests(self, request: web.Request) -> web.Response:
+        body = orjson.dumps(self.requests(request.query.get("tag")))
+        return web.Response(body=body, content_type=_JSON)
+
+    async def recorded_disconnects(self, request: web.Request) -> web.Response:
+        body = orjson.dumps({"count": self.disconnects(request.query.get("tag"))})
+        return web.Response(body=body, content_type=_JSON)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self._recorded.clear()
+        self._disconnects.clear()
+        return web.Response(body=b"{}", content_type=_JSON)
+
+    def _record(self, request: web.Request, body: Any, tag: str) -> None:
+        self._recorded.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "headers": {str(k): v for k, v in request.headers.items()},
+                "body": body,
+                "tag": tag,
+            }
+        )
+
+    # --- the OpenAI API -------------------------------------------------------------------
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        self._record(request, None, request.headers.get("x-test-tag", ""))
+        return web.Response(body=self._models_body, content_type=_JSON)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            self._record(request, None, request.headers.get("x-test-tag", ""))
+            return web.Response(
+                status=400,
+                content_type=_JSON,
+                body=_error_body(
+                    "We could not parse the JSON body of your request.",
+                    "invalid_request_error",
+                    None,
+                ),
+            )
+        user = body.get("user")
+        tag = request.headers.get("x-test-tag") or (user if isinstance(user, str) else "")
+        self._record(request, body, tag)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return web.Response(
+                status=400,
+                content_type=_JSON,
+                body=_error_body(
+                    "you must provide a model parameter", "invalid_request_error", None
+                ),
+            )
+        try:
+            return await self._answer(request, body, model)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self._disconnects[tag] += 1
+            raise
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], model: str
+    ) -> web.StreamResponse:
+        match = _BEHAVIOUR.match(model.rsplit("/", 1)[-1])
+        kind, arg = (
+            (match.group(1) or match.group(3), int(match.group(2) or 0)) if match else ("", 0)
+        )
+        if kind == "fail":
+            return _openai_error(arg, model)
+        if kind == "flat":
+            return web.Response(
+                status=arg,
+                content_type=_JSON,
+                body=orjson.dumps({"error": "model runner failed (flat error)"}),
+            )
+        if kind == "hang":
+            await self._park()
+        if kind == "slow":
+            await asyncio.sleep(arg / 1000)
+        if body.get("stream") is True:
+            return await self._stream(request, body, model, kind, arg)
+        return web.Response(body=self._completion(body, model), content_type=_JSON)
+
+    async def _park(self) -> None:
+        parked = asyncio.get_running_loop().create_future()
+        self._parked.add(parked)
+        try:
+            await parked
+        finally:
+            self._parked.discard(parked)
+
+    def _completion(self, body: dict[str, Any], model: str) -> bytes:
+        words, prompt_tokens = _reply_words(body)
+        limit = _limit(body)
+        finish = "stop"
+        if limit is not None and len(words) > limit:
+            words, finish = words[:limit], "length"
+        return orjson.dumps(
+            {
+                "id": "chatcmpl-" + secrets.token_hex(12),
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(words),
+                            "refusal": None,
+                        },
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(words),
+                    "total_tokens": prompt_tokens + len(words),
+                },
+                "service_tier": "default",
+            }
+        )
+
+    def _events(self, body: dict[str, Any], model: str) -> list[bytes]:
+        """Every SSE event of a streamed answer, `data: [DONE]` last, each framed and encoded."""
+        words, prompt_tokens = _reply_words(body)
+        limit = _limit(body)
+        finish = b'"stop"'
+        if limit is not None and len(words) > limit:
+            words, finish = words[:limit], b'"length"'
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        # One prefix and suffix per answer; each event only splices in its own delta.
+        head = b"".join(
+            (
+                b'data: {"id":"chatcmpl-',
+                secrets.token_hex(12).encode(),
+                b'","object":"chat.completion.chunk","created":',
+                str(int(time.time())).encode(),
+                b',"model":',
+                orjson.dumps(model),
+                b',"system_fingerprint":"fp_fake","choices":[',
+            )
+        )
+        tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+        events = [
+            head + b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
+            b'"logprobs":null,"finish_reason":null}' + tail
+        ]
+        events += [
+            head
+            + b'{"index":0,"delta":{"content":'
+            + orjson.dumps(piece)
+            + b'},"logprobs":null,"finish_reason":null}'
+            + tail
+            for piece in _split(words, self.stream_chunks)
+        ]
+        events.append(
+            head + b'{"index":0,"delta":{},"logprobs":null,"finish_reason":' + finish + b"}" + tail
+        )
+        if include_usage:
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(words),
+                "total_tokens": prompt_tokens + len(words),
+            }
+            events.append(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
+        events.append(_DONE)
+        return events
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], model: str, kind: str, arg: int
+    ) -> web.StreamResponse:
+        events = self._events(body, model)
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        response.headers["x-request-id"] = "req_" + secrets.token_hex(8)
+        await response.prepare(request)
+        if kind == "drip":
+            for event in events:
+                await response.write(event)
+                await asyncio.sleep(arg / 1000)
+            await response.write_eof()
+            return response
+        if kind in ("cut-after", "stall-after", "error-after", "garbage-after"):
+            await response.write(b"".join(events[:arg]))
+            if kind == "cut-after":
+                # Drop the TCP connection without the chunked terminator: a cut, not an end.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            if kind == "stall-after":
+                await self._park()
+            elif kind == "error-after":
+                await response.write(
+                    b"data: "
+                    + _error_body(
+                        "The server had an error while processing your request.",
+                        "server_error",
+                        None,
+                    )
+                    + b"\n\n"
+                )
+            else:
+                await response.write(b'data: {"choices": [{"delta": \n\n')
+            await response.write_eof()
+            return response
+        # The fast path: the whole answer in one write, as a quick upstream delivers it.
+        await response.write_eof(b"".join(events))
+        return response
+
+
+async def _serve(host: str, port: int, stream_chunks: int) -> None:
+    fake = FakeOpenAI(stream_chunks=stream_chunks)
+    await fake.start(host, port)
+    print(f"fake OpenAI upstream listening on {fake.base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await fake.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m byorouter_fakes.openai",
+        description="A fake OpenAI Chat Completions upstream.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=DEFAULT_STREAM_CHUNKS,
+        help="content deltas per streamed answer (default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a project dependency
+        asyncio.run(_serve(args.host, args.port, args.chunks))
+    else:
+        uvloop.run(_serve(args.host, args.port, args.chunks))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,116 @@
+"""A connection's decrypted provider credentials, cached so the hot path asks keystore rarely.
+
+Entries live for a TTL and are dropped at once when keystore announces the connection changed.
+Concurrent requests for a connection that is not cached share one keystore lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from byorouter_common.contracts.events import ConnectionChangedEvent
+from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
+
+from byorouter_router.providers.base import ProviderCredential
+
+Lookup = Callable[[ConnectionRef], Awaitable[ResolvedConnection]]
+
+# Past this many cached connections, expired entries are swept on the next insert.
+_SWEEP_AT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionCredentials:
+    """What the router knows of one connection: its providers, best priority first."""
+
+    connection_id: str
+    app_id: str
+    fallback_to_default: bool
+    providers: dict[str, ProviderCredential]
+
+    @property
+    def provider_names(self) -> list[str]:
+        return list(self.providers)
+
+    @classmethod
+    def from_resolved(cls, resolved: ResolvedConnection) -> ConnectionCredentials:
+        providers: dict[str, ProviderCredential] = {}
+        for p in sorted(resolved.providers, key=lambda p: p.priority):
+            # Several credentials of one provider: the best priority one answers.
+            providers.setdefault(
+                p.provider,
+                ProviderCredential(
+                    provider=p.provider,
+                    api_key=p.api_key,
+                    base_url=p.base_url,
+                    preferred_model=p.preferred_model,
+                ),
+            )
+        return cls(resolved.connection_id, resolved.app_id, resolved.fallback_to_default, providers)
+
+
+class CredentialCache:
+    def __init__(self, lookup: Lookup, ttl_s: float) -> None:
+        self._lookup = lookup
+        self._ttl_s = ttl_s
+        self._entries: dict[tuple[str, str], tuple[float, ConnectionCredentials]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[ConnectionCredentials]] = {}
+        # Bumped by every invalidation: a lookup that started before one must not be cached.
+        self._epoch = 0
+
+    async def resolve(self, app_id: str, connection_id: str) -> ConnectionCredentials:
+        """The connection's credentials; keystore's 404 (not found, or another app's) raises."""
+        key = (app_id, connection_id)
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > loop.time():
+            return entry[1]
+        while (pending := self._pending.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if pending.cancelled() and task is not None and not task.cancelling():
+                    continue  # the request doing the lookup went away; look up ourselves
+                raise
+        return await self._fetch(key, loop)
+
+    async def _fetch(
+        self, key: tuple[str, str], loop: asyncio.AbstractEventLoop
+    ) -> ConnectionCredentials:
+        shared: asyncio.Future[ConnectionCredentials] = loop.create_future()
+        # Nobody may be waiting: mark a failure as seen so asyncio does not warn about it.
+        shared.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._pending[key] = shared
+        epoch = self._epoch
+        try:
+            resolved = await self._lookup(ConnectionRef(app_id=key[0], connection_id=key[1]))
+            credentials = ConnectionCredentials.from_resolved(resolved)
+        except asyncio.CancelledError:
+            shared.cancel()
+            raise
+        except Exception as exc:
+            shared.set_exception(exc)
+            raise
+        finally:
+            if self._pending.get(key) is shared:
+                del self._pending[key]
+        shared.set_result(credentials)
+        if epoch == self._epoch and self._ttl_s > 0:
+            if len(self._entries) >= _SWEEP_AT:
+                self._sweep(loop.time())
+            self._entries[key] = (loop.time() + self._ttl_s, credentials)
+        return credentials
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, (expires, _) in self._entries.items() if expires <= now]:
+            del self._entries[key]
+
+    def invalidate(self, app_id: str, connection_id: str) -> None:
+        self._epoch += 1
+        self._entries.pop((app_id, connection_id), None)
+
+    async def on_connection_changed(self, event: ConnectionChangedEvent) -> None:
+        self.invalidate(event.app_id, event.connection_id)

@@ -1,0 +1,101 @@
+"""Wires the router onto the bus: the chat hot path, the model list, cancels and cache events.
+
+The model list is a plain FastStream endpoint; chat and cancel use nats-py directly (see
+`chat.py`). `register` runs before `runtime.start()`, `start` after it, `stop` before shutdown.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from byorouter_common.bus import KeepAliveTicker, serve, subscribe_event
+from byorouter_common.contracts import events
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts import router as contract
+from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
+from byorouter_common.contracts.router import ModelList
+from byorouter_common.service import ServiceRuntime
+
+from byorouter_router.chat import ChatRouter
+from byorouter_router.credentials import CredentialCache
+from byorouter_router.models import ModelCatalog
+from byorouter_router.providers.base import Provider
+from byorouter_router.providers.errors import Timeouts
+from byorouter_router.providers.openai_compat import OPENAI_BASE_URL, OpenAICompatProvider
+from byorouter_router.settings import RouterSettings
+from byorouter_router.upstream import create_session
+
+
+class RouterHandlers:
+    def __init__(self, runtime: ServiceRuntime, settings: RouterSettings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.credentials = CredentialCache(
+            self._resolve_credentials, settings.credential_cache_ttl_s
+        )
+        self.keepalive = KeepAliveTicker(settings.keepalive_interval_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._catalog: ModelCatalog | None = None
+        self._chat: ChatRouter | None = None
+
+    async def _resolve_credentials(self, ref: ConnectionRef) -> ResolvedConnection:
+        return await self.runtime.bus.request(ks.CREDENTIALS_RESOLVE, ref)
+
+    def register(self) -> None:
+        """FastStream subscribers; they must exist before `runtime.start()`."""
+        serve(
+            self.runtime.broker, contract.MODELS, self.list_models, discovery=self.runtime.discovery
+        )
+        subscribe_event(
+            self.runtime.broker, events.CONNECTION_CHANGED, self.credentials.on_connection_changed
+        )
+
+    def _providers(self, session: aiohttp.ClientSession) -> dict[str, Provider]:
+        s = self.settings
+        timeouts = Timeouts(
+            s.upstream_connect_timeout_s, s.upstream_read_timeout_s, s.request_deadline_s
+        )
+        # Anthropic and OpenRouter slot in here as they are implemented.
+        return {
+            "openai": OpenAICompatProvider(
+                "openai",
+                session,
+                timeouts,
+                default_base_url=OPENAI_BASE_URL,
+                allow_private=s.allow_private_upstreams,
+            ),
+            "selfhosted": OpenAICompatProvider(
+                "selfhosted",
+                session,
+                timeouts,
+                default_base_url=None,
+                allow_private=s.allow_private_upstreams,
+            ),
+        }
+
+    async def start(self) -> None:
+        """The upstream pool and the chat subscriptions; after `runtime.start()`."""
+        self._session = create_session(self.settings)
+        providers = self._providers(self._session)
+        self._catalog = ModelCatalog(self.credentials, providers, self.settings.model_cache_ttl_s)
+        self._chat = ChatRouter(
+            self.runtime.bus.nc,
+            self.credentials,
+            providers,
+            discovery=self.runtime.discovery,
+            keepalive=self.keepalive,
+            deadline_s=self.settings.request_deadline_s,
+        )
+        self.keepalive.start()
+        await self._chat.start()
+
+    async def stop(self) -> None:
+        if self._chat is not None:
+            await self._chat.stop(self.settings.shutdown_grace_s)
+        await self.keepalive.stop()
+        if self._session is not None:
+            await self._session.close()
+
+    async def list_models(self, ref: ConnectionRef) -> ModelList:
+        if self._catalog is None:
+            raise RuntimeError("router not started")
+        return await self._catalog.list_models(ref.app_id, ref.connection_id)

@@ -1,0 +1,68 @@
+"""What a provider is to the router: it answers one chat request into a `ChatReply`, lists models.
+
+A provider speaks its upstream's wire format and delivers OpenAI `chat.completion(.chunk)` JSON,
+so providers with other formats (Anthropic) translate inside their own module and the
+orchestration in `chat.py` never changes. Failures are raised as `ByoError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from byorouter_common.contracts.router import ModelCard
+from pydantic import SecretStr
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCredential:
+    """One provider of a connection, as the router uses it; `repr` never shows the key."""
+
+    provider: str
+    api_key: SecretStr | None = field(repr=False)
+    base_url: str | None
+    preferred_model: str | None = None
+
+    def authorization(self) -> str | None:
+        """The `Authorization` header value for this credential, or None when it has no key."""
+        if self.api_key is None:
+            return None
+        key = self.api_key.get_secret_value()
+        return f"Bearer {key}" if key else None
+
+
+class ChatReply(Protocol):
+    """Where a provider delivers its answer; the router's end of the bus stream."""
+
+    async def start(self) -> None:
+        """The upstream accepted the request (2xx): the answer is about to flow."""
+
+    async def chunk(self, lines: bytes) -> None:
+        """`chat.completion.chunk` JSON objects, one per line, as the upstream delivered them."""
+
+    async def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
+        """The streamed answer ended cleanly."""
+
+    async def result(self, body: bytes) -> None:
+        """The whole `chat.completion` JSON of a non-streamed answer."""
+
+
+class Provider(Protocol):
+    name: str
+
+    async def chat(
+        self,
+        credential: ProviderCredential,
+        model: str,
+        body: dict[str, Any],
+        reply: ChatReply,
+        deadline: float,
+    ) -> None:
+        """Send `body` with `model` as the upstream's model id; answer into `reply`.
+
+        `deadline` is the event-loop time by which the answer must have started (a non-streamed
+        answer: finished).
+        """
+
+    async def list_models(self, credential: ProviderCredential) -> list[ModelCard]:
+        """The upstream's models, ids already prefixed with the provider name."""

@@ -1,0 +1,295 @@
+"""OpenAI-compatible upstreams: OpenAI itself and self-hosted servers (vLLM, Ollama, llama.cpp).
+
+The request body goes out as the app sent it, with only `model` replaced. A streamed answer is
+relayed as it arrives: each read from the upstream becomes one `chunk` carrying every complete
+SSE `data:` payload in it, byte for byte; each payload is parsed once, only to learn the finish
+reason and usage and to catch in-stream errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from byorouter_common.contracts.router import ModelCard
+from byorouter_common.errors import ByoError
+from byorouter_common.redact import redact
+
+from byorouter_router.providers.base import ChatReply, ProviderCredential
+from byorouter_router.providers.errors import (
+    MAX_ERROR_BODY,
+    Timeouts,
+    status_error,
+    transport_error,
+    upstream_message,
+)
+from byorouter_router.upstream import UpstreamEndpoints, endpoints_for
+
+log = logging.getLogger(__name__)
+
+OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
+# A single SSE event larger than this is not an answer chunk but a broken upstream.
+MAX_EVENT_BYTES: Final = 1024 * 1024
+_DONE: Final = b"[DONE]"
+_JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
+_SSE_HEADERS: Final = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+_MODELS_TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
+MAX_MODEL_LIST: Final = 8 * 1024 * 1024
+
+
+class OpenAICompatProvider:
+    """One OpenAI-compatible provider kind (`openai`, `selfhosted`), sharing the router's pool."""
+
+    def __init__(
+        self,
+        name: str,
+        session: aiohttp.ClientSession,
+        timeouts: Timeouts,
+        *,
+        default_base_url: str | None,
+        allow_private: bool,
+    ) -> None:
+        self.name = name
+        self._session = session
+        self._timeouts = timeouts
+        self._default_base_url = default_base_url
+        self._allow_private = allow_private
+
+    def _endpoints(self, credential: ProviderCredential) -> UpstreamEndpoints:
+        base_url = credential.base_url or self._default_base_url
+        if not base_url:
+            raise ByoError(
+                400,
+                "provider_misconfigured",
+                f"The {self.name} provider on this connection has no base URL.",
+            )
+        return endpoints_for(self.name, base_url, self._allow_private)
+
+    def _headers(self, credential: ProviderCredential, stream: bool) -> dict[str, str]:
+        headers = dict(_SSE_HEADERS if stream else _JSON_HEADERS)
+        authorization = credential.authorization()
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        return headers
+
+    async def chat(
+        self,
+        credential: ProviderCredential,
+        model: str,
+        body: dict[str, Any],
+        reply: ChatReply,
+        deadline: float,
+    ) -> None:
+        url = self._endpoints(credential).chat
+        stream = body.get("stream") is True
+        body["model"] = model
+        data = orjson.dumps(body)
+        headers = self._headers(credential, stream)
+        started = False
+        try:
+            async with asyncio.timeout_at(deadline):
+                # No redirects: a redirect could lead to an address the SSRF guard never saw.
+                response = await self._session.post(
+                    url, data=data, headers=headers, allow_redirects=False
+                )
+                if response.status >= 300:
+                    try:
+                        raw = await read_at_most(response, MAX_ERROR_BODY)
+                    finally:
+                        response.close()
+                    raise status_error(self.name, response.status, raw, response.headers)
+                if not stream:
+                    try:
+                        answer = await response.read()
+                    finally:
+                        response.release()
+            if not stream:
+                _check_completion(self.name, answer)
+                await reply.start()
+                await reply.result(answer)
+                return
+            started = True
+            await reply.start()
+            try:
+                await self._relay(response, reply)
+            except BaseException:
+                # Not released to the pool: closing is what tells the upstream to stop.
+                response.close()
+                raise
+            response.release()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise transport_error(
+                exc, self.name, started=started, timeouts=self._timeouts
+            ) from None
+
+    async def _relay(self, response: aiohttp.ClientResponse, reply: ChatReply) -> None:
+        """Pass every complete SSE event on as it arrives; end with `done` or raise."""
+        content = response.content
+        pending = b""
+        finish_reason: str | None = None
+        usage: dict[str, Any] | None = None
+        relayed = False
+        while True:
+            data = await content.readany()
+            if not data:
+                break
+            if pending:
+                data = pending + data
+            if b"\r" in data:
+                data = data.replace(b"\r\n", b"\n")
+            end = data.rfind(b"\n\n")
+            if end < 0:
+                if len(data) > MAX_EVENT_BYTES:
+                    raise self._broken("sent an oversized stream event")
+                pending = data
+                continue
+            pending = data[end + 2 :]
+            payloads, finished, finish_reason, usage, failure = self._parse_events(
+                data[:end], finish_reason, usage
+            )
+            if payloads:
+                relayed = True
+                await reply.chunk(payloads[0] if len(payloads) == 1 else b"\n".join(payloads))
+            if failure is not None:
+                raise failure
+            if finished:
+                await reply.done(finish_reason, usage)
+                return
+        # The upstream ended without [DONE]: accept it if it ended cleanly after an answer.
+        if pending.strip():
+            payloads, _, finish_reason, usage, failure = self._parse_events(
+                pending, finish_reason, usage
+            )
+            if payloads:
+                relayed = True
+                await reply.chunk(b"\n".join(payloads))
+            if failure is not None:
+                raise failure
+        if not relayed:
+            raise self._broken("ended the stream without an answer")
+        await reply.done(finish_reason, usage)
+
+    def _parse_events(
+        self, block: bytes, finish_reason: str | None, usage: dict[str, Any] | None
+    ) -> tuple[list[bytes], bool, str | None, dict[str, Any] | None, ByoError | None]:
+        """The data payloads of complete events, whether [DONE] came, and what they told."""
+        payloads: list[bytes] = []
+        for line in block.split(b"\n"):
+            # Comments (": keep-alive"), event:, id: and retry: lines carry no answer.
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[6:] if line[5:6] == b" " else line[5:]
+            if payload == _DONE:
+                return payloads, True, finish_reason, usage, None
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                return (
+                    payloads,
+                    False,
+                    finish_reason,
+                    usage,
+                    self._broken("sent a malformed stream event"),
+                )
+            if type(event) is not dict:
+                return (
+                    payloads,
+                    False,
+                    finish_reason,
+                    usage,
+                    self._broken("sent a malformed stream event"),
+                )
+            if "error" in event:
+                return payloads, False, finish_reason, usage, self._stream_error(payload)
+            choices = event.get("choices")
+            if type(choices) is list:
+                for choice in choices:
+                    if type(choice) is dict:
+                        reason = choice.get("finish_reason")
+                        if type(reason) is str:
+                            finish_reason = reason
+            reported = event.get("usage")
+            if type(reported) is dict:
+                usage = reported
+            payloads.append(payload)
+        return payloads, False, finish_reason, usage, None
+
+    def _broken(self, what: str) -> ByoError:
+        return ByoError(502, "upstream_error", f"The {self.name} provider {what}.")
+
+    def _stream_error(self, payload: bytes) -> ByoError:
+        message, _, _ = upstream_message(payload)
+        suffix = f": {message}" if message else "."
+        return ByoError(
+            502,
+            "upstream_error",
+            f"The {self.name} provider reported an error in the middle of the answer{suffix}",
+        )
+
+    async def list_models(self, credential: ProviderCredential) -> list[ModelCard]:
+        url = self._endpoints(credential).models
+        headers = self._headers(credential, stream=False)
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=_MODELS_TIMEOUT, allow_redirects=False
+            ) as response:
+                raw = await read_at_most(response, MAX_MODEL_LIST)
+                if response.status >= 300:
+                    raise status_error(self.name, response.status, raw, response.headers)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise transport_error(exc, self.name, started=False, timeouts=self._timeouts) from None
+        try:
+            listing = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise self._broken("sent a malformed model list") from None
+        entries = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(entries, list):
+            raise self._broken("sent a malformed model list")
+        cards: list[ModelCard] = []
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                continue
+            created = entry.get("created")
+            owned_by = entry.get("owned_by")
+            cards.append(
+                ModelCard(
+                    id=f"{self.name}/{entry['id']}",
+                    created=created if isinstance(created, int) else 0,
+                    owned_by=redact(owned_by)
+                    if isinstance(owned_by, str) and owned_by
+                    else self.name,
+                )
+            )
+        return cards
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first `limit` bytes when it is longer."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        data = await response.content.read(limit - size)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts)
+
+
+def _check_completion(provider: str, answer: bytes) -> None:
+    """A 2xx non-streamed answer must be a completion, not an error some servers send as 200."""
+    try:
+        parsed = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        raise ByoError(
+            502, "upstream_error", f"The {provider} provider sent a malformed answer."
+        ) from None
+    if type(parsed) is not dict:
+        raise ByoError(502, "upstream_error", f"The {provider} provider sent a malformed answer.")
+    if "error" in parsed and "choices" not in parsed:
+        message, _, _ = upstream_message(answer)
+        suffix = f": {message}" if message else "."
+        raise ByoError(502, "upstream_error", f"The {provider} provider failed{suffix}")

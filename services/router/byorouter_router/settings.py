@@ -1,0 +1,32 @@
+"""Router settings: upstream timeouts, the connection pool, caches and the SSRF guard."""
+
+from __future__ import annotations
+
+from byorouter_common.settings import ServiceSettings
+from pydantic import Field
+
+
+class RouterSettings(ServiceSettings):
+    # Opening a TCP/TLS connection to a provider.
+    upstream_connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Waiting for the first byte, and for each next byte of a streamed answer.
+    upstream_read_timeout_s: float = Field(default=60.0, gt=0)
+    # The most a request may take until its answer starts flowing (a non-streamed answer: until
+    # it is complete). A stream that keeps delivering is bounded by the read timeout only, so a
+    # long generation is not cut off mid-answer.
+    request_deadline_s: float = Field(default=120.0, gt=0)
+    # How long a connection's decrypted credentials stay cached; change events drop them sooner.
+    credential_cache_ttl_s: float = Field(default=60.0, ge=0)
+    # How long a provider's model list is reused.
+    model_cache_ttl_s: float = Field(default=300.0, ge=0)
+    # BYOROUTER_ALLOW_PRIVATE_UPSTREAMS: let base URLs reach loopback/private/link-local
+    # addresses. Off in production (SSRF); on for local development and tests.
+    allow_private_upstreams: bool = False
+    # A stream with nothing to say sends a keep-alive this often, so the caller's idle timer holds.
+    keepalive_interval_s: float = Field(default=5.0, gt=0)
+    # Upper bound on open upstream connections (the shared aiohttp pool).
+    max_connections: int = Field(default=512, ge=1)
+    # Cap per provider host; 0 leaves only max_connections.
+    max_connections_per_host: int = Field(default=0, ge=0)
+    # On shutdown, how long in-flight requests may finish before they are cancelled.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
