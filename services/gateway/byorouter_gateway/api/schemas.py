@@ -1,0 +1,172 @@
+"""Response and documentation models of the HTTP API.
+
+The chat models exist for OpenAPI only: the hot path checks the few fields it needs with orjson and
+passes the body on untouched, so a provider's newer fields work without a gateway release.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.errors import ErrorEnvelope
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """An OpenAI chat completion request; fields beyond these go to the provider unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(
+        description="Provider-prefixed model id: `openai/gpt-4o`, "
+        "`anthropic/claude-3-5-sonnet-20241022`, `openrouter/<vendor>/<model>`, "
+        "`selfhosted/<model>`, `default/<model>`."
+    )
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletion(BaseModel):
+    """A non-streamed answer, exactly as the provider's OpenAI-compatible reply."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+
+
+class ProviderView(BaseModel):
+    """A provider of a connection as an app may see it: a masked label, never the key."""
+
+    provider: ks.ProviderName
+    label: str | None
+    base_url: str | None
+    preferred_model: str | None
+    priority: int
+    status: Literal["ok", "failing"]
+    last_error: str | None
+
+    @classmethod
+    def of(cls, info: ks.ProviderInfo) -> ProviderView:
+        return cls(
+            provider=info.provider,
+            label=info.label,
+            base_url=info.base_url,
+            preferred_model=info.preferred_model,
+            priority=info.priority,
+            status=info.status,
+            last_error=info.last_error,
+        )
+
+
+class ConnectionView(BaseModel):
+    id: str
+    object: Literal["connection"] = "connection"
+    status: Literal["active", "revoked"]
+    fallback_to_default: bool
+    created_at: datetime
+    providers: list[ProviderView]
+
+    @classmethod
+    def of(cls, info: ks.ConnectionInfo) -> ConnectionView:
+        return cls(
+            id=info.connection_id,
+            status=info.status,
+            fallback_to_default=info.fallback_to_default,
+            created_at=info.created_at,
+            providers=[ProviderView.of(p) for p in info.providers],
+        )
+
+
+class ProviderList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ProviderView]
+
+
+class ConnectionDeletedView(BaseModel):
+    id: str
+    object: Literal["connection"] = "connection"
+    deleted: bool = True
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    missing: list[str] = Field(default_factory=list)
+
+
+_ERROR = {"model": ErrorEnvelope}
+# The error statuses every authenticated route may answer, for the OpenAPI document.
+APP_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {**_ERROR, "description": "Malformed request or missing connection header."},
+    401: {**_ERROR, "description": "Missing, malformed, unknown or revoked app key."},
+    404: {**_ERROR, "description": "No such connection for this app, or model not connected."},
+    429: {**_ERROR, "description": "Rate limited by the gateway or the provider (Retry-After)."},
+    502: {**_ERROR, "description": "The provider failed."},
+    503: {**_ERROR, "description": "A BYORouter service is not running."},
+    504: {**_ERROR, "description": "The provider or a service did not answer in time."},
+}
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its `$defs` inlined, to embed in `openapi_extra`."""
+    schema = model.model_json_schema()
+    defs: dict[str, Any] = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved

@@ -1,0 +1,142 @@
+"""Dependency aliases the routes declare: who is calling, for which connection, over which bus.
+
+The gateway's shared objects live in one `Gateway` on `app.state`; these small functions hand
+routes what they need from it, so a route reads as its contract and nothing else. Every
+dependency is `async def`: FastAPI runs a plain `def` dependency in a thread pool, which would
+cost more than the whole hot path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+from byorouter_common import errors
+from byorouter_common.bus import Bus
+from byorouter_common.contracts import keystore as ks
+from fastapi import Depends, Header, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
+
+from byorouter_gateway.auth import AppKeyAuth
+from byorouter_gateway.middleware import APP_ID_SCOPE_KEY, request_id_of
+from byorouter_gateway.rate_limit import AppRateLimiter
+from byorouter_gateway.settings import GatewaySettings
+
+CONNECTION_HEADER: Final = "x-byorouter-connection"
+CONNECTION_ID: Final = re.compile(r"^conn_[A-Za-z0-9]{8,64}$")
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Everything a request handler shares with the others in this process."""
+
+    settings: GatewaySettings
+    bus: Callable[[], Bus]
+    app_keys: AppKeyAuth
+    rate_limiter: AppRateLimiter
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def current_gateway(request: Request) -> Gateway:
+    return gateway_of(request)
+
+
+class AppKeyBearer(SecurityBase):
+    """The raw `Authorization` header, documented in OpenAPI as the app's bearer key."""
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(
+            bearerFormat="byo_sk_<key_id>_<secret>",
+            description="The app's API key, as issued by `byorouter app create`.",
+        )
+        self.scheme_name = "AppKey"
+
+    async def __call__(self, request: Request) -> str | None:
+        return request.headers.get("authorization")
+
+
+_app_key_bearer = AppKeyBearer()
+
+
+# --- plain functions: what the dependencies do, callable directly on the hot path -------------
+
+
+async def app_principal(request: Request) -> ks.AppPrincipal:
+    """The app whose key authorizes `request` (401 otherwise), within its rate limit (429)."""
+    gateway = gateway_of(request)
+    principal = await gateway.app_keys.authenticate(request.headers.get("authorization"))
+    request.scope[APP_ID_SCOPE_KEY] = principal.app_id
+    gateway.rate_limiter.check(principal.app_id)
+    return principal
+
+
+def bus_of(request: Request) -> Bus:
+    bus = gateway_of(request).bus()
+    if not bus.nc.is_connected:
+        # While nats-py reconnects it would buffer the request; failing fast is kinder.
+        raise errors.unavailable("The message bus is unavailable.")
+    return bus
+
+
+def checked_connection_id(connection_id: str) -> str:
+    if not CONNECTION_ID.match(connection_id):
+        raise errors.bad_request(
+            "Malformed connection id: expected conn_ followed by 8 to 64 letters or digits.",
+            code="invalid_connection_id",
+        )
+    return connection_id
+
+
+def connection_id_of(request: Request) -> str:
+    """The end user's connection named by the `X-Byorouter-Connection` header."""
+    connection_id = request.headers.get(CONNECTION_HEADER)
+    if not connection_id:
+        raise errors.bad_request(
+            "Missing X-Byorouter-Connection header: say which user's connection to use.",
+            code="missing_connection",
+        )
+    return checked_connection_id(connection_id)
+
+
+# --- dependencies: the same, plus what OpenAPI should document -----------------------------
+
+
+async def current_app(
+    request: Request, _authorization: Annotated[str | None, Depends(_app_key_bearer)]
+) -> ks.AppPrincipal:
+    return await app_principal(request)
+
+
+async def current_bus(request: Request) -> Bus:
+    return bus_of(request)
+
+
+async def current_connection_id(
+    request: Request,
+    _x_byorouter_connection: Annotated[
+        str | None,
+        Header(
+            alias=CONNECTION_HEADER,
+            description="The end user's connection id (`conn_...`) to route through.",
+        ),
+    ] = None,
+) -> str:
+    return connection_id_of(request)
+
+
+async def current_request_id(request: Request) -> str:
+    return request_id_of(request.scope)
+
+
+AppPrincipalDep = Annotated[ks.AppPrincipal, Depends(current_app)]
+BusDep = Annotated[Bus, Depends(current_bus)]
+ConnectionIdDep = Annotated[str, Depends(current_connection_id)]
+GatewayDep = Annotated[Gateway, Depends(current_gateway)]
+RequestIdDep = Annotated[str, Depends(current_request_id)]

@@ -1,0 +1,74 @@
+"""Builds the gateway's FastAPI app: routes, error handlers, the one middleware. Wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from byorouter_common.bus import Bus
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from byorouter_gateway.api.routes import chat, connections, health, models
+from byorouter_gateway.auth import AppKeyAuth
+from byorouter_gateway.deps import Gateway
+from byorouter_gateway.errors import install_error_handlers
+from byorouter_gateway.middleware import RequestContextMiddleware
+from byorouter_gateway.rate_limit import AppRateLimiter
+from byorouter_gateway.settings import GatewaySettings
+
+DESCRIPTION = (
+    "OpenAI-compatible API of BYORouter. Authenticate with `Authorization: Bearer <app key>`; "
+    "per-user calls add `X-Byorouter-Connection: conn_...`. Errors use OpenAI's error shape."
+)
+
+
+def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> FastAPI:
+    """The gateway app; `bus_provider` gives the bus once the service has connected.
+
+    `app.state.gateway.app_keys.on_key_revoked` must be subscribed to `APP_KEY_REVOKED` by the
+    caller (before the broker starts) so revoked keys are refused at once.
+    """
+    app = FastAPI(
+        title="BYORouter gateway",
+        version="0.1.0",
+        description=DESCRIPTION,
+        redoc_url=None,
+        # Our middleware makes the one server span; FastAPI's own would add spans per
+        # dependency and record request data we never want in a trace.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    app.state.gateway = Gateway(
+        settings=settings,
+        bus=bus_provider,
+        app_keys=AppKeyAuth(
+            bus_provider, ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_size
+        ),
+        rate_limiter=AppRateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+    )
+    install_error_handlers(app)
+
+    # Routes spell their full paths: the route template is what spans and access lines show.
+    for resource in (chat, models, connections, health):
+        app.include_router(resource.router)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Byorouter-Connection",
+                "X-Request-Id",
+            ],
+            expose_headers=[
+                "X-Request-Id",
+                "X-Byorouter-Provider",
+                "X-Byorouter-Attempts",
+                "Retry-After",
+            ],
+        )
+    # Added last, so it is outermost: every response, CORS preflights too, gets a request id.
+    app.add_middleware(RequestContextMiddleware, access_log_enabled=settings.access_log)
+    return app

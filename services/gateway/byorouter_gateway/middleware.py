@@ -1,0 +1,141 @@
+"""The one middleware: a request id on every response, a server span, an optional access line.
+
+Pure ASGI (no `BaseHTTPMiddleware`, which costs a task and a memory stream per request). It is
+also the last resort for an unexpected exception: a 500 in the error envelope, with the request
+id, and the traceback in the log rather than in the response.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Final
+
+from byorouter_common import errors
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from byorouter_gateway.errors import error_headers
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("byorouter.gateway.access")
+tracer = trace.get_tracer("byorouter.gateway")
+
+REQUEST_ID_SCOPE_KEY: Final = "byorouter.request_id"
+APP_ID_SCOPE_KEY: Final = "byorouter.app_id"
+CLIENT_CHOSE_ID_SCOPE_KEY: Final = "byorouter.client_chose_request_id"
+_INCOMING_ID: Final = re.compile(rb"^[A-Za-z0-9_-]{1,64}$")
+_X_REQUEST_ID: Final = b"x-request-id"
+_TRACEPARENT: Final = b"traceparent"
+# Status recorded when the client left before any response started (nginx's convention).
+CLIENT_CLOSED: Final = 499
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def request_id_of(scope: Scope) -> str:
+    """The id the client sees in `x-request-id`: its own `X-Request-Id` if well-formed."""
+    request_id: str = scope[REQUEST_ID_SCOPE_KEY]
+    return request_id
+
+
+def bus_request_id(scope: Scope) -> str:
+    """An id for this request that no other request has: ours, or a fresh one if the client
+    chose the visible id (clients reuse ids, and the router cancels by id)."""
+    if scope.get(CLIENT_CHOSE_ID_SCOPE_KEY):
+        return new_request_id()
+    return request_id_of(scope)
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, access_log_enabled: bool = False) -> None:
+        self.app = app
+        self.access_log_enabled = access_log_enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming_id = traceparent = None
+        for name, value in scope["headers"]:
+            if name == _X_REQUEST_ID:
+                incoming_id = value
+            elif name == _TRACEPARENT:
+                traceparent = value
+        if incoming_id is not None and _INCOMING_ID.match(incoming_id):
+            request_id = incoming_id.decode()
+            scope[CLIENT_CHOSE_ID_SCOPE_KEY] = True
+        else:
+            request_id = new_request_id()
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
+        request_id_header = (_X_REQUEST_ID, request_id.encode())
+        status = 0
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        parent = (
+            propagate.extract({"traceparent": traceparent.decode("latin-1")})
+            if traceparent is not None
+            else None
+        )
+        span = tracer.start_span(
+            scope["method"],
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "byorouter.request_id": request_id},
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception as exc:
+            log.exception("unhandled error", extra={"request_id": request_id})
+            span.record_exception(exc)
+            if status == 0:
+                error = errors.internal()
+                body = error.to_json()
+                await send_with_request_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": error_headers(error, len(body)),
+                    }
+                )
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+        finally:
+            context.detach(token)
+            self._finish(scope, span, status or CLIENT_CLOSED, started)
+
+    def _finish(self, scope: Scope, span: trace.Span, status: int, started: float) -> None:
+        route = scope.get("route")
+        path_format: str | None = getattr(route, "path_format", None)
+        app_id: str | None = scope.get(APP_ID_SCOPE_KEY)
+        if path_format is not None:
+            span.update_name(f"{scope['method']} {path_format}")
+            span.set_attribute("http.route", path_format)
+        span.set_attribute("http.response.status_code", status)
+        if app_id is not None:
+            span.set_attribute("byorouter.app_id", app_id)
+        if status >= 500:
+            span.set_status(StatusCode.ERROR)
+        span.end()
+        if self.access_log_enabled:
+            # The route template, never the raw path or query: they may carry ids or secrets.
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                path_format or "-",
+                status,
+                (time.perf_counter() - started) * 1000,
+                extra={"request_id": scope[REQUEST_ID_SCOPE_KEY], "app_id": app_id},
+            )

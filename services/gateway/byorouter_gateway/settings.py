@@ -1,0 +1,37 @@
+"""Gateway settings: where it listens, and how it caches, limits and logs app requests."""
+
+from __future__ import annotations
+
+from byorouter_common.settings import ServiceSettings
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class GatewaySettings(ServiceSettings):
+    # Field names also work as keyword arguments (tests); the environment uses the aliases.
+    model_config = SettingsConfigDict(
+        env_prefix="BYOROUTER_", extra="ignore", populate_by_name=True
+    )
+
+    # Loopback by default: exposing the API beyond this machine is an explicit operator choice.
+    host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("BYOROUTER_GATEWAY_HOST"))
+    port: int = Field(default=4000, validation_alias=AliasChoices("BYOROUTER_GATEWAY_PORT"))
+    # How long a verified app key is trusted without asking keystore; revocation events drop it
+    # sooner, so this only bounds the damage of a missed event.
+    auth_cache_ttl_s: float = Field(default=30.0, ge=0)
+    auth_cache_size: int = Field(default=10_000, ge=1)
+    # Requests per second and burst per app, per gateway copy; 0 turns the limit off.
+    rate_limit_rps: float = Field(default=100.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=0)
+    # The largest request body accepted; NATS caps a message at 1 MiB by default anyway.
+    max_body_bytes: int = Field(default=MIB, ge=1)
+    # Browser origins allowed to call the API directly; empty turns CORS off.
+    cors_origins: list[str] = Field(default_factory=list)
+    # One compact INFO line per request; off by default (the hot path logs nothing above DEBUG).
+    access_log: bool = False
+    # /readyz waits this long for keystore and router to answer discovery pings.
+    ready_timeout_s: float = Field(default=1.0, gt=0)
+    # On shutdown, how long open responses (long streams) may finish before they are cut.
+    shutdown_grace_s: int = Field(default=10, ge=0)
