@@ -65,11 +65,18 @@ def connect_options(settings: ServiceSettings, name: str) -> dict[str, Any]:
     return options
 
 
+async def _ignore_connect_error(_error: Exception) -> None:
+    return None
+
+
 async def connect(settings: ServiceSettings, name: str) -> NatsClient:
     """A bare nats-py connection, for processes that serve no FastStream handlers (the CLI)."""
     options = connect_options(settings, name)
-    options["max_reconnect_attempts"] = 0
+    # nats-py retries the first connect forever unless a positive limit drops the server; the
+    # caller reports the failure itself, so nats-py's own traceback logging is silenced.
+    options["max_reconnect_attempts"] = 1
     options["allow_reconnect"] = False
+    options["error_cb"] = _ignore_connect_error
     try:
         return await nats.connect(**options)
     except (OSError, nats.errors.NoServersError) as exc:

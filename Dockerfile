@@ -1,0 +1,30 @@
+# One image for every BYORouter service; docker-compose.yml chooses the command per container
+# (python -m byorouter_gateway | keystore | router | connect | tunnel).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first, so a source change does not reinstall them.
+COPY requirements.lock ./
+RUN pip install -r requirements.lock
+
+COPY pyproject.toml ./
+COPY libs ./libs
+COPY cli ./cli
+COPY services ./services
+RUN pip install --no-deps . && rm -rf build
+
+# Services never need root. The keyring lives on a volume only keystore and the setup job mount.
+RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent byorouter \
+    && mkdir -p /var/lib/byorouter \
+    && chown byorouter /var/lib/byorouter \
+    && chmod 700 /var/lib/byorouter
+USER byorouter
+ENV BYOROUTER_KEYRING_FILE=/var/lib/byorouter/keyring.json
+
+CMD ["python", "-m", "byorouter_gateway"]

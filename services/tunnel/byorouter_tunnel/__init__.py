@@ -1,0 +1,1 @@
+"""Tunnel: accepts `byorouter-tunnel` clients over WebSocket and bridges NATS requests to them."""
