@@ -29,10 +29,11 @@ import nats
 import orjson
 import psycopg
 import pytest
-from byorouter_cli.backends import EmbeddedPostgres, NatsServer
-from byorouter_cli.devstack import DemoFacts, Stack
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.engine import make_url
+
+from byorouter_cli.backends import EmbeddedPostgres, NatsServer
+from byorouter_cli.devstack import DemoFacts, Stack
 
 
 @pytest.fixture(scope="session")

@@ -30,14 +30,14 @@ from typing import IO, Any, Final, TypedDict, TypeVar
 import httpx
 import nats
 import nats.errors
-from byorouter_common.bus import Bus, connect
-from byorouter_common.contracts import keystore as ks
-from byorouter_common.errors import ByoError
-from byorouter_common.settings import ServiceSettings
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
 from byorouter_cli.backends import EmbeddedPostgres, NatsServer
+from byorouter_common.bus import Bus, connect
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.errors import ByoError
+from byorouter_common.settings import ServiceSettings
 
 T = TypeVar("T")
 

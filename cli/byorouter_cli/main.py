@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from byorouter_common.bus import Bus
-from byorouter_common.contracts import Empty
-from byorouter_common.contracts import keystore as ks
-from byorouter_common.errors import ByoError
 from pydantic import SecretStr
 
 # Typer vendors its own click; its usage errors are these classes, not the `click` package's.
@@ -26,6 +22,10 @@ from typer._click import exceptions as click_exceptions
 
 from byorouter_cli import output
 from byorouter_cli.bus_client import with_bus
+from byorouter_common.bus import Bus
+from byorouter_common.contracts import Empty
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.errors import ByoError
 
 T = TypeVar("T")
 

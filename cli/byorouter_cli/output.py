@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import typer
+
 from byorouter_common.errors import ByoError
 
 

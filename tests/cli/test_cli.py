@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from byorouter_cli.devstack import DemoFacts, Stack, free_ports
 
 # The installed entry point, as an operator runs it (`make install` puts it next to python).

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from byorouter_cli.devstack import free_ports
 
 _SCRIPT = Path(sys.executable).with_name("byorouter")

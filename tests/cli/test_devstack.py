@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+
 from byorouter_cli.devstack import Ports, Stack, StackError
 
 

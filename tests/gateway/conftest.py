@@ -29,6 +29,9 @@ import httpx
 import nats
 import orjson
 import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
 from byorouter_cli.backends import NatsServer, free_port
 from byorouter_common import errors
 from byorouter_common.bus import StreamWriter, serve
@@ -40,8 +43,6 @@ from byorouter_common.service import ServiceRuntime
 from byorouter_common.settings import ServiceSettings
 from byorouter_gateway.__main__ import main as gateway_main
 from byorouter_gateway.settings import GatewaySettings
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
 _ALNUM = string.ascii_letters + string.digits
 

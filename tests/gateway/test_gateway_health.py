@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import httpx
-from byorouter_cli.backends import NatsServer
 
+from byorouter_cli.backends import NatsServer
 from tests.gateway.conftest import FakeRouter, start_gateway
 
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
-from byorouter_cli.backends import free_port
 
+from byorouter_cli.backends import free_port
 from tests.gateway.conftest import FakeKeystore, FakeRouter, Tenant, chat_body, tag
 
 

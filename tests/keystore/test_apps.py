@@ -6,13 +6,13 @@ import hashlib
 import re
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ByoError
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from tests.keystore.conftest import EventListener, KeystoreProcess, new_app
 
 pytestmark = pytest.mark.usefixtures("keystore")

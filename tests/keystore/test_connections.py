@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from byorouter_common.bus import Bus
-from byorouter_common.contracts import events
-from byorouter_common.contracts import keystore as ks
-from byorouter_common.contracts.base import Endpoint
-from byorouter_common.errors import ByoError
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from byorouter_common.bus import Bus
+from byorouter_common.contracts import events
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts.base import Endpoint
+from byorouter_common.errors import ByoError
 from tests.keystore.conftest import (
     EventListener,
     KeystoreProcess,

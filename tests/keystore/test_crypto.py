@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from byorouter_common.errors import ByoError
 from byorouter_keystore.crypto import (
     Keyring,

@@ -6,16 +6,16 @@ import json
 from collections.abc import Awaitable, Callable
 
 import pytest
+from nats.aio.client import Client as NatsClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.base import Empty
 from byorouter_common.errors import ByoError
 from byorouter_keystore.crypto import KeyringStore
-from nats.aio.client import Client as NatsClient
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from tests.keystore.conftest import (
     EventListener,
     KeystoreEnv,

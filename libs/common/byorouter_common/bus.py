@@ -87,8 +87,12 @@ def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
     """The service's FastStream broker (one NATS connection for handlers, events and streams)."""
     options = connect_options(settings, name)
     servers = options.pop("servers")
-    return NatsBroker(servers, logger=logging.getLogger(f"byorouter.{name}.broker"),
-                      log_level=logging.DEBUG, **options)
+    return NatsBroker(
+        servers,
+        logger=logging.getLogger(f"byorouter.{name}.broker"),
+        log_level=logging.DEBUG,
+        **options,
+    )
 
 
 def _bus_error(exc: BaseException, what: str, timeout_s: float) -> ByoError:
@@ -125,7 +129,7 @@ class Bus:
             msg = await self.nc.request(
                 endpoint.subject, data, timeout=t, headers=inject_headers(headers or {})
             )
-        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise _bus_error(exc, endpoint.service, t) from None
         if msg.headers and msg.headers.get(HDR_KIND) == ERROR:
             raise ByoError.from_json(msg.data)
@@ -167,8 +171,9 @@ class ReplyStream:
 
     __slots__ = ("_expected", "_idle", "_inbox", "_mux", "_queue", "_what", "finished")
 
-    def __init__(self, mux: StreamMux, inbox: str, queue: asyncio.Queue[Msg], idle: float,
-                 what: str) -> None:
+    def __init__(
+        self, mux: StreamMux, inbox: str, queue: asyncio.Queue[Msg], idle: float, what: str
+    ) -> None:
         self._mux = mux
         self._inbox = inbox
         self._queue = queue
@@ -197,8 +202,9 @@ class ReplyStream:
             seq = headers.get(HDR_SEQ)
             if seq != str(self._expected):
                 self.finished = True
-                raise ByoError(502, "stream_gap",
-                               f"Reply stream from the {self._what} lost a message.")
+                raise ByoError(
+                    502, "stream_gap", f"Reply stream from the {self._what} lost a message."
+                )
             self._expected += 1
             kind = headers.get(HDR_KIND, "")
             if kind == KEEPALIVE:
@@ -238,8 +244,9 @@ class StreamMux:
         if queue is not None:
             queue.put_nowait(msg)
 
-    async def open(self, subject: str, data: bytes, headers: dict[str, str], idle: float,
-                   what: str) -> ReplyStream:
+    async def open(
+        self, subject: str, data: bytes, headers: dict[str, str], idle: float, what: str
+    ) -> ReplyStream:
         self._counter += 1
         inbox = f"{self._prefix}{self._counter}"
         queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -349,10 +356,15 @@ class Discovery:
 
     def add(self, name: str, subject: str, queue_group: str, description: str = "") -> None:
         self._endpoints[name] = {
-            "name": name, "subject": subject, "queue_group": queue_group,
+            "name": name,
+            "subject": subject,
+            "queue_group": queue_group,
             "metadata": {"description": description} if description else None,
-            "num_requests": 0, "num_errors": 0, "processing_time": 0,
-            "average_processing_time": 0, "last_error": "",
+            "num_requests": 0,
+            "num_errors": 0,
+            "processing_time": 0,
+            "average_processing_time": 0,
+            "last_error": "",
         }
 
     def record(self, name: str, elapsed_ns: int, error: str | None = None) -> None:
@@ -367,8 +379,13 @@ class Discovery:
             stats["last_error"] = error
 
     def _identity(self, kind: str) -> dict[str, Any]:
-        return {"type": f"io.nats.micro.v1.{kind}_response", "name": self.name, "id": self.id,
-                "version": self.version, "metadata": {}}
+        return {
+            "type": f"io.nats.micro.v1.{kind}_response",
+            "name": self.name,
+            "id": self.id,
+            "version": self.version,
+            "metadata": {},
+        }
 
     def _reply(self, verb: str) -> bytes:
         body = self._identity(verb.lower())
@@ -387,12 +404,16 @@ class Discovery:
 
     async def start(self, nc: NatsClient) -> None:
         for verb in ("PING", "INFO", "STATS"):
+
             async def answer(msg: Msg, verb: str = verb) -> None:
                 if msg.reply:
                     await nc.publish(msg.reply, self._reply(verb))
 
-            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{self.name}",
-                            f"$SRV.{verb}.{self.name}.{self.id}"):
+            for subject in (
+                f"$SRV.{verb}",
+                f"$SRV.{verb}.{self.name}",
+                f"$SRV.{verb}.{self.name}.{self.id}",
+            ):
                 await nc.subscribe(subject, cb=answer)
 
 

@@ -103,7 +103,9 @@ _DEFAULT_TYPES = {
 }
 
 
-def bad_request(message: str, *, code: str = "invalid_request", param: str | None = None) -> ByoError:
+def bad_request(
+    message: str, *, code: str = "invalid_request", param: str | None = None
+) -> ByoError:
     return ByoError(400, code, message, param=param)
 
 

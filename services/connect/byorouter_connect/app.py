@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from byorouter_common.service import ServiceRuntime
 from fastapi import FastAPI, Response
 from fastapi.responses import HTMLResponse
+
+from byorouter_common.service import ServiceRuntime
 
 LANDING_PAGE = """<!doctype html>
 <html lang="en">

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from byorouter_common.settings import ServiceSettings
 from pydantic import AliasChoices, Field
+
+from byorouter_common.settings import ServiceSettings
 
 
 class ConnectSettings(ServiceSettings):

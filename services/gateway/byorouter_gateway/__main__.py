@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import Iterator
 
 import uvicorn
+
 from byorouter_common.bus import subscribe_event
 from byorouter_common.contracts import events
 from byorouter_common.service import ServiceRuntime, run_service
-
 from byorouter_gateway.deps import Gateway
 from byorouter_gateway.main import create_app
 from byorouter_gateway.settings import GatewaySettings

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Final
 
-from byorouter_common import errors
-from byorouter_common.bus import Bus
-from byorouter_common.contracts import keystore as ks
 from fastapi import Depends, Header, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 
+from byorouter_common import errors
+from byorouter_common.bus import Bus
+from byorouter_common.contracts import keystore as ks
 from byorouter_gateway.auth import AppKeyAuth
 from byorouter_gateway.middleware import APP_ID_SCOPE_KEY, request_id_of
 from byorouter_gateway.rate_limit import AppRateLimiter

@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from byorouter_common import errors
-from byorouter_common.errors import ByoError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+
+from byorouter_common import errors
+from byorouter_common.errors import ByoError
 
 JSON: Final = b"application/json"
 # The openai SDK retries 408, 409, 429 and 5xx by default; other client errors will not get

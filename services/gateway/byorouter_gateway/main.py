@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from byorouter_common.bus import Bus
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from byorouter_common.bus import Bus
 from byorouter_gateway.api.routes import chat, connections, health, models
 from byorouter_gateway.auth import AppKeyAuth
 from byorouter_gateway.deps import Gateway

@@ -13,11 +13,11 @@ import time
 import uuid
 from typing import Final
 
-from byorouter_common import errors
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from byorouter_common import errors
 from byorouter_gateway.errors import error_headers
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from byorouter_common.settings import ServiceSettings
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
+
+from byorouter_common.settings import ServiceSettings
 
 MIB = 1024 * 1024
 

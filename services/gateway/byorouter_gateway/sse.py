@@ -17,13 +17,13 @@ from typing import Final
 
 import nats.errors
 import orjson
-from byorouter_common.bus import CHUNK, DONE, RESULT, START, ReplyStream
-from byorouter_common.contracts import router
-from byorouter_common.errors import ByoError
 from nats.aio.client import Client as NatsClient
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from byorouter_common.bus import CHUNK, DONE, RESULT, START, ReplyStream
+from byorouter_common.contracts import router
+from byorouter_common.errors import ByoError
 from byorouter_gateway.errors import JSON, error_headers
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ import sys
 
 from byorouter_common.logging import setup_logging
 from byorouter_common.service import ServiceRuntime, run_service
-
 from byorouter_keystore.crypto import KeyringError, KeyringStore, init_keyring_file
 from byorouter_keystore.db import create_engine, safe_url, session_factory, upgrade_database
 from byorouter_keystore.handlers import KeystoreHandlers

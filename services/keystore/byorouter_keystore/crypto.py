@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from byorouter_common.errors import ByoError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from byorouter_common.errors import ByoError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

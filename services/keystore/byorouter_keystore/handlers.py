@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from byorouter_common.bus import serve, subscribe_event
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.base import Empty
 from byorouter_common.service import ServiceRuntime
-from pydantic import SecretStr
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from byorouter_keystore import repository as repo
 from byorouter_keystore.crypto import KeyringStore
 from byorouter_keystore.models import App, Connection, Credential

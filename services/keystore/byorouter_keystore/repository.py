@@ -15,13 +15,13 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
+from sqlalchemy import CursorResult, Result, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from byorouter_common import errors
 from byorouter_common.contracts.keystore import ProviderCredentialInput, ProviderName
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
-from sqlalchemy import CursorResult, Result, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from byorouter_keystore import ids
 from byorouter_keystore.crypto import (
     KeyringStore,

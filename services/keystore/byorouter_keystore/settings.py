@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from byorouter_common.settings import ServiceSettings
 from pydantic import AliasChoices, Field, SecretStr
+
+from byorouter_common.settings import ServiceSettings
 
 
 class KeystoreSettings(ServiceSettings):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from byorouter_common.service import ServiceRuntime, run_service
-
 from byorouter_router.handlers import RouterHandlers
 from byorouter_router.settings import RouterSettings
 

@@ -18,6 +18,12 @@ from typing import Any, Final
 
 import nats.errors
 import orjson
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from byorouter_common import errors
 from byorouter_common.bus import (
     CHUNK,
@@ -33,12 +39,6 @@ from byorouter_common.contracts.keystore import PROVIDERS
 from byorouter_common.contracts.router import CANCEL_PREFIX, CHAT
 from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import extract_context
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-
 from byorouter_router.credentials import ConnectionCredentials, CredentialCache
 from byorouter_router.providers.base import Provider
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from byorouter_common.contracts.events import ConnectionChangedEvent
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
-
 from byorouter_router.providers.base import ProviderCredential
 
 Lookup = Callable[[ConnectionRef], Awaitable[ResolvedConnection]]

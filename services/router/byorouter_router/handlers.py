@@ -7,6 +7,7 @@ The model list is a plain FastStream endpoint; chat and cancel use nats-py direc
 from __future__ import annotations
 
 import aiohttp
+
 from byorouter_common.bus import KeepAliveTicker, serve, subscribe_event
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
@@ -14,7 +15,6 @@ from byorouter_common.contracts import router as contract
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
 from byorouter_common.contracts.router import ModelList
 from byorouter_common.service import ServiceRuntime
-
 from byorouter_router.chat import ChatRouter
 from byorouter_router.credentials import CredentialCache
 from byorouter_router.models import ModelCatalog

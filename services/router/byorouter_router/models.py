@@ -12,7 +12,6 @@ import logging
 
 from byorouter_common.contracts.router import ModelCard, ModelList
 from byorouter_common.errors import ByoError
-
 from byorouter_router.credentials import CredentialCache
 from byorouter_router.providers.base import Provider, ProviderCredential
 

@@ -16,10 +16,10 @@ from functools import lru_cache
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
-from byorouter_common import errors
-from byorouter_common.errors import ByoError
 from yarl import URL
 
+from byorouter_common import errors
+from byorouter_common.errors import ByoError
 from byorouter_router.settings import RouterSettings
 
 USER_AGENT = "byorouter/0.1"

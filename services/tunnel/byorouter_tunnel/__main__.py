@@ -7,8 +7,8 @@ import contextlib
 from collections.abc import Iterator
 
 import uvicorn
-from byorouter_common.service import ServiceRuntime, run_service
 
+from byorouter_common.service import ServiceRuntime, run_service
 from byorouter_tunnel.app import create_app
 from byorouter_tunnel.settings import TunnelSettings
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from byorouter_common.service import ServiceRuntime
 from fastapi import FastAPI, Response
+
+from byorouter_common.service import ServiceRuntime
 
 
 def create_app(runtime: ServiceRuntime) -> FastAPI:

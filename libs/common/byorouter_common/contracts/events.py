@@ -24,10 +24,12 @@ APP_KEY_REVOKED = Event(
     "byorouter.events.app_key.revoked", AppKeyRevokedEvent, "An app API key was revoked."
 )
 CONNECTION_CHANGED = Event(
-    "byorouter.events.connection.changed", ConnectionChangedEvent,
+    "byorouter.events.connection.changed",
+    ConnectionChangedEvent,
     "A connection's credentials or settings changed, or it was deleted.",
 )
 KEYRING_ROTATED = Event(
-    "byorouter.events.keystore.keyring_rotated", KeyringRotatedEvent,
+    "byorouter.events.keystore.keyring_rotated",
+    KeyringRotatedEvent,
     "A new key-encryption key is active; keystore copies reload their keyring.",
 )

@@ -13,7 +13,6 @@ ProviderName = Literal["openai", "anthropic", "openrouter", "selfhosted"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "anthropic", "openrouter", "selfhosted")
 
 
-
 # --- apps -----------------------------------------------------------------------------------
 
 
@@ -182,55 +181,97 @@ class KeysStatus(Contract):
 SERVICE = "keystore"
 
 APP_CREATE = Endpoint(
-    "byorouter.keystore.app.create", AppCreate, AppCreated, SERVICE,
+    "byorouter.keystore.app.create",
+    AppCreate,
+    AppCreated,
+    SERVICE,
     "Register an app; returns its client id and a first API key (shown once).",
 )
 APP_GET = Endpoint(
     "byorouter.keystore.app.get", AppGet, AppInfo, SERVICE, "Look up an app by client id."
 )
 APP_AUTHENTICATE = Endpoint(
-    "byorouter.keystore.app.authenticate", AppAuthenticate, AppPrincipal, SERVICE,
+    "byorouter.keystore.app.authenticate",
+    AppAuthenticate,
+    AppPrincipal,
+    SERVICE,
     "Check an app API key by id and SHA-256; 401 if unknown or revoked.",
 )
 APP_KEY_CREATE = Endpoint(
-    "byorouter.keystore.app_key.create", AppKeyCreate, AppKeyCreated, SERVICE,
+    "byorouter.keystore.app_key.create",
+    AppKeyCreate,
+    AppKeyCreated,
+    SERVICE,
     "Issue another API key for an app (shown once).",
 )
 APP_KEY_REVOKE = Endpoint(
-    "byorouter.keystore.app_key.revoke", AppKeyRevoke, AppKeyRevoked, SERVICE,
+    "byorouter.keystore.app_key.revoke",
+    AppKeyRevoke,
+    AppKeyRevoked,
+    SERVICE,
     "Revoke an app API key; every gateway copy drops it at once.",
 )
 CONNECTION_CREATE = Endpoint(
-    "byorouter.keystore.connection.create", ConnectionCreate, ConnectionInfo, SERVICE,
+    "byorouter.keystore.connection.create",
+    ConnectionCreate,
+    ConnectionInfo,
+    SERVICE,
     "Create a connection with encrypted provider credentials (admin path).",
 )
 CONNECTION_GET = Endpoint(
-    "byorouter.keystore.connection.get", ConnectionRef, ConnectionInfo, SERVICE,
+    "byorouter.keystore.connection.get",
+    ConnectionRef,
+    ConnectionInfo,
+    SERVICE,
     "A connection and its providers with masked labels.",
 )
 CONNECTION_DELETE = Endpoint(
-    "byorouter.keystore.connection.delete", ConnectionRef, ConnectionDeleted, SERVICE,
+    "byorouter.keystore.connection.delete",
+    ConnectionRef,
+    ConnectionDeleted,
+    SERVICE,
     "Disconnect: revoke the connection and erase its credentials.",
 )
 CREDENTIALS_RESOLVE = Endpoint(
-    "byorouter.keystore.credentials.resolve", ConnectionRef, ResolvedConnection, SERVICE,
+    "byorouter.keystore.credentials.resolve",
+    ConnectionRef,
+    ResolvedConnection,
+    SERVICE,
     "Decrypted provider credentials of a connection. Router only.",
 )
 KEYS_ROTATE = Endpoint(
-    "byorouter.keystore.keys.rotate", Empty, KeysRotated, SERVICE,
+    "byorouter.keystore.keys.rotate",
+    Empty,
+    KeysRotated,
+    SERVICE,
     "Add a new key-encryption key and re-wrap every data key with it.",
 )
 KEYS_PRUNE = Endpoint(
-    "byorouter.keystore.keys.prune", Empty, KeysPruned, SERVICE,
+    "byorouter.keystore.keys.prune",
+    Empty,
+    KeysPruned,
+    SERVICE,
     "Remove key-encryption keys that no stored credential uses any more.",
 )
 KEYS_STATUS = Endpoint(
-    "byorouter.keystore.keys.status", Empty, KeysStatus, SERVICE,
+    "byorouter.keystore.keys.status",
+    Empty,
+    KeysStatus,
+    SERVICE,
     "Key-encryption key versions and how many credentials each wraps.",
 )
 
 ENDPOINTS = (
-    APP_CREATE, APP_GET, APP_AUTHENTICATE, APP_KEY_CREATE, APP_KEY_REVOKE,
-    CONNECTION_CREATE, CONNECTION_GET, CONNECTION_DELETE, CREDENTIALS_RESOLVE,
-    KEYS_ROTATE, KEYS_PRUNE, KEYS_STATUS,
+    APP_CREATE,
+    APP_GET,
+    APP_AUTHENTICATE,
+    APP_KEY_CREATE,
+    APP_KEY_REVOKE,
+    CONNECTION_CREATE,
+    CONNECTION_GET,
+    CONNECTION_DELETE,
+    CREDENTIALS_RESOLVE,
+    KEYS_ROTATE,
+    KEYS_PRUNE,
+    KEYS_STATUS,
 )

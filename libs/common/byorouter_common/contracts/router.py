@@ -51,11 +51,17 @@ class ModelList(Contract):
 
 
 CHAT = Endpoint(
-    "byorouter.router.chat", ChatRequest, StreamDone, SERVICE,
+    "byorouter.router.chat",
+    ChatRequest,
+    StreamDone,
+    SERVICE,
     "An OpenAI chat completion for a connection, streamed back with Byo-Kind messages.",
 )
 MODELS = Endpoint(
-    "byorouter.router.models", ConnectionRef, ModelList, SERVICE,
+    "byorouter.router.models",
+    ConnectionRef,
+    ModelList,
+    SERVICE,
     "Models the connection's providers offer now, provider-prefixed.",
 )
 CANCEL_PREFIX = "byorouter.router.cancel"
@@ -72,9 +78,14 @@ def encode_chat_request(request_id: str, app_id: str, connection_id: str, raw_bo
     """A `ChatRequest` as JSON, splicing in the already-validated raw JSON body."""
     return b"".join(
         (
-            b'{"request_id":', orjson.dumps(request_id),
-            b',"app_id":', orjson.dumps(app_id),
-            b',"connection_id":', orjson.dumps(connection_id),
-            b',"body":', raw_body, b"}",
+            b'{"request_id":',
+            orjson.dumps(request_id),
+            b',"app_id":',
+            orjson.dumps(app_id),
+            b',"connection_id":',
+            orjson.dumps(connection_id),
+            b',"body":',
+            raw_body,
+            b"}",
         )
     )

@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ErrorEnvelope
-from pydantic import BaseModel, ConfigDict, Field
 
 
 class ChatMessage(BaseModel):

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from byorouter_common.contracts.router import ModelCard
 from pydantic import SecretStr
+
+from byorouter_common.contracts.router import ModelCard
 
 
 @dataclass(frozen=True, slots=True)

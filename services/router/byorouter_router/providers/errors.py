@@ -13,10 +13,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from byorouter_common.errors import ByoError
-from byorouter_common.redact import redact
 from multidict import CIMultiDictProxy
 
+from byorouter_common.errors import ByoError
+from byorouter_common.redact import redact
 from byorouter_router.upstream import UpstreamNotAllowed, not_allowed
 
 # An error body longer than this is not read: only its start can hold a useful message.

@@ -14,10 +14,10 @@ from typing import Any, Final
 
 import aiohttp
 import orjson
+
 from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import redact
-
 from byorouter_router.providers.base import ChatReply, ProviderCredential
 from byorouter_router.providers.errors import (
     MAX_ERROR_BODY,

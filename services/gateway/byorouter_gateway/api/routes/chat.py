@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any, Final
 
 import orjson
-from byorouter_common import errors
-from byorouter_common.contracts import HDR_REQUEST_ID
-from byorouter_common.contracts import router as rt
 from fastapi import APIRouter, Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from byorouter_common import errors
+from byorouter_common.contracts import HDR_REQUEST_ID
+from byorouter_common.contracts import router as rt
 from byorouter_gateway.api.schemas import (
     APP_ERRORS,
     ChatCompletion,

@@ -6,9 +6,9 @@ that does not exist, so an app cannot even learn that it exists.
 
 from __future__ import annotations
 
-from byorouter_common.contracts import keystore as ks
 from fastapi import APIRouter
 
+from byorouter_common.contracts import keystore as ks
 from byorouter_gateway.api.schemas import (
     APP_ERRORS,
     ConnectionDeletedView,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from byorouter_common.contracts import keystore as ks
-from byorouter_common.contracts import router as rt
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts import router as rt
 from byorouter_gateway.api.schemas import APP_ERRORS
 from byorouter_gateway.deps import AppPrincipalDep, BusDep, ConnectionIdDep
 

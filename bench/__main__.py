@@ -1,0 +1,153 @@
+"""`make bench`: the gateway -> router -> upstream path under load, beside the upstream alone.
+
+Starts the whole stack (real NATS, PostgreSQL and the five services) with a fake OpenAI upstream,
+then for non-streamed and streamed (20 chunks) chat completions at concurrency 1 and 16 measures
+requests/s and p50/p99 latency straight to the upstream and through BYORouter, and finally the
+resident memory of each service. Prints a table and writes bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import uvloop
+from pydantic import SecretStr
+
+from bench.loadgen import LoadResult, run_load
+from byorouter_cli.devstack import Stack
+from byorouter_common.bus import Bus, connect
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.settings import ServiceSettings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+async def _tenant(stack: Stack) -> tuple[str, str]:
+    nc = await connect(ServiceSettings(NATS_URL=stack.nats_url), "bench")
+    bus = Bus(nc)
+    app = await bus.request(ks.APP_CREATE, ks.AppCreate(name="bench"))
+    conn = await bus.request(
+        ks.CONNECTION_CREATE,
+        ks.ConnectionCreate(
+            app_id=app.app_id,
+            providers=[
+                ks.ProviderCredentialInput(
+                    provider="openai",
+                    api_key=SecretStr("sk-bench-" + secrets.token_hex(12)),
+                    base_url=stack.upstream_base_url,
+                )
+            ],
+        ),
+    )
+    await nc.close()
+    return app.app_api_key.get_secret_value(), conn.connection_id
+
+
+def _body(model: str, stream: bool) -> bytes:
+    return orjson.dumps(
+        {
+            "model": model,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "benchmark " * 20}],
+        }
+    )
+
+
+def _row(name: str, result: LoadResult) -> dict[str, Any]:
+    return {
+        "scenario": name,
+        "rps": round(result.rps, 1),
+        "p50_ms": round(result.p50, 3),
+        "p99_ms": round(result.p99, 3),
+        "requests": result.requests,
+        "errors": result.errors,
+    }
+
+
+async def _measure(stack: Stack, seconds: float) -> dict[str, Any]:
+    app_key, connection_id = await _tenant(stack)
+    gateway_headers = {
+        "Authorization": f"Bearer {app_key}",
+        "X-Byorouter-Connection": connection_id,
+    }
+    upstream_headers = {"Authorization": "Bearer sk-bench-direct"}
+    rows: list[dict[str, Any]] = []
+    for stream in (False, True):
+        kind = "stream" if stream else "non-stream"
+        for concurrency in (1, 16):
+            direct = await run_load(
+                stack.upstream_base_url + "/chat/completions",
+                _body("gpt-4o-mini", stream),
+                upstream_headers,
+                concurrency=concurrency,
+                seconds=seconds,
+            )
+            through = await run_load(
+                stack.gateway_url + "/v1/chat/completions",
+                _body("openai/gpt-4o-mini", stream),
+                gateway_headers,
+                concurrency=concurrency,
+                seconds=seconds,
+            )
+            d, g = (
+                _row(f"{kind} c={concurrency} direct", direct),
+                _row(f"{kind} c={concurrency} byorouter", through),
+            )
+            g["added_p50_ms"] = round(through.p50 - direct.p50, 3)
+            rows += [d, g]
+            print(
+                f"  {kind:10} c={concurrency:<3} direct {d['rps']:>8} req/s p50 "
+                f"{d['p50_ms']:>7} ms | byorouter {g['rps']:>8} req/s p50 {g['p50_ms']:>7} ms "
+                f"p99 {g['p99_ms']:>7} ms (+{g['added_p50_ms']} ms p50, errors {g['errors']})",
+                flush=True,
+            )
+    memory = {
+        name: round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+        for name, pid in stack.service_pids().items()
+    }
+    return {"rows": rows, "rss_mib": memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="byorouter-bench-"))
+    env = {
+        "BYOROUTER_LOG_LEVEL": "WARNING",
+        "BYOROUTER_RATE_LIMIT_RPS": "0",
+    }
+    stack = Stack(state, env_overrides=env, echo=False)
+    print(f"starting the stack in {state} ...", flush=True)
+    stack.start()
+    try:
+        report = uvloop.run(_measure(stack, args.seconds))
+    finally:
+        stack.stop()
+    report["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print("resident memory (MiB): " + ", ".join(f"{k} {v}" for k, v in report["rss_mib"].items()))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    print(f"written {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    main()
