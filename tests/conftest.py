@@ -88,6 +88,8 @@ def stack(
             "router": {
                 "BYOROUTER_UPSTREAM_READ_TIMEOUT_S": "3",
                 "BYOROUTER_REQUEST_DEADLINE_S": "5",
+                # Short, so a test sees keep-alives without waiting the production 5 s.
+                "BYOROUTER_KEEPALIVE_INTERVAL_S": "1",
             }
         },
     ).start()

@@ -221,3 +221,29 @@ async def test_client_disconnect_closes_upstream_within_a_second(
                 break
             assert time.monotonic() < deadline, "upstream still streaming 1 s after the client left"
             await asyncio.sleep(0.05)
+
+
+async def test_silent_upstream_keeps_the_stream_alive_with_sse_comments(
+    stack: Any, tenant: AppWithConnection
+) -> None:
+    # One word: role, one content chunk, finish, [DONE], each 1.5 s apart; the router sends a
+    # keep-alive every second of silence and the gateway turns it into an SSE comment.
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=15) as http:
+        response = await http.post(
+            "/v1/chat/completions",
+            headers={
+                "Authorization": f"Bearer {tenant.app_api_key}",
+                "X-Byorouter-Connection": tenant.connection_id,
+            },
+            json={
+                "model": "openai/drip-1500",
+                "stream": True,
+                "messages": [{"role": "user", "content": "patience"}],
+            },
+        )
+    assert response.status_code == 200
+    events = [e for e in response.text.split("\n\n") if e]
+    assert ": keep-alive" in events
+    data = [e for e in events if e.startswith("data: ")]
+    assert data[-1] == "data: [DONE]"
+    assert "patience" in response.text

@@ -169,7 +169,16 @@ class Bus:
 class ReplyStream:
     """The caller's end of one streamed reply: `await next()` gives (kind, data) in order."""
 
-    __slots__ = ("_expected", "_idle", "_inbox", "_mux", "_queue", "_what", "finished")
+    __slots__ = (
+        "_expected",
+        "_idle",
+        "_inbox",
+        "_mux",
+        "_queue",
+        "_what",
+        "finished",
+        "pass_keepalives",
+    )
 
     def __init__(
         self, mux: StreamMux, inbox: str, queue: asyncio.Queue[Msg], idle: float, what: str
@@ -181,9 +190,14 @@ class ReplyStream:
         self._expected = 0
         self._what = what
         self.finished = False
+        # A caller relaying to a client that needs its own keep-alives (SSE) turns this on.
+        self.pass_keepalives = False
 
     async def next(self) -> tuple[str, bytes]:
-        """The next start/chunk/done/result message; an error message raises its `ByoError`."""
+        """The next start/chunk/done/result (or keepalive, if passed) message.
+
+        An error message raises its `ByoError`.
+        """
         while True:
             try:
                 msg = self._queue.get_nowait()
@@ -208,6 +222,8 @@ class ReplyStream:
             self._expected += 1
             kind = headers.get(HDR_KIND, "")
             if kind == KEEPALIVE:
+                if self.pass_keepalives:
+                    return kind, b""
                 continue
             if kind == ERROR:
                 self.finished = True

@@ -8,10 +8,13 @@ on `runtime.stopped`. Ctrl-C or SIGTERM drains the NATS connection and exits cle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
+import uvicorn
 import uvloop
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
@@ -57,6 +60,42 @@ class ServiceRuntime:
         if self._bus is not None:
             await self._bus.close()
         await self.broker.stop()
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn inside the service's loop: the runtime owns SIGINT/SIGTERM, not uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_http(
+    runtime: ServiceRuntime, app: Any, *, host: str, port: int, grace_s: float = 10.0
+) -> None:
+    """Serve an ASGI app until `runtime.stopped` is set, then let open responses finish.
+
+    uvicorn's own logging config and access log are off: its loggers go through our redacting
+    handler, and probes are not worth a log line each.
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=int(grace_s),
+    )
+    server = _HttpServer(config)
+    serving = asyncio.create_task(server.serve(), name=f"{runtime.name}-http")
+    stopped = asyncio.create_task(runtime.stopped.wait(), name=f"{runtime.name}-stopped")
+    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopped.cancel()
+    await serving
 
 
 def run_service(

@@ -2,46 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterator
-
-import uvicorn
-
-from byorouter_common.service import ServiceRuntime, run_service
+from byorouter_common.service import ServiceRuntime, run_service, serve_http
 from byorouter_connect.app import create_app
 from byorouter_connect.settings import ConnectSettings
-
-
-class _HttpServer(uvicorn.Server):
-    """uvicorn inside the service's loop: the runtime owns SIGINT/SIGTERM, not uvicorn."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def main(runtime: ServiceRuntime) -> None:
     settings = runtime.settings
     assert isinstance(settings, ConnectSettings)
     await runtime.start()
-    config = uvicorn.Config(
-        create_app(runtime),
-        host=settings.host,
-        port=settings.port,
-        # Our logging setup (with redaction) handles uvicorn's loggers; probes are not logged.
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        server_header=False,
-    )
-    server = _HttpServer(config)
-    serving = asyncio.create_task(server.serve(), name="connect-http")
-    stopped = asyncio.create_task(runtime.stopped.wait(), name="connect-stopped")
-    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
-    stopped.cancel()
-    await serving
+    await serve_http(runtime, create_app(runtime), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from byorouter_common.bus import CHUNK, DONE, RESULT, START, ReplyStream
+from byorouter_common.bus import CHUNK, DONE, KEEPALIVE, RESULT, START, ReplyStream
 from byorouter_common.contracts import router
 from byorouter_common.errors import ByoError
 from byorouter_gateway.errors import JSON, error_headers
@@ -29,6 +29,8 @@ from byorouter_gateway.errors import JSON, error_headers
 log = logging.getLogger(__name__)
 
 DONE_EVENT: Final = b"data: [DONE]\n\n"
+# An SSE comment: clients ignore it, proxies with idle timeouts see the stream is alive.
+KEEPALIVE_COMMENT: Final = b": keep-alive\n\n"
 _SSE_HEADERS: Final = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -139,6 +141,7 @@ class ChatRelay(Response):
 
         headers.extend(_SSE_HEADERS)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        stream.pass_keepalives = True
         while True:
             try:
                 kind, data = await stream.next()
@@ -150,6 +153,10 @@ class ChatRelay(Response):
                 events = sse_events(data)
                 if events:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
+            elif kind == KEEPALIVE:
+                await send(
+                    {"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True}
+                )
             elif kind == DONE:
                 self._complete = True
                 await self._finish(send, DONE_EVENT)
