@@ -13,13 +13,14 @@ JS_STAMP := $(JS_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint format bench clean clean-state
+.PHONY: help install run test test-slow test-all lint format bench clean clean-state
 
 help:
 	@echo "make install      create .venv and install the pinned dependencies (idempotent)"
 	@echo "make run          start the whole stack locally (byorouter dev); Ctrl-C stops it"
 	@echo "make test         fast test suites (everything not marked slow)"
-	@echo "make test-all     every test suite, as CI runs them"
+	@echo "make test-slow    only the slow suites (browser, chaos); CI runs them after make test"
+	@echo "make test-all     every test suite in one run"
 	@echo "make lint         ruff check, ruff format --check, mypy --strict"
 	@echo "make format       ruff format and safe fixes"
 	@echo "make bench        the benchmark (python -m bench)"
@@ -48,6 +49,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# pytest exits 5 when no test is marked slow yet; that is not a failure.
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-all: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
