@@ -1,22 +1,22 @@
 """Router tests: the real router, in-process, on a real NATS server, against the fake OpenAI.
 
-TEMPORARY STAND-IN FOR KEYSTORE (swap when keystore lands): `KeystoreStub` answers
-`byorouter.keystore.credentials.resolve` on the bus with `ResolvedConnection`s the tests register,
-because keystore was built in parallel with the router. To use the real keystore, replace the
-`keystore` fixture by one that creates apps and connections through keystore's endpoints (as
-tests/e2e/conftest.py does) and drop `KeystoreStub`. For the same reason these tests run on their
-own NATS server (`router_nats_url`), so the stub can never answer for (or compete with) a real
-keystore another suite may have running on the session's `nats_url`.
+Credentials come from a real keystore (`start_keystore`, a subprocess with its own database and
+keyring): every connection a test uses is created through keystore's endpoints, and the router
+resolves it over the bus exactly as in production. These tests run on their own NATS server
+(`router_nats_url`) because their keystore must be the only one on its bus: another suite's
+keystore (e.g. the whole-stack fixture on the session's `nats_url`) would answer some lookups
+from a database that does not hold these connections.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
+
 from byorouter_cli.backends import NatsServer
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
@@ -24,10 +24,8 @@ from byorouter_common.service import ServiceRuntime
 from byorouter_fakes.openai import FakeOpenAI
 from byorouter_router.handlers import RouterHandlers
 from byorouter_router.settings import RouterSettings
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-
-from tests.router.router_client import KEEPALIVE_S, READ_TIMEOUT_S, KeystoreStub, provider
+from tests.conftest import KeystoreProcess, StartKeystore
+from tests.router.router_client import KEEPALIVE_S, READ_TIMEOUT_S, connect, provider
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +53,14 @@ async def client_nc(router_nats_url: str) -> AsyncIterator[NatsClient]:
 
 
 @pytest.fixture(scope="session")
-async def keystore(client_nc: NatsClient) -> KeystoreStub:
-    stub = KeystoreStub()
-
-    async def answer(msg: Msg) -> None:
-        # One task per lookup, as concurrent lookups must be able to overlap.
-        asyncio.get_running_loop().create_task(stub.answer(client_nc, msg))
-
-    await client_nc.subscribe(ks.CREDENTIALS_RESOLVE.subject, queue="keystore", cb=answer)
-    return stub
+async def keystore(
+    start_keystore: StartKeystore, router_nats_url: str
+) -> AsyncIterator[KeystoreProcess]:
+    process = await start_keystore(router_nats_url)
+    try:
+        yield process
+    finally:
+        process.stop()  # before its NATS server goes away
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +78,7 @@ def router_settings(router_nats_url: str) -> RouterSettings:
 
 @pytest.fixture(scope="session")
 async def router(
-    router_settings: RouterSettings, keystore: KeystoreStub
+    router_settings: RouterSettings, keystore: KeystoreProcess
 ) -> AsyncIterator[RouterHandlers]:
     runtime = ServiceRuntime("router", router_settings, "router under test")
     handlers = RouterHandlers(runtime, router_settings)
@@ -95,12 +92,15 @@ async def router(
 
 @pytest.fixture(scope="session")
 async def bus(client_nc: NatsClient, router: RouterHandlers) -> Bus:
-    """The caller's side, as the gateway uses it; depends on `router` so it is running."""
+    """The caller's side, as the gateway uses it; depends on `router` so it is running.
+
+    Tests also make their apps and connections with it, through keystore, as the CLI does.
+    """
     return Bus(client_nc, timeout_s=5.0, idle_timeout_s=10.0)
 
 
 @pytest.fixture
-def openai_connection(keystore: KeystoreStub, upstream: FakeOpenAI) -> tuple[ks.ConnectionRef, str]:
+async def openai_connection(bus: Bus, upstream: FakeOpenAI) -> tuple[ks.ConnectionRef, str]:
     """A connection whose OpenAI provider is the fake upstream; returns it and its user key."""
     key = "sk-user-" + secrets.token_hex(16)
-    return keystore.add([provider("openai", upstream.base_url, key)]), key
+    return await connect(bus, provider("openai", upstream.base_url, key)), key

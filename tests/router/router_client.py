@@ -1,24 +1,21 @@
-"""The caller's side of the router protocol for tests, and the stand-in for keystore.
-
-`KeystoreStub` is TEMPORARY: see conftest.py for how to swap in the real keystore.
-"""
+"""The caller's side of the router protocol for tests, and connections made through keystore."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from nats.aio.client import Client as NatsClient
+from pydantic import SecretStr
+
 from byorouter_common.bus import Bus, ReplyStream
-from byorouter_common.contracts import HDR_KIND, HDR_REQUEST_ID
+from byorouter_common.contracts import HDR_REQUEST_ID
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.router import CHAT, encode_chat_request
-from byorouter_common.errors import ByoError, not_found
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from pydantic import SecretStr
+from byorouter_common.errors import ByoError
+from tests.conftest import keystore_stats
 
 # The router under test: timeouts short enough that timeout tests finish quickly, long enough
 # for a loaded CI machine.
@@ -26,53 +23,55 @@ READ_TIMEOUT_S = 2.0
 KEEPALIVE_S = 0.2
 
 
-@dataclass
-class KeystoreStub:
-    """Answers CREDENTIALS_RESOLVE like keystore: another app's connection is simply not found."""
-
-    connections: dict[str, ks.ResolvedConnection] = field(default_factory=dict)
-    lookups: dict[str, int] = field(default_factory=dict)
-    delay_s: float = 0.0
-
-    def add(
-        self, providers: list[ks.ResolvedProvider], *, fallback_to_default: bool = False
-    ) -> ks.ConnectionRef:
-        ref = ks.ConnectionRef(
-            app_id="app_" + secrets.token_hex(8), connection_id="conn_" + secrets.token_hex(12)
-        )
-        self.connections[ref.connection_id] = ks.ResolvedConnection(
-            connection_id=ref.connection_id,
-            app_id=ref.app_id,
-            fallback_to_default=fallback_to_default,
-            providers=providers,
-        )
-        return ref
-
-    async def answer(self, nc: NatsClient, msg: Msg) -> None:
-        ref = ks.ConnectionRef.model_validate_json(msg.data)
-        self.lookups[ref.connection_id] = self.lookups.get(ref.connection_id, 0) + 1
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        found = self.connections.get(ref.connection_id)
-        if found is None or found.app_id != ref.app_id:
-            error = not_found("Connection not found.", code="connection_not_found")
-            await nc.publish(msg.reply, error.to_json(), headers={HDR_KIND: "error"})
-        else:
-            await nc.publish(
-                msg.reply, found.model_dump_json().encode(), headers={HDR_KIND: "result"}
-            )
-
-
 def provider(
-    name: ks.ProviderName, base_url: str | None, key: str | None = None, priority: int = 0
-) -> ks.ResolvedProvider:
-    return ks.ResolvedProvider(
-        provider=name,
-        api_key=SecretStr(key) if key is not None else None,
-        base_url=base_url,
-        preferred_model=None,
-        priority=priority,
+    name: ks.ProviderName, base_url: str | None, key: str | None = None
+) -> ks.ProviderCredentialInput:
+    return ks.ProviderCredentialInput(
+        provider=name, api_key=SecretStr(key) if key is not None else None, base_url=base_url
     )
+
+
+async def new_app(bus: Bus) -> str:
+    """A new app registered with keystore; returns its id."""
+    app = await bus.request(ks.APP_CREATE, ks.AppCreate(name="router test app"))
+    return app.app_id
+
+
+async def connect(
+    bus: Bus, *providers: ks.ProviderCredentialInput, app_id: str | None = None
+) -> ks.ConnectionRef:
+    """A connection stored in keystore (of a new app unless given), providers in priority order."""
+    created = await bus.request(
+        ks.CONNECTION_CREATE,
+        ks.ConnectionCreate(app_id=app_id or await new_app(bus), providers=list(providers)),
+    )
+    return ks.ConnectionRef(app_id=created.app_id, connection_id=created.connection_id)
+
+
+async def credential_lookups(nc: NatsClient) -> int:
+    """How many credential lookups keystore has answered so far (its NATS micro stats)."""
+    stats = await keystore_stats(nc, listen_s=0.2)
+    assert stats, "keystore did not answer $SRV.STATS"
+    return sum(endpoints["credentials_resolve"] for endpoints in stats.values())
+
+
+class Collected:
+    """A `ChatReply` that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    async def start(self) -> None:
+        self.kinds.append("start")
+
+    async def chunk(self, lines: bytes) -> None:
+        self.kinds.append("chunk")
+
+    async def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
+        self.kinds.append("done")
+
+    async def result(self, body: bytes) -> None:
+        self.kinds.append("result")
 
 
 @dataclass

@@ -6,12 +6,12 @@ import asyncio
 import secrets
 import time
 
+from nats.aio.client import Client as NatsClient
+
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.router import cancel_subject
 from byorouter_fakes.openai import FakeOpenAI
-from nats.aio.client import Client as NatsClient
-
 from tests.router.router_client import chat, open_chat
 
 

@@ -6,11 +6,11 @@ import asyncio
 import secrets
 
 import orjson
+
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
 from byorouter_fakes.openai import FakeOpenAI
-
-from tests.router.router_client import KeystoreStub, chat, provider
+from tests.router.router_client import chat, connect, provider
 
 MESSAGE = "the quick brown fox jumps over the lazy dog"
 
@@ -76,9 +76,9 @@ async def test_upstream_gets_the_users_key_and_its_own_model_id(
 
 
 async def test_selfhosted_provider_without_key_sends_no_authorization(
-    bus: Bus, keystore: KeystoreStub, upstream: FakeOpenAI
+    bus: Bus, upstream: FakeOpenAI
 ) -> None:
-    ref = keystore.add([provider("selfhosted", upstream.base_url)])
+    ref = await connect(bus, provider("selfhosted", upstream.base_url))
     tag = "tag-" + secrets.token_hex(6)
     answer = await chat(bus, ref, _body("selfhosted/llama3", user=tag, stream=True))
     assert answer.text == MESSAGE
@@ -90,9 +90,9 @@ async def test_selfhosted_provider_without_key_sends_no_authorization(
 
 
 async def test_model_ids_with_slashes_keep_everything_after_the_prefix(
-    bus: Bus, keystore: KeystoreStub, upstream: FakeOpenAI
+    bus: Bus, upstream: FakeOpenAI
 ) -> None:
-    ref = keystore.add([provider("selfhosted", upstream.base_url, "k-1234567890")])
+    ref = await connect(bus, provider("selfhosted", upstream.base_url, "k-1234567890"))
     tag = "tag-" + secrets.token_hex(6)
     await chat(bus, ref, _body("selfhosted/meta-llama/Llama-3.1-8B", user=tag))
     [request] = upstream.requests(tag)

@@ -6,11 +6,25 @@ import secrets
 import time
 
 import pytest
+from pydantic import SecretStr
+
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.errors import ByoError
 from byorouter_fakes.openai import FakeOpenAI
-
-from tests.router.router_client import READ_TIMEOUT_S, KeystoreStub, chat, provider
+from byorouter_router.providers.base import ProviderCredential
+from byorouter_router.providers.errors import Timeouts
+from byorouter_router.providers.openai_compat import OpenAICompatProvider
+from byorouter_router.settings import RouterSettings
+from byorouter_router.upstream import create_session
+from tests.router.router_client import (
+    READ_TIMEOUT_S,
+    Collected,
+    chat,
+    connect,
+    new_app,
+    provider,
+)
 
 
 def _body(model: str, stream: bool = False) -> dict[str, object]:
@@ -78,9 +92,9 @@ async def test_upstream_unknown_model_is_model_not_found(
 
 
 async def test_flat_error_body_of_a_selfhosted_server_is_understood(
-    bus: Bus, keystore: KeystoreStub, upstream: FakeOpenAI
+    bus: Bus, upstream: FakeOpenAI
 ) -> None:
-    ref = keystore.add([provider("selfhosted", upstream.base_url)])
+    ref = await connect(bus, provider("selfhosted", upstream.base_url))
     answer = await chat(bus, ref, _body("selfhosted/flat-500", stream=True))
     assert answer.error is not None
     assert answer.error.status == 502
@@ -141,10 +155,8 @@ async def test_model_the_connection_cannot_serve_is_404_naming_its_providers(
     assert "This connection has: openai." in answer.error.message
 
 
-async def test_connected_provider_not_implemented_yet_is_a_clean_404(
-    bus: Bus, keystore: KeystoreStub
-) -> None:
-    ref = keystore.add([provider("anthropic", None, "sk-ant-" + secrets.token_hex(16))])
+async def test_connected_provider_not_implemented_yet_is_a_clean_404(bus: Bus) -> None:
+    ref = await connect(bus, provider("anthropic", None, "sk-ant-" + secrets.token_hex(16)))
     answer = await chat(bus, ref, _body("anthropic/claude-3-5-sonnet-20241022"))
     assert answer.error is not None
     assert (answer.error.status, answer.error.code) == (404, "provider_not_supported")
@@ -154,7 +166,7 @@ async def test_unknown_connection_and_another_apps_connection_are_the_same_404(
     bus: Bus, openai_connection: tuple[ks.ConnectionRef, str]
 ) -> None:
     ref, _ = openai_connection
-    other_app = ks.ConnectionRef(app_id="app_other", connection_id=ref.connection_id)
+    other_app = ks.ConnectionRef(app_id=await new_app(bus), connection_id=ref.connection_id)
     missing = ks.ConnectionRef(app_id=ref.app_id, connection_id="conn_" + "0" * 24)
     errors = []
     for candidate in (other_app, missing):
@@ -165,21 +177,32 @@ async def test_unknown_connection_and_another_apps_connection_are_the_same_404(
     assert errors[0][0] == 404
 
 
-async def test_selfhosted_provider_without_base_url_is_refused_clearly(
-    bus: Bus, keystore: KeystoreStub
-) -> None:
-    ref = keystore.add([provider("selfhosted", None, "k-1234567890")])
-    answer = await chat(bus, ref, _body("selfhosted/llama3"))
-    assert answer.error is not None
-    assert (answer.error.status, answer.error.code) == (400, "provider_misconfigured")
+async def test_selfhosted_provider_without_base_url_is_refused_clearly(bus: Bus) -> None:
+    # Keystore will not store one; should such a credential ever reach the router (an older
+    # row, another keystore version), the router refuses it too rather than guess a URL.
+    with pytest.raises(ByoError) as refused:
+        await connect(bus, provider("selfhosted", None, "k-1234567890"))
+    assert (refused.value.status, refused.value.param) == (400, "providers[0].base_url")
+
+    session = create_session(RouterSettings(allow_private_upstreams=True))
+    try:
+        selfhosted = OpenAICompatProvider(
+            "selfhosted", session, Timeouts(2, 2, 5), default_base_url=None, allow_private=True
+        )
+        credential = ProviderCredential("selfhosted", SecretStr("k-1234567890"), None)
+        reply = Collected()
+        with pytest.raises(ByoError) as caught:
+            await selfhosted.chat(credential, "llama3", {"messages": []}, reply, deadline=1e12)
+    finally:
+        await session.close()
+    assert (caught.value.status, caught.value.code) == (400, "provider_misconfigured")
+    assert reply.kinds == []
 
 
-async def test_unreachable_upstream_is_502_upstream_unreachable(
-    bus: Bus, keystore: KeystoreStub
-) -> None:
+async def test_unreachable_upstream_is_502_upstream_unreachable(bus: Bus) -> None:
     from byorouter_cli.backends import free_port
 
-    ref = keystore.add([provider("selfhosted", f"http://127.0.0.1:{free_port()}/v1")])
+    ref = await connect(bus, provider("selfhosted", f"http://127.0.0.1:{free_port()}/v1"))
     answer = await chat(bus, ref, _body("selfhosted/llama3", stream=True))
     assert answer.error is not None
     assert (answer.error.status, answer.error.code) == (502, "upstream_unreachable")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 import pytest
+
 from byorouter_cli.backends import free_port
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
@@ -12,19 +13,15 @@ from byorouter_common.contracts.router import MODELS
 from byorouter_common.errors import ByoError
 from byorouter_fakes.openai import MODELS as FAKE_MODELS
 from byorouter_fakes.openai import FakeOpenAI
-
-from tests.router.router_client import KeystoreStub, provider
+from tests.router.router_client import connect, provider
 
 
 async def test_models_are_listed_with_the_provider_prefix_using_the_users_key(
-    bus: Bus, keystore: KeystoreStub, upstream: FakeOpenAI
+    bus: Bus, upstream: FakeOpenAI
 ) -> None:
     key = "sk-user-" + secrets.token_hex(16)
-    ref = keystore.add(
-        [
-            provider("openai", upstream.base_url, key),
-            provider("selfhosted", upstream.base_url, priority=1),
-        ]
+    ref = await connect(
+        bus, provider("openai", upstream.base_url, key), provider("selfhosted", upstream.base_url)
     )
     listing = await bus.request(MODELS, ref)
     ids = [card.id for card in listing.data]
@@ -37,13 +34,12 @@ async def test_models_are_listed_with_the_provider_prefix_using_the_users_key(
 
 
 async def test_a_failing_provider_is_left_out_of_the_list_not_fatal(
-    bus: Bus, keystore: KeystoreStub, upstream: FakeOpenAI
+    bus: Bus, upstream: FakeOpenAI
 ) -> None:
-    ref = keystore.add(
-        [
-            provider("openai", upstream.base_url, "sk-user-" + secrets.token_hex(16)),
-            provider("selfhosted", f"http://127.0.0.1:{free_port()}/v1", priority=1),
-        ]
+    ref = await connect(
+        bus,
+        provider("openai", upstream.base_url, "sk-user-" + secrets.token_hex(16)),
+        provider("selfhosted", f"http://127.0.0.1:{free_port()}/v1"),
     )
     listing = await bus.request(MODELS, ref)
     assert [card.id for card in listing.data] == [f"openai/{m}" for m in FAKE_MODELS]

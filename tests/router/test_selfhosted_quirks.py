@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 from aiohttp import web
-from byorouter_common.bus import Bus
 
-from tests.router.router_client import KeystoreStub, chat, provider
+from byorouter_common.bus import Bus
+from tests.router.router_client import chat, connect, provider
 
 
 def _event(content: str | None, finish: str | None = None) -> bytes:
@@ -64,9 +64,9 @@ async def quirky_upstream() -> AsyncIterator[str]:
 
 
 async def test_crlf_split_stream_without_done_is_relayed_whole_and_ends_with_done(
-    bus: Bus, keystore: KeystoreStub, quirky_upstream: str
+    bus: Bus, quirky_upstream: str
 ) -> None:
-    ref = keystore.add([provider("selfhosted", quirky_upstream)])
+    ref = await connect(bus, provider("selfhosted", quirky_upstream))
     answer = await chat(
         bus,
         ref,

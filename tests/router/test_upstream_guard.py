@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
+
 from byorouter_common.errors import ByoError
 from byorouter_fakes.openai import FakeOpenAI
 from byorouter_router.providers.base import ProviderCredential
@@ -14,26 +15,7 @@ from byorouter_router.providers.errors import Timeouts
 from byorouter_router.providers.openai_compat import OpenAICompatProvider
 from byorouter_router.settings import RouterSettings
 from byorouter_router.upstream import create_session, is_public_address
-from pydantic import SecretStr
-
-
-class Collected:
-    """A `ChatReply` that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.kinds: list[str] = []
-
-    async def start(self) -> None:
-        self.kinds.append("start")
-
-    async def chunk(self, lines: bytes) -> None:
-        self.kinds.append("chunk")
-
-    async def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
-        self.kinds.append("done")
-
-    async def result(self, body: bytes) -> None:
-        self.kinds.append("result")
+from tests.router.router_client import Collected
 
 
 @pytest.fixture
