@@ -1,25 +1,27 @@
 """App API keys at the gateway: who gets in, how fast a revoked key is shut out, rate limits.
 
-Keystore here is the contract-speaking stand-in of conftest.py (the real one is being built).
+Keys are issued and revoked by the real keystore; how often the gateway asked keystore is read
+from keystore's own NATS micro statistics.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 import httpx
 import pytest
 
-from tests.gateway.conftest import (
-    FakeKeystore,
-    FakeRouter,
-    RunningGateway,
+from byorouter_cli.devstack import Stack
+from byorouter_common.bus import Bus
+from byorouter_common.contracts import keystore as ks
+from tests.gateway.gateway_client import (
     Tenant,
+    another_key,
+    authenticate_calls,
     chat_body,
-    new_app_key,
-    start_gateway,
+    forged_key,
+    new_tenant,
 )
 
 
@@ -36,32 +38,32 @@ from tests.gateway.conftest import (
     ],
 )
 async def test_missing_or_malformed_key_is_401_without_asking_keystore(
-    http: httpx.AsyncClient, tenant: Tenant, keystore: FakeKeystore, authorization: str | None
+    http: httpx.AsyncClient, tenant: Tenant, bus: Bus, authorization: str | None
 ) -> None:
     headers = {"X-Byorouter-Connection": tenant.connection_id}
     if authorization is not None:
         headers["Authorization"] = authorization
-    calls = keystore.authenticate_calls
+    calls = await authenticate_calls(bus.nc)
     response = await http.post("/v1/chat/completions", headers=headers, json=chat_body())
     assert response.status_code == 401
     error = response.json()["error"]
     assert error["type"] == "authentication_error"
     assert error["status"] == 401
     assert response.headers["x-should-retry"] == "false"
-    assert keystore.authenticate_calls == calls
+    assert await authenticate_calls(bus.nc) == calls
     if authorization:
         assert authorization.split()[-1] not in response.text
 
 
-async def test_unknown_key_is_401_and_never_echoed(http: httpx.AsyncClient, tenant: Tenant) -> None:
-    _, forged = new_app_key()
-    for key in (forged, tenant.app_key[:-1] + ("A" if tenant.app_key[-1] != "A" else "B")):
+async def test_unknown_or_altered_key_is_401_and_never_echoed(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    last = tenant.app_key[-1]
+    altered = tenant.app_key[:-1] + ("A" if last != "A" else "B")
+    for key in (forged_key(), altered):
         response = await http.post(
             "/v1/chat/completions",
-            headers={
-                "Authorization": f"Bearer {key}",
-                "X-Byorouter-Connection": tenant.connection_id,
-            },
+            headers={**tenant.headers, "Authorization": f"Bearer {key}"},
             json=chat_body(),
         )
         assert response.status_code == 401
@@ -70,9 +72,9 @@ async def test_unknown_key_is_401_and_never_echoed(http: httpx.AsyncClient, tena
 
 
 async def test_a_known_key_is_checked_with_keystore_once_then_cached(
-    http: httpx.AsyncClient, tenant: Tenant, keystore: FakeKeystore
+    http: httpx.AsyncClient, tenant: Tenant, bus: Bus
 ) -> None:
-    calls = keystore.authenticate_calls
+    calls = await authenticate_calls(bus.nc)
     responses = await asyncio.gather(
         *(
             http.post("/v1/chat/completions", headers=tenant.headers, json=chat_body())
@@ -80,63 +82,64 @@ async def test_a_known_key_is_checked_with_keystore_once_then_cached(
         )
     )
     assert [r.status_code for r in responses] == [200] * 5
-    assert keystore.authenticate_calls == calls + 1
+    assert await authenticate_calls(bus.nc) == calls + 1
 
 
 async def test_revoked_key_is_refused_at_once_despite_the_cache(
-    http: httpx.AsyncClient, tenant: Tenant, keystore: FakeKeystore
+    http: httpx.AsyncClient, tenant: Tenant, bus: Bus
 ) -> None:
-    ok = await http.post("/v1/chat/completions", headers=tenant.headers, json=chat_body())
-    assert ok.status_code == 200  # now cached for 30 s
-    await keystore.revoke(tenant.key_id)
+    spare = await another_key(bus, tenant)
+    for key_holder in (tenant, spare):
+        ok = await http.post("/v1/chat/completions", headers=key_holder.headers, json=chat_body())
+        assert ok.status_code == 200  # now cached for 30 s
+    await bus.request(ks.APP_KEY_REVOKE, ks.AppKeyRevoke(key_id=tenant.key_id))
     deadline = time.monotonic() + 1.0
     while True:
         response = await http.post("/v1/chat/completions", headers=tenant.headers, json=chat_body())
         if response.status_code == 401:
             break
         assert response.status_code == 200
-        assert time.monotonic() < deadline, "revoked key still accepted 1 s after the event"
+        assert time.monotonic() < deadline, "revoked key still accepted 1 s after revocation"
         await asyncio.sleep(0.02)
+    # Only the revoked key is shut out: the app's other key still works.
+    still = await http.post("/v1/chat/completions", headers=spare.headers, json=chat_body())
+    assert still.status_code == 200
 
 
 async def test_app_keys_never_reach_the_log(
-    http: httpx.AsyncClient, tenant: Tenant, caplog: pytest.LogCaptureFixture
+    http: httpx.AsyncClient, tenant: Tenant, stack: Stack
 ) -> None:
-    _, forged = new_app_key()
-    with caplog.at_level(logging.DEBUG):
-        for key in (tenant.app_key, forged):
-            await http.post(
-                "/v1/chat/completions",
-                headers={
-                    "Authorization": f"Bearer {key}",
-                    "X-Byorouter-Connection": tenant.connection_id,
-                },
-                json=chat_body(stream=True),
-            )
-    logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
-    assert tenant.app_key not in logged
-    assert forged not in logged
+    forged = forged_key()
+    for key in (tenant.app_key, forged):
+        await http.post(
+            "/v1/chat/completions",
+            headers={**tenant.headers, "Authorization": f"Bearer {key}"},
+            json=chat_body(stream=True),
+        )
+    stack.flush_logs()
+    # Every service of the stack logs at DEBUG, spans included.
+    for log_file in stack.log_files():
+        logged = log_file.read_text(errors="replace")
+        assert tenant.app_key not in logged, log_file.name
+        assert forged not in logged, log_file.name
 
 
 async def test_app_over_its_rate_limit_gets_429_with_retry_after(
-    gateway_nats_url: str, keystore: FakeKeystore, router: FakeRouter
+    tuned_stack: Stack, tuned_bus: Bus
 ) -> None:
-    strict = await start_gateway(gateway_nats_url, rate_limit_rps=0.5, rate_limit_burst=2)
-    busy, calm = keystore.new_tenant(), keystore.new_tenant()
-    try:
-        async with httpx.AsyncClient(base_url=strict.url) as client:
-            statuses = [
-                (await client.get("/v1/models", headers=busy.headers)).status_code for _ in range(2)
-            ]
-            assert statuses == [200, 200]
-            limited = await client.get("/v1/models", headers=busy.headers)
-            assert limited.status_code == 429
-            assert limited.json()["error"]["code"] == "rate_limit_exceeded"
-            assert limited.headers["retry-after"] == "2"
-            # Another app has its own budget.
-            assert (await client.get("/v1/models", headers=calm.headers)).status_code == 200
-    finally:
-        await strict.stop()
+    busy = await new_tenant(tuned_bus, tuned_stack)
+    calm = await new_tenant(tuned_bus, tuned_stack)
+    async with httpx.AsyncClient(base_url=tuned_stack.gateway_url, timeout=10) as client:
+        statuses = [
+            (await client.get("/v1/models", headers=busy.headers)).status_code for _ in range(2)
+        ]
+        assert statuses == [200, 200]
+        limited = await client.get("/v1/models", headers=busy.headers)
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+        assert limited.headers["retry-after"] == "2"
+        # Another app has its own budget.
+        assert (await client.get("/v1/models", headers=calm.headers)).status_code == 200
 
 
 async def test_every_response_carries_a_request_id(http: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -155,17 +158,26 @@ async def test_every_response_carries_a_request_id(http: httpx.AsyncClient, tena
     assert echoed.headers["x-request-id"] == "Trace-42_a"
 
 
-async def test_gateway_copy_keeps_working_for_cached_keys_and_says_why_others_fail(
-    gateway: RunningGateway, tenant: Tenant, keystore: FakeKeystore
+async def test_with_keystore_down_cached_keys_keep_working_and_others_get_503(
+    tuned_stack: Stack, tuned_bus: Bus
 ) -> None:
-    """With keystore gone, a cached key still works; an unseen key gets 503, not 401."""
-    async with httpx.AsyncClient(base_url=gateway.url) as client:
-        assert (await client.get("/v1/models", headers=tenant.headers)).status_code == 200
-        other = keystore.new_tenant()
-        await keystore.stop()
+    known = await new_tenant(tuned_bus, tuned_stack)
+    unseen = await new_tenant(tuned_bus, tuned_stack)
+    async with httpx.AsyncClient(base_url=tuned_stack.gateway_url, timeout=10) as client:
+        first = await client.post("/v1/chat/completions", headers=known.headers, json=chat_body())
+        assert first.status_code == 200
+        tuned_stack.stop_service("keystore")
         try:
-            assert (await client.get("/v1/models", headers=tenant.headers)).status_code == 200
-            response = await client.get("/v1/models", headers=other.headers)
+            # The gateway trusts the cached key and the router its cached credentials.
+            again = await client.post(
+                "/v1/chat/completions", headers=known.headers, json=chat_body()
+            )
+            assert again.status_code == 200
+            # A key nobody has vouched for yet cannot be checked: unavailable, not unauthorized.
+            response = await client.post(
+                "/v1/chat/completions", headers=unseen.headers, json=chat_body()
+            )
             assert response.status_code == 503
+            assert response.json()["error"]["status"] == 503
         finally:
-            await keystore.start(keystore.nats_url)
+            tuned_stack.start_service("keystore")

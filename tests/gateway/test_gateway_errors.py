@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.gateway.conftest import Tenant, chat_body
+from tests.gateway.gateway_client import Tenant, chat_body
 
 SECRET = "sk-proj-DoNotEchoMe0123456789"
 ERROR_FIELDS = {"message", "type", "code", "param", "status"}
@@ -98,7 +98,7 @@ async def test_chunked_body_over_one_mib_is_413_too(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
     async def upload() -> AsyncIterator[bytes]:
-        yield b'{"model": "test/echo", "messages": [{"role": "user", "content": "'
+        yield b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "'
         for _ in range(20):
             yield b"x" * 65536
         yield b'"}]}'

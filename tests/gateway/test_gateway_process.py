@@ -1,87 +1,79 @@
 """`python -m byorouter_gateway` as an operator runs it: serves, traces and logs without secrets,
-and stops cleanly on SIGTERM."""
+and stops cleanly on SIGTERM.
+
+Runs on `tuned_stack`, whose gateway writes an access line per request and every service exports
+its spans into its log.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 
-from byorouter_cli.backends import free_port
-from tests.gateway.conftest import FakeKeystore, FakeRouter, Tenant, chat_body, tag
+from byorouter_cli.devstack import Stack
+from byorouter_common.bus import Bus
+from tests.gateway.gateway_client import chat_body, forged_key, new_tenant, sse_events
+
+
+def spans(log_lines: list[str]) -> list[dict[str, Any]]:
+    """The spans the console exporter wrote among a service's log lines (indented JSON)."""
+    found: list[dict[str, Any]] = []
+    block: list[str] | None = None
+    for line in log_lines:
+        if line == "{":
+            block = [line]
+        elif block is not None:
+            block.append(line)
+            if line == "}":
+                found.append(orjson.loads("\n".join(block)))
+                block = None
+    return found
 
 
 async def test_gateway_process_serves_logs_safely_and_stops_on_sigterm(
-    gateway_nats_url: str,
-    keystore: FakeKeystore,
-    router: FakeRouter,
-    tenant: Tenant,
-    tmp_path: Path,
+    tuned_stack: Stack, tuned_bus: Bus
 ) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BYOROUTER_")}
-    env.update(
-        NATS_URL=gateway_nats_url,
-        BYOROUTER_GATEWAY_PORT=str(port),
-        BYOROUTER_ACCESS_LOG="true",
-        BYOROUTER_LOG_LEVEL="DEBUG",
-        BYOROUTER_LOG_FORMAT="text",
-        BYOROUTER_OTEL_EXPORTER="console",
-    )
-    log_file = tmp_path / "gateway.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "byorouter_gateway"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    tenant = await new_tenant(tuned_bus, tuned_stack)
+    forged = forged_key()
     try:
-        url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                assert process.poll() is None, log_file.read_text()
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, log_file.read_text()
-                await asyncio.sleep(0.1)
-            t = tag()
+        async with httpx.AsyncClient(base_url=tuned_stack.gateway_url, timeout=10) as client:
             ok = await client.post(
-                "/v1/chat/completions", headers=tenant.headers, json=chat_body(stream=True, user=t)
+                "/v1/chat/completions", headers=tenant.headers, json=chat_body(stream=True)
             )
-            assert ok.text.endswith("data: [DONE]\n\n")
+            assert sse_events(ok.text)[-1] == "[DONE]"
             bad = await client.post(
                 "/v1/chat/completions",
+                headers={**tenant.headers, "Authorization": f"Bearer {forged}"},
                 json=chat_body(),
-                headers={**tenant.headers, "Authorization": f"Bearer {tenant.app_key}x"},
             )
             assert bad.status_code == 401
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0
+        tuned_stack.stop_service("gateway")
+        assert tuned_stack.exit_code("gateway") == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-    logged = log_file.read_text()
+        tuned_stack.start_service("gateway")
+
+    tuned_stack.flush_logs()
+    logged = "\n".join(tuned_stack.log_lines("gateway"))
     assert "POST /v1/chat/completions 200" in logged
     assert "POST /v1/chat/completions 401" in logged
-    assert tenant.app_key not in logged
-    assert tenant.app_key[-43:] not in logged
+    for name in ("gateway", "router", "keystore"):
+        text = "\n".join(tuned_stack.log_lines(name))
+        for key in (tenant.app_key, forged):
+            assert key not in text, name
+            assert key[-43:] not in text, name
     # One server span per request, named by its route, carrying who asked and which request...
-    assert '"name": "POST /v1/chat/completions"' in logged
-    assert '"http.route": "/v1/chat/completions"' in logged
-    assert f'"byorouter.request_id": "{ok.headers["x-request-id"]}"' in logged
-    assert f'"byorouter.app_id": "{tenant.app_id}"' in logged
+    request_id = ok.headers["x-request-id"]
+    (served,) = [
+        s
+        for s in spans(tuned_stack.log_lines("gateway"))
+        if s["attributes"].get("byorouter.request_id") == request_id
+    ]
+    assert served["name"] == "POST /v1/chat/completions"
+    assert served["attributes"]["http.route"] == "/v1/chat/completions"
+    assert served["attributes"]["byorouter.app_id"] == tenant.app_id
     # ...and the router's side of the bus call continues the same trace.
-    traceparent = router.chats[t].traceparent
-    assert traceparent is not None
-    assert f'"trace_id": "0x{traceparent.split("-")[1]}"' in logged
+    trace_id = served["context"]["trace_id"]
+    routed = [s for s in spans(tuned_stack.log_lines("router")) if s["name"] == "router.chat"]
+    assert trace_id in [s["context"]["trace_id"] for s in routed]
