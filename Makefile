@@ -11,9 +11,11 @@ STAMP := $(VENV)/.installed
 JS_DIR := tests/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
+# apt-get needs root; as another user, sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow test-all lint format bench clean clean-state
+.PHONY: help install browser run test test-slow test-all lint format bench clean clean-state
 
 help:
 	@echo "make install      create .venv and install the pinned dependencies (idempotent)"
@@ -50,11 +52,17 @@ run: install
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The browser suites drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
 # pytest exits 5 when no test is marked slow yet; that is not a failure.
-test-slow: install
+test-slow: install browser
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-test-all: install
+test-all: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
