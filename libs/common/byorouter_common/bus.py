@@ -25,7 +25,7 @@ from typing import Any, Final
 import nats
 import nats.errors
 import orjson
-from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+from faststream.nats import NatsBroker, NatsMessage, NatsResponse, NatsUserPassword
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
@@ -34,6 +34,7 @@ from byorouter_common import errors
 from byorouter_common.contracts import HDR_KIND, HDR_SEQ, Endpoint, Event
 from byorouter_common.contracts.base import Rep, Req
 from byorouter_common.errors import ByoError
+from byorouter_common.nats_permissions import inbox_prefix
 from byorouter_common.settings import ServiceSettings
 from byorouter_common.telemetry import inject_headers
 
@@ -62,6 +63,8 @@ def connect_options(settings: ServiceSettings, name: str) -> dict[str, Any]:
     if settings.nats_user:
         options["user"] = settings.nats_user
         options["password"] = settings.nats_password
+        # A user may read only its own inboxes (nats_permissions), so replies go there.
+        options["inbox_prefix"] = inbox_prefix(settings.nats_user)
     return options
 
 
@@ -87,8 +90,13 @@ def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
     """The service's FastStream broker (one NATS connection for handlers, events and streams)."""
     options = connect_options(settings, name)
     servers = options.pop("servers")
+    security = None
+    if "user" in options:
+        # FastStream takes a login only as a security object, not as nats-py's keywords.
+        security = NatsUserPassword(options.pop("user"), options.pop("password") or "")
     return NatsBroker(
         servers,
+        security=security,
         logger=logging.getLogger(f"byorouter.{name}.broker"),
         log_level=logging.DEBUG,
         **options,
@@ -501,3 +509,25 @@ def subscribe_event(
 
 def header(headers: Mapping[str, str] | None, name: str, default: str = "") -> str:
     return (headers or {}).get(name, default)
+
+
+def consume_event(
+    broker: NatsBroker,
+    event: Event[Any],
+    handler: Callable[[Any], Awaitable[None]],
+    *,
+    queue: str,
+) -> None:
+    """Exactly one copy of the `queue` group receives each event: for records, not caches.
+
+    A report such as a request's usage must be stored once however many copies run.
+    """
+
+    async def handle(msg: NatsMessage) -> None:
+        try:
+            await handler(event.payload.model_validate_json(msg.body))
+        except Exception:
+            log.exception("event handler failed", extra={"event": event.subject})
+
+    handle.__name__ = "consume_" + event.subject.replace(".", "_")
+    broker.subscriber(event.subject, queue=queue)(handle)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_serializer
@@ -146,6 +146,8 @@ class ResolvedProvider(Contract):
     base_url: str | None
     preferred_model: str | None
     priority: int
+    # `failing` once the provider rejected this key; the router then stops using it as a fallback.
+    status: Literal["ok", "failing"] = "ok"
 
     @field_serializer("api_key", when_used="json")
     def _reveal(self, value: SecretStr | None) -> str | None:
@@ -157,6 +159,26 @@ class ResolvedConnection(Contract):
     app_id: str
     fallback_to_default: bool
     providers: list[ResolvedProvider]
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+class UsageRow(Contract):
+    """A connection's requests and tokens on one provider and model on one day (UTC)."""
+
+    day: date
+    provider: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageReport(Contract):
+    connection_id: str
+    rows: list[UsageRow]
 
 
 # --- key-encryption keys --------------------------------------------------------------------
@@ -239,6 +261,13 @@ CREDENTIALS_RESOLVE = Endpoint(
     SERVICE,
     "Decrypted provider credentials of a connection. Router only.",
 )
+USAGE_GET = Endpoint(
+    "byorouter.keystore.usage.get",
+    ConnectionRef,
+    UsageReport,
+    SERVICE,
+    "A connection's token usage per provider, model and day (UTC), newest day first.",
+)
 KEYS_ROTATE = Endpoint(
     "byorouter.keystore.keys.rotate",
     Empty,
@@ -271,6 +300,7 @@ ENDPOINTS = (
     CONNECTION_GET,
     CONNECTION_DELETE,
     CREDENTIALS_RESOLVE,
+    USAGE_GET,
     KEYS_ROTATE,
     KEYS_PRUNE,
     KEYS_STATUS,

@@ -1,0 +1,345 @@
+"""The Connect flow's subjects: consent, authorization codes, manage links and sessions, key tests.
+
+Connect (the browser pages) and the gateway (the app's server-to-server calls) ask keystore to
+issue and redeem the flow's one-time secrets, and the router to try a key before it is saved.
+Every one-time secret travels only in request/reply bodies, never in a subject; keystore stores
+only its SHA-256.
+
+The redirect URI rules live here too, because keystore applies them when an app registers and
+Connect applies them again on every authorization request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_serializer
+
+from byorouter_common.contracts.base import Contract, Endpoint
+from byorouter_common.contracts.keystore import (
+    ConnectionInfo,
+    ProviderCredentialInput,
+    ProviderName,
+)
+
+KEYSTORE: Final = "keystore"
+ROUTER: Final = "router"
+
+# An authorization code lives at most this long (RFC 9700 recommends minutes, not more).
+MAX_CODE_TTL_S: Final = 600
+# PKCE S256: the challenge is the unpadded base64url SHA-256 of the verifier, 43 characters.
+CODE_CHALLENGE_PATTERN: Final = r"^[A-Za-z0-9_-]{43}$"
+# RFC 7636 section 4.1: 43 to 128 characters of [A-Z] / [a-z] / [0-9] / "-" / "." / "_" / "~".
+CODE_VERIFIER_PATTERN: Final = r"^[A-Za-z0-9\-._~]{43,128}$"
+
+_LOOPBACK_NAMES: Final = frozenset({"localhost"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback IP literals (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redirect_uri_problem(uri: str) -> str | None:
+    """Why `uri` may not be a redirect URI, or None if it may.
+
+    An absolute https URL, or http on a loopback host (native and local apps); no user info
+    (`https://good.example@evil.example/`), no fragment, no whitespace or control characters.
+    Messages never quote the URI.
+    """
+    if not uri or len(uri) > 2000:
+        return "must be an absolute URL of at most 2000 characters"
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in uri):
+        return "must not contain spaces, backslashes or control characters"
+    try:
+        parts = urlsplit(uri)
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an absolute http(s) URL with a host"
+    if "@" in parts.netloc:
+        return "must not contain a user name or password"
+    if "#" in uri:
+        return "must not contain a fragment"
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return "must use https (plain http is allowed only for localhost and 127.0.0.1)"
+    return None
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port] of an absolute URL, lower-cased as browsers compare origins."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = {"http": 80, "https": 443}.get(parts.scheme)
+    port = "" if parts.port in (None, default_port) else f":{parts.port}"
+    return f"{parts.scheme}://{host}{port}"
+
+
+# --- the consent page --------------------------------------------------------------------------
+
+
+class ConsentAppGet(Contract):
+    client_id: str = Field(max_length=200)
+
+
+class ConsentApp(Contract):
+    """What the consent page shows about the app that is asking."""
+
+    app_id: str
+    client_id: str
+    name: str
+    redirect_uris: list[str]
+    # The app runs an AI of its own that a connection may fall back to; until apps can register
+    # one this is always false and the page hides the choice.
+    offers_default_provider: bool = False
+
+
+class AuthorizationGrant(Contract):
+    """The person said yes: store their keys as a new connection and issue a code for it."""
+
+    client_id: str = Field(max_length=200)
+    redirect_uri: str = Field(max_length=2000)
+    code_challenge: str = Field(pattern=CODE_CHALLENGE_PATTERN)
+    code_challenge_method: Literal["S256"] = "S256"
+    providers: list[ProviderCredentialInput] = Field(min_length=1, max_length=8)
+    fallback_to_default: bool = False
+    code_ttl_s: int = Field(default=300, ge=10, le=MAX_CODE_TTL_S)
+
+
+class AuthorizationCode(Contract):
+    # Shown once, in the redirect to the app; only its SHA-256 is stored.
+    code: SecretStr
+    expires_at: datetime
+
+    @field_serializer("code", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+class CodeExchange(Contract):
+    """The app's server trades a code for the connection id (the gateway authenticated it)."""
+
+    app_id: str
+    code: SecretStr
+    redirect_uri: str = Field(max_length=2000)
+    code_verifier: SecretStr
+
+    @field_serializer("code", "code_verifier", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+# --- managing a connection later -------------------------------------------------------------
+
+
+class ManageLinkCreate(Contract):
+    """An app asks for a short-lived link that lets its user manage one connection."""
+
+    app_id: str
+    connection_id: str
+    return_url: str | None = Field(default=None, max_length=2000)
+    ttl_s: int = Field(default=300, ge=10, le=900)
+
+
+class ManageLink(Contract):
+    token: SecretStr
+    expires_at: datetime
+
+    @field_serializer("token", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+class ManageLinkRedeem(Contract):
+    """Connect trades the link's token (once) for a browser session of its own."""
+
+    token: SecretStr
+    session_ttl_s: int = Field(default=1800, ge=60, le=12 * 3600)
+
+    @field_serializer("token", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+class ManageSessionOpened(Contract):
+    session: SecretStr
+    expires_at: datetime
+
+    @field_serializer("session", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+class _SessionRequest(Contract):
+    session: SecretStr
+
+    @field_serializer("session", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+class ManageSessionGet(_SessionRequest):
+    pass
+
+
+class ProviderSet(_SessionRequest):
+    """Add a provider, or replace one's key (a new data key; the connection id stays)."""
+
+    credential: ProviderCredentialInput
+
+
+class ProviderRemove(_SessionRequest):
+    provider: ProviderName
+
+
+class PreferencesSet(_SessionRequest):
+    """Provider order (first is tried first), preferred models, and fallback to the app's AI."""
+
+    order: list[ProviderName] = Field(min_length=1, max_length=8)
+    preferred_models: dict[ProviderName, str | None] = Field(default_factory=dict)
+    fallback_to_default: bool = False
+
+
+class ManageDisconnect(_SessionRequest):
+    pass
+
+
+class ManageView(Contract):
+    """Everything the manage page shows: never a key, only masked labels and health."""
+
+    app_name: str
+    offers_default_provider: bool = False
+    return_url: str | None
+    expires_at: datetime
+    connection: ConnectionInfo
+
+
+# --- trying a key ------------------------------------------------------------------------------
+
+
+class ProviderTest(Contract):
+    """Try a key by listing the provider's models; nothing is stored."""
+
+    provider: ProviderName
+    api_key: SecretStr | None = None
+    base_url: str | None = Field(default=None, max_length=2048)
+
+    @field_serializer("api_key", when_used="json")
+    def _reveal(self, value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+
+class ProviderTestResult(Contract):
+    """The outcome in plain words a person understands, e.g. "Key works — 42 models available"."""
+
+    ok: bool
+    message: str
+    model_count: int = 0
+    # Filled for providers whose preferred model a person picks (OpenRouter), ids as the
+    # provider names them.
+    models: list[str] = Field(default_factory=list)
+
+
+CONSENT_APP_GET = Endpoint(
+    "byorouter.keystore.connect.app.get",
+    ConsentAppGet,
+    ConsentApp,
+    KEYSTORE,
+    "The app asking for consent, by client id (404 if unknown).",
+)
+AUTHORIZE = Endpoint(
+    "byorouter.keystore.connect.authorize",
+    AuthorizationGrant,
+    AuthorizationCode,
+    KEYSTORE,
+    "Store a person's keys as a new connection and issue a single-use authorization code.",
+)
+CODE_EXCHANGE = Endpoint(
+    "byorouter.keystore.connect.code.exchange",
+    CodeExchange,
+    ConnectionInfo,
+    KEYSTORE,
+    "Redeem an authorization code (PKCE S256) for its connection; reuse revokes it.",
+)
+MANAGE_LINK_CREATE = Endpoint(
+    "byorouter.keystore.connect.manage_link.create",
+    ManageLinkCreate,
+    ManageLink,
+    KEYSTORE,
+    "A short-lived single-use link token for a person to manage one of the app's connections.",
+)
+MANAGE_LINK_REDEEM = Endpoint(
+    "byorouter.keystore.connect.manage_link.redeem",
+    ManageLinkRedeem,
+    ManageSessionOpened,
+    KEYSTORE,
+    "Trade a manage link token (once) for a manage session.",
+)
+MANAGE_SESSION_GET = Endpoint(
+    "byorouter.keystore.connect.session.get",
+    ManageSessionGet,
+    ManageView,
+    KEYSTORE,
+    "The connection a manage session may change, with masked labels and health.",
+)
+PROVIDER_SET = Endpoint(
+    "byorouter.keystore.connect.provider.set",
+    ProviderSet,
+    ManageView,
+    KEYSTORE,
+    "Add a provider to the session's connection or replace its key.",
+)
+PROVIDER_REMOVE = Endpoint(
+    "byorouter.keystore.connect.provider.remove",
+    ProviderRemove,
+    ManageView,
+    KEYSTORE,
+    "Remove a provider from the session's connection (not the last one).",
+)
+PREFERENCES_SET = Endpoint(
+    "byorouter.keystore.connect.preferences.set",
+    PreferencesSet,
+    ManageView,
+    KEYSTORE,
+    "Change provider order, preferred models and fallback of the session's connection.",
+)
+MANAGE_DISCONNECT = Endpoint(
+    "byorouter.keystore.connect.disconnect",
+    ManageDisconnect,
+    ManageView,
+    KEYSTORE,
+    "Disconnect the session's connection: revoke it and erase its keys.",
+)
+PROVIDER_TEST = Endpoint(
+    "byorouter.router.provider.test",
+    ProviderTest,
+    ProviderTestResult,
+    ROUTER,
+    "Try a provider key (list its models) and say in plain words whether it works.",
+)
+
+KEYSTORE_ENDPOINTS = (
+    CONSENT_APP_GET,
+    AUTHORIZE,
+    CODE_EXCHANGE,
+    MANAGE_LINK_CREATE,
+    MANAGE_LINK_REDEEM,
+    MANAGE_SESSION_GET,
+    PROVIDER_SET,
+    PROVIDER_REMOVE,
+    PREFERENCES_SET,
+    MANAGE_DISCONNECT,
+)
+ENDPOINTS = (*KEYSTORE_ENDPOINTS, PROVIDER_TEST)
