@@ -156,8 +156,8 @@ async def test_model_the_connection_cannot_serve_is_404_naming_its_providers(
 
 
 async def test_connected_provider_not_implemented_yet_is_a_clean_404(bus: Bus) -> None:
-    ref = await connect(bus, provider("anthropic", None, "sk-ant-" + secrets.token_hex(16)))
-    answer = await chat(bus, ref, _body("anthropic/claude-3-5-sonnet-20241022"))
+    ref = await connect(bus, provider("openrouter", None, "sk-or-" + secrets.token_hex(16)))
+    answer = await chat(bus, ref, _body("openrouter/meta-llama/llama-3-8b-instruct"))
     assert answer.error is not None
     assert (answer.error.status, answer.error.code) == (404, "provider_not_supported")
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from byorouter_common.bus import Bus
-from byorouter_gateway.api.routes import chat, connections, health, models
+from byorouter_gateway.api.routes import chat, connect_sessions, connections, health, models, oauth
 from byorouter_gateway.auth import AppKeyAuth
 from byorouter_gateway.deps import Gateway
 from byorouter_gateway.errors import install_error_handlers
@@ -48,8 +48,9 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
     install_error_handlers(app)
 
     # Routes spell their full paths: the route template is what spans and access lines show.
-    for resource in (chat, models, connections, health):
+    for resource in (chat, models, connections, connect_sessions, health):
         app.include_router(resource.router)
+    oauth.install(app)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -36,3 +36,14 @@ class GatewaySettings(ServiceSettings):
     ready_timeout_s: float = Field(default=1.0, gt=0)
     # On shutdown, how long open responses (long streams) may finish before they are cut.
     shutdown_grace_s: int = Field(default=10, ge=0)
+    # Where people's browsers reach Connect: manage links (POST /v1/connect/sessions) point here.
+    connect_public_url: str = Field(
+        default="http://127.0.0.1:8080",
+        validation_alias=AliasChoices("BYOROUTER_CONNECT_PUBLIC_URL"),
+    )
+    # Failed code exchanges (POST /v1/oauth/token) allowed per minute, per app and per client
+    # IP, per gateway copy; beyond that every attempt is refused with 429 until the budget refills.
+    oauth_failures_per_app_per_min: int = Field(default=10, ge=1)
+    oauth_failures_per_ip_per_min: int = Field(default=60, ge=1)
+    # How long a manage link from POST /v1/connect/sessions may wait to be opened.
+    manage_link_ttl_s: int = Field(default=300, ge=10, le=900)

@@ -9,6 +9,7 @@ import sys
 
 from byorouter_common.logging import setup_logging
 from byorouter_common.service import ServiceRuntime, run_service
+from byorouter_keystore.connect_handlers import ConnectFlowHandlers
 from byorouter_keystore.crypto import KeyringError, KeyringStore, init_keyring_file
 from byorouter_keystore.db import create_engine, safe_url, session_factory, upgrade_database
 from byorouter_keystore.handlers import KeystoreHandlers
@@ -42,9 +43,9 @@ def serve(settings: KeystoreSettings) -> None:
     async def main(runtime: ServiceRuntime) -> None:
         engine = create_engine(settings.database_url)
         try:
-            KeystoreHandlers(
-                runtime, session_factory(engine), keyring, settings.rewrap_batch_size
-            ).register()
+            sessions = session_factory(engine)
+            KeystoreHandlers(runtime, sessions, keyring, settings.rewrap_batch_size).register()
+            ConnectFlowHandlers(runtime, sessions, keyring).register()
             await runtime.start()
             log.info(
                 "keystore serving",

@@ -6,19 +6,24 @@ change that was then rolled back.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from pydantic import SecretStr
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from byorouter_common.bus import serve, subscribe_event
+from byorouter_common.bus import consume_event, serve, subscribe_event
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.base import Empty
 from byorouter_common.service import ServiceRuntime
 from byorouter_keystore import repository as repo
+from byorouter_keystore.connect_repository import check_redirect_uris
 from byorouter_keystore.crypto import KeyringStore
-from byorouter_keystore.models import App, Connection, Credential
+from byorouter_keystore.models import App, Connection, Credential, UsageDaily
+
+log = logging.getLogger(__name__)
 
 
 def _app_info(app: App) -> ks.AppInfo:
@@ -54,6 +59,18 @@ def _connection_info(connection: Connection, credentials: list[Credential]) -> k
     )
 
 
+def _usage_row(row: UsageDaily) -> ks.UsageRow:
+    return ks.UsageRow(
+        day=row.day,
+        provider=row.provider,
+        model=row.model,
+        requests=row.requests,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        total_tokens=row.total_tokens,
+    )
+
+
 @dataclass
 class KeystoreHandlers:
     """The keystore's endpoints, sharing one session factory and one keyring."""
@@ -74,14 +91,19 @@ class KeystoreHandlers:
         serve(broker, ks.CONNECTION_GET, self.get_connection, discovery=discovery)
         serve(broker, ks.CONNECTION_DELETE, self.delete_connection, discovery=discovery)
         serve(broker, ks.CREDENTIALS_RESOLVE, self.resolve_credentials, discovery=discovery)
+        serve(broker, ks.USAGE_GET, self.get_usage, discovery=discovery)
         serve(broker, ks.KEYS_ROTATE, self.rotate_keys, discovery=discovery)
         serve(broker, ks.KEYS_PRUNE, self.prune_keys, discovery=discovery)
         serve(broker, ks.KEYS_STATUS, self.keys_status, discovery=discovery)
         subscribe_event(broker, events.KEYRING_ROTATED, self.on_keyring_rotated)
+        # Reports the router makes: one copy records each, however many copies run.
+        consume_event(broker, events.USAGE, self.on_usage, queue=ks.SERVICE)
+        consume_event(broker, events.CREDENTIAL_STATUS, self.on_credential_status, queue=ks.SERVICE)
 
     # --- apps ---
 
     async def create_app(self, request: ks.AppCreate) -> ks.AppCreated:
+        check_redirect_uris(request.redirect_uris)
         async with self.sessions.begin() as session:
             app, key = await repo.create_app(session, request.name, request.redirect_uris)
         return ks.AppCreated(
@@ -166,6 +188,7 @@ class KeystoreHandlers:
                     base_url=r.credential.base_url,
                     preferred_model=r.credential.preferred_model,
                     priority=r.credential.priority,
+                    status="failing" if r.credential.status == "failing" else "ok",
                 )
                 for r in resolved
             ],
@@ -177,6 +200,40 @@ class KeystoreHandlers:
             events.ConnectionChangedEvent(
                 connection_id=connection_id, app_id=app_id, deleted=deleted
             ),
+        )
+
+    async def on_credential_status(self, event: events.CredentialStatusEvent) -> None:
+        async with self.sessions.begin() as session:
+            changed = await repo.set_credential_status(
+                session,
+                event.app_id,
+                event.connection_id,
+                event.provider,
+                event.status,
+                event.last_error if event.status == "failing" else None,
+            )
+        if changed:
+            # The routers' cached copies learn the new status (and stop falling back to it).
+            await self._connection_changed(event.connection_id, event.app_id, deleted=False)
+
+    # --- usage ---
+
+    async def on_usage(self, event: events.UsageEvent) -> None:
+        try:
+            async with self.sessions.begin() as session:
+                await repo.record_usage(session, event)
+        except IntegrityError:
+            # The connection is gone (its app was deleted): there is nobody to bill.
+            log.warning(
+                "usage for an unknown connection dropped",
+                extra={"connection_id": event.connection_id, "request_id": event.request_id},
+            )
+
+    async def get_usage(self, request: ks.ConnectionRef) -> ks.UsageReport:
+        async with self.sessions.begin() as session:
+            rows = await repo.usage_of(session, request.app_id, request.connection_id)
+        return ks.UsageReport(
+            connection_id=request.connection_id, rows=[_usage_row(r) for r in rows]
         )
 
     # --- key-encryption keys ---

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -108,3 +109,21 @@ class AuditEntry(Base):
     app_id: Mapped[str | None] = mapped_column(String(64), index=True)
     subject_id: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+
+class UsageDaily(Base):
+    """A connection's requests and tokens on one provider and model on one day (UTC)."""
+
+    __tablename__ = "usage_daily"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64))
+    requests: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    total_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")

@@ -1,4 +1,4 @@
-"""The keystore's domain: apps and their keys, connections and their encrypted credentials.
+"""The keystore's domain: apps and their keys, connections and their encrypted credentials, usage.
 
 Plain async functions over an `AsyncSession`; the caller owns the transaction (one per bus
 request, so a request either fully happens or not at all). Key rotation is the exception: it
@@ -11,14 +11,17 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
-from sqlalchemy import CursorResult, Result, delete, func, select, update
+from sqlalchemy import CursorResult, Result, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from byorouter_common import errors
+from byorouter_common.contracts.events import UsageEvent
 from byorouter_common.contracts.keystore import ProviderCredentialInput, ProviderName
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
@@ -32,7 +35,14 @@ from byorouter_keystore.crypto import (
     undecryptable,
     unseal,
 )
-from byorouter_keystore.models import App, AppKey, AuditEntry, Connection, Credential
+from byorouter_keystore.models import (
+    App,
+    AppKey,
+    AuditEntry,
+    Connection,
+    Credential,
+    UsageDaily,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,9 @@ log = logging.getLogger(__name__)
 _KEY_REQUIRED: frozenset[str] = frozenset({"openai", "anthropic", "openrouter"})
 # Compared against when a key id is unknown, so every refusal costs the same work.
 _NO_SUCH_KEY_HASH = bytes(32)
+# Column widths: a longer provider message or model id is cut, never refused.
+_MAX_LAST_ERROR = 500
+_MAX_MODEL = 200
 
 
 def connection_not_found() -> ByoError:
@@ -320,6 +333,75 @@ async def resolve_credentials(
     connection, credentials = await get_connection(session, app_id, connection_id)
     resolved = [ResolvedCredential(c, _unseal(keyring, c)) for c in credentials]
     return connection, resolved
+
+
+async def set_credential_status(
+    session: AsyncSession,
+    app_id: str,
+    connection_id: str,
+    provider: str,
+    status: str,
+    last_error: str | None,
+) -> bool:
+    """Record that a provider rejected (or accepted again) a key; True if anything changed.
+
+    Only a credential of a connection the app owns is touched. `updated_at` stays: it says when
+    the person last changed the credential, and a status is the provider's verdict, not theirs.
+    """
+    last_error = last_error[:_MAX_LAST_ERROR] if last_error is not None else None
+    owned = select(Connection.id).where(Connection.id == connection_id, Connection.app_id == app_id)
+    result = await session.execute(
+        update(Credential)
+        .where(
+            Credential.connection_id.in_(owned),
+            Credential.provider == provider,
+            or_(Credential.status != status, Credential.last_error.is_distinct_from(last_error)),
+        )
+        .values(status=status, last_error=last_error, updated_at=Credential.updated_at)
+    )
+    return _rowcount(result) > 0
+
+
+# --- usage --------------------------------------------------------------------------------------
+
+
+async def record_usage(session: AsyncSession, event: UsageEvent) -> None:
+    """Add one finished request to its connection's row for that provider, model and day."""
+    day = event.at.astimezone(UTC).date()
+    insert = pg_insert(UsageDaily).values(
+        connection_id=event.connection_id,
+        app_id=event.app_id,
+        provider=event.provider,
+        model=event.model[:_MAX_MODEL],
+        day=day,
+        requests=1,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        total_tokens=event.total_tokens,
+    )
+    added = insert.excluded
+    await session.execute(
+        insert.on_conflict_do_update(
+            constraint="pk_usage_daily",
+            set_={
+                "requests": UsageDaily.requests + added.requests,
+                "prompt_tokens": UsageDaily.prompt_tokens + added.prompt_tokens,
+                "completion_tokens": UsageDaily.completion_tokens + added.completion_tokens,
+                "total_tokens": UsageDaily.total_tokens + added.total_tokens,
+            },
+        )
+    )
+
+
+async def usage_of(session: AsyncSession, app_id: str, connection_id: str) -> list[UsageDaily]:
+    """The connection's usage rows, newest day first; another app's connection is a 404."""
+    connection = await _owned_connection(session, app_id, connection_id)
+    rows = await session.scalars(
+        select(UsageDaily)
+        .where(UsageDaily.connection_id == connection.id)
+        .order_by(UsageDaily.day.desc(), UsageDaily.provider, UsageDaily.model)
+    )
+    return list(rows)
 
 
 # --- key-encryption keys ------------------------------------------------------------------------

@@ -5,6 +5,10 @@ a subscription's callback for one message at a time, so the callback only starts
 request and returns; a cancel message (`byorouter.router.cancel.<request_id>`) cancels that task,
 which aborts the upstream HTTP call. Each reply goes to the caller's inbox as the streaming
 protocol of `byorouter_common.bus`: start, then chunk* and done (streamed) or result, or error.
+
+Before the answer starts, a failing provider is retried and then fallen back from (`fallback`);
+`start` goes out once, from the attempt that succeeded. Every finished request publishes its
+token usage, and a provider that rejects a user's key gets it marked as failing in keystore.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import nats.errors
@@ -34,12 +39,19 @@ from byorouter_common.bus import (
     KeepAliveTicker,
     StreamWriter,
 )
-from byorouter_common.contracts import HDR_REQUEST_ID
+from byorouter_common.contracts import HDR_REQUEST_ID, events
 from byorouter_common.contracts.keystore import PROVIDERS
 from byorouter_common.contracts.router import CANCEL_PREFIX, CHAT
 from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import extract_context
 from byorouter_router.credentials import ConnectionCredentials, CredentialCache
+from byorouter_router.fallback import (
+    KEY_REJECTED,
+    Candidate,
+    FallbackChain,
+    RetryPolicy,
+    fallback_candidates,
+)
 from byorouter_router.providers.base import Provider
 
 log = logging.getLogger(__name__)
@@ -48,31 +60,116 @@ tracer = trace.get_tracer("byorouter.router")
 ENDPOINT_NAME: Final = CHAT.name
 # Every provider prefix a model id may carry; `default` is the app's own fallback provider.
 KNOWN_PREFIXES: Final = frozenset((*PROVIDERS, "default"))
+# OpenAI-compatible upstreams put this on every chunk once usage is asked for; compact JSON only
+# (a quote inside a JSON string is always escaped, so the bytes cannot occur inside content).
+_NULL_USAGE: Final = b',"usage":null'
+_USAGE_KEY: Final = b'"usage"'
+
+
+def without_usage(lines: bytes) -> bytes:
+    """Chunk lines without the usage the client did not ask for.
+
+    Drops the usage-only chunk (no choices) and a `usage` field on other chunks; lines that carry
+    no usage pass through byte for byte, so the common case is one substring search.
+    """
+    if _USAGE_KEY not in lines:
+        return lines
+    lines = lines.replace(_NULL_USAGE, b"")
+    if _USAGE_KEY not in lines:
+        return lines
+    kept: list[bytes] = []
+    for line in lines.split(b"\n"):
+        if _USAGE_KEY in line:
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                event = None
+            if type(event) is dict and "usage" in event:
+                usage = event.pop("usage")
+                if usage is not None and not event.get("choices"):
+                    continue
+                line = orjson.dumps(event)
+        kept.append(line)
+    return b"\n".join(kept)
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return type(options) is dict and options.get("include_usage") is True
+
+
+def ask_for_usage(body: dict[str, Any]) -> None:
+    """Make a streamed request ask its upstream for usage, keeping the client's other options."""
+    options = body.get("stream_options")
+    body["stream_options"] = (
+        {**options, "include_usage": True} if type(options) is dict else {"include_usage": True}
+    )
 
 
 class BusReply:
-    """A provider's answer, written to the caller's inbox as Byo-Kind messages."""
+    """One attempt's answer, written to the caller's inbox as Byo-Kind messages.
 
-    __slots__ = ("_start", "_writer")
+    `start` tells the caller who answers and after how many upstream calls; from then on the
+    answer is the client's and the attempt can no longer be retried or fallen back from.
+    """
 
-    def __init__(self, writer: StreamWriter, provider: str, model: str) -> None:
+    __slots__ = ("_start", "_strip_usage", "_writer", "result_body", "started", "usage")
+
+    def __init__(
+        self,
+        writer: StreamWriter,
+        provider: str,
+        model: str,
+        attempts: int,
+        *,
+        strip_usage: bool = False,
+    ) -> None:
         self._writer = writer
-        self._start = orjson.dumps({"provider": provider, "model": model, "attempts": 1})
+        self._start = orjson.dumps({"provider": provider, "model": model, "attempts": attempts})
+        self._strip_usage = strip_usage
+        self.started = False
+        self.usage: dict[str, Any] | None = None
+        self.result_body: bytes | None = None
 
     async def start(self) -> None:
+        self.started = True
         await self._writer.send(START, self._start)
 
     async def chunk(self, lines: bytes) -> None:
+        if self._strip_usage:
+            lines = without_usage(lines)
+            if not lines:
+                return
         await self._writer.send(CHUNK, lines)
 
     async def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
+        self.usage = usage
         # orjson rather than StreamDone.model_dump_json: same JSON, a fraction of the cost.
+        # Usage here is for BYORouter's side (the gateway never relays it); a client sees usage
+        # only in chunks, and only when it asked.
         await self._writer.send(
             DONE, orjson.dumps({"finish_reason": finish_reason, "usage": usage})
         )
 
     async def result(self, body: bytes) -> None:
+        # Its usage is read after the answer is on its way (`reported_usage`), not before.
+        self.result_body = body
         await self._writer.send(RESULT, body)
+
+    def reported_usage(self) -> dict[str, Any] | None:
+        if self.usage is None and self.result_body is not None:
+            try:
+                answer = orjson.loads(self.result_body)
+            except orjson.JSONDecodeError:
+                return None
+            usage = answer.get("usage") if type(answer) is dict else None
+            self.usage = usage if type(usage) is dict else None
+        return self.usage
+
+
+def _tokens(usage: dict[str, Any] | None, name: str) -> int:
+    value = usage.get(name) if usage is not None else None
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _has(connection: ConnectionCredentials) -> str:
@@ -136,6 +233,7 @@ class ChatRouter:
         discovery: Discovery,
         keepalive: KeepAliveTicker,
         deadline_s: float,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._nc = nc
         self._credentials = credentials
@@ -143,6 +241,8 @@ class ChatRouter:
         self._discovery = discovery
         self._keepalive = keepalive
         self._deadline_s = deadline_s
+        self._retry = retry or RetryPolicy()
+        self._chain: FallbackChain | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._requests: Subscription | None = None
         self._cancels: Subscription | None = None
@@ -153,6 +253,8 @@ class ChatRouter:
         return len(self._tasks)
 
     async def start(self) -> None:
+        # The loop's clock: the same one the request deadline is measured on.
+        self._chain = FallbackChain(self._retry, clock=asyncio.get_running_loop().time)
         self._discovery.add(ENDPOINT_NAME, CHAT.subject, CHAT.service, CHAT.description)
         self._requests = await self._nc.subscribe(
             CHAT.subject, queue=CHAT.service, cb=self.on_request
@@ -250,21 +352,18 @@ class ChatRouter:
                 provider_name, model = choose_provider(body.get("model"), connection)
                 span.set_attribute("byorouter.provider", provider_name)
                 span.set_attribute("byorouter.model", model)
-                provider = self._providers.get(provider_name)
-                if provider is None:
+                if provider_name not in self._providers:
                     raise ByoError(
                         404,
                         "provider_not_supported",
                         f"The {provider_name} provider is not supported yet.",
                         param="model",
                     )
-                await provider.chat(
-                    connection.providers[provider_name],
-                    model,
-                    body,
-                    BusReply(writer, provider_name, model),
-                    deadline,
+                served, reply = await self._serve(
+                    request_id, connection, Candidate(provider_name, model), body, writer, deadline
                 )
+                span.set_attribute("byorouter.served_by", served.provider)
+                await self._publish_usage(request_id, connection, served, reply)
             except ByoError as exc:
                 failure = exc.code
                 span.set_status(Status(StatusCode.ERROR, exc.code))
@@ -286,3 +385,107 @@ class ChatRouter:
                 writer.closed = True
                 self._keepalive.discard(writer)
                 self._discovery.record(ENDPOINT_NAME, time.perf_counter_ns() - began, failure)
+
+    async def _serve(
+        self,
+        request_id: str,
+        connection: ConnectionCredentials,
+        requested: Candidate,
+        body: dict[str, Any],
+        writer: StreamWriter,
+        deadline: float,
+    ) -> tuple[Candidate, BusReply]:
+        """Answer from the requested provider or a fallback; who served it and its reply."""
+        # Usage is always asked of a streaming upstream (it is what the user pays for); the
+        # client only sees it if it asked too.
+        strip_usage = body.get("stream") is True and not wants_usage(body)
+        if strip_usage:
+            ask_for_usage(body)
+        candidates = fallback_candidates(
+            requested,
+            connection.targets,
+            self._providers,
+            fallback_to_default=connection.fallback_to_default,
+        )
+        replies: list[BusReply] = []
+
+        async def attempt(candidate: Candidate, attempts: int) -> None:
+            reply = BusReply(
+                writer, candidate.provider, candidate.model, attempts, strip_usage=strip_usage
+            )
+            replies.append(reply)
+            if attempts > 1:
+                log.info(
+                    "trying again",
+                    extra={
+                        "request_id": request_id,
+                        "provider": candidate.provider,
+                        "attempt": attempts,
+                    },
+                )
+            await self._providers[candidate.provider].chat(
+                connection.providers[candidate.provider], candidate.model, body, reply, deadline
+            )
+
+        async def observe(candidate: Candidate, error: ByoError) -> None:
+            if error.code == KEY_REJECTED and not connection.is_failing(candidate.provider):
+                await self._publish_credential_status(
+                    connection, candidate.provider, "failing", error.message
+                )
+
+        if self._chain is None:
+            raise RuntimeError("chat router not started")
+        served = await self._chain.run(
+            candidates,
+            deadline,
+            attempt,
+            started=lambda: bool(replies) and replies[-1].started,
+            observe=observe,
+        )
+        if connection.is_failing(served.candidate.provider):
+            await self._publish_credential_status(connection, served.candidate.provider, "ok")
+        return served.candidate, replies[-1]
+
+    async def _publish_usage(
+        self,
+        request_id: str,
+        connection: ConnectionCredentials,
+        served: Candidate,
+        reply: BusReply,
+    ) -> None:
+        usage = reply.reported_usage()
+        event = {
+            "request_id": request_id,
+            "app_id": connection.app_id,
+            "connection_id": connection.connection_id,
+            "provider": served.provider,
+            "model": served.model,
+            "prompt_tokens": _tokens(usage, "prompt_tokens"),
+            "completion_tokens": _tokens(usage, "completion_tokens"),
+            "total_tokens": _tokens(usage, "total_tokens"),
+            "at": datetime.now(UTC),
+        }
+        await self._publish(events.USAGE.subject, orjson.dumps(event))
+
+    async def _publish_credential_status(
+        self,
+        connection: ConnectionCredentials,
+        provider: str,
+        status: str,
+        last_error: str | None = None,
+    ) -> None:
+        event = events.CredentialStatusEvent(
+            connection_id=connection.connection_id,
+            app_id=connection.app_id,
+            provider=provider,
+            status="failing" if status == "failing" else "ok",
+            last_error=last_error,
+        )
+        await self._publish(events.CREDENTIAL_STATUS.subject, event.model_dump_json().encode())
+
+    async def _publish(self, subject: str, data: bytes) -> None:
+        # A report lost to a bus hiccup must not fail the answer the client already has.
+        try:
+            await self._nc.publish(subject, data)
+        except (nats.errors.Error, OSError):
+            log.warning("could not publish event", extra={"subject": subject})

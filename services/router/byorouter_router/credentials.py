@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from byorouter_common.contracts.events import ConnectionChangedEvent
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
+from byorouter_router.fallback import FallbackTarget
 from byorouter_router.providers.base import ProviderCredential
 
 Lookup = Callable[[ConnectionRef], Awaitable[ResolvedConnection]]
@@ -28,6 +29,13 @@ class ConnectionCredentials:
     app_id: str
     fallback_to_default: bool
     providers: dict[str, ProviderCredential]
+    # The same providers as fallback targets (same order): preferred model, whether failing.
+    targets: dict[str, FallbackTarget] = field(default_factory=dict)
+
+    def is_failing(self, provider: str) -> bool:
+        """Whether keystore has this provider's key marked as rejected."""
+        target = self.targets.get(provider)
+        return target is not None and target.failing
 
     @property
     def provider_names(self) -> list[str]:
@@ -36,18 +44,25 @@ class ConnectionCredentials:
     @classmethod
     def from_resolved(cls, resolved: ResolvedConnection) -> ConnectionCredentials:
         providers: dict[str, ProviderCredential] = {}
+        targets: dict[str, FallbackTarget] = {}
         for p in sorted(resolved.providers, key=lambda p: p.priority):
             # Several credentials of one provider: the best priority one answers.
-            providers.setdefault(
-                p.provider,
-                ProviderCredential(
-                    provider=p.provider,
-                    api_key=p.api_key,
-                    base_url=p.base_url,
-                    preferred_model=p.preferred_model,
-                ),
+            if p.provider in providers:
+                continue
+            providers[p.provider] = ProviderCredential(
+                provider=p.provider,
+                api_key=p.api_key,
+                base_url=p.base_url,
+                preferred_model=p.preferred_model,
             )
-        return cls(resolved.connection_id, resolved.app_id, resolved.fallback_to_default, providers)
+            targets[p.provider] = FallbackTarget(p.preferred_model, p.status == "failing")
+        return cls(
+            resolved.connection_id,
+            resolved.app_id,
+            resolved.fallback_to_default,
+            providers,
+            targets,
+        )
 
 
 class CredentialCache:

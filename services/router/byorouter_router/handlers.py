@@ -9,6 +9,7 @@ from __future__ import annotations
 import aiohttp
 
 from byorouter_common.bus import KeepAliveTicker, serve, subscribe_event
+from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as contract
@@ -17,7 +18,10 @@ from byorouter_common.contracts.router import ModelList
 from byorouter_common.service import ServiceRuntime
 from byorouter_router.chat import ChatRouter
 from byorouter_router.credentials import CredentialCache
+from byorouter_router.fallback import RetryPolicy
 from byorouter_router.models import ModelCatalog
+from byorouter_router.provider_test import ProviderTester
+from byorouter_router.providers.anthropic import AnthropicProvider
 from byorouter_router.providers.base import Provider
 from byorouter_router.providers.errors import Timeouts
 from byorouter_router.providers.openai_compat import OPENAI_BASE_URL, OpenAICompatProvider
@@ -33,6 +37,14 @@ class RouterHandlers:
             self._resolve_credentials, settings.credential_cache_ttl_s
         )
         self.keepalive = KeepAliveTicker(settings.keepalive_interval_s)
+        self.tester = ProviderTester(
+            settings.allow_private_upstreams,
+            Timeouts(
+                settings.upstream_connect_timeout_s,
+                settings.upstream_read_timeout_s,
+                settings.request_deadline_s,
+            ),
+        )
         self._session: aiohttp.ClientSession | None = None
         self._catalog: ModelCatalog | None = None
         self._chat: ChatRouter | None = None
@@ -48,13 +60,15 @@ class RouterHandlers:
         subscribe_event(
             self.runtime.broker, events.CONNECTION_CHANGED, self.credentials.on_connection_changed
         )
+        discovery = self.runtime.discovery
+        serve(self.runtime.broker, cn.PROVIDER_TEST, self.tester.test, discovery=discovery)
 
     def _providers(self, session: aiohttp.ClientSession) -> dict[str, Provider]:
         s = self.settings
         timeouts = Timeouts(
             s.upstream_connect_timeout_s, s.upstream_read_timeout_s, s.request_deadline_s
         )
-        # Anthropic and OpenRouter slot in here as they are implemented.
+        # OpenRouter slots in here when it is implemented.
         return {
             "openai": OpenAICompatProvider(
                 "openai",
@@ -70,12 +84,16 @@ class RouterHandlers:
                 default_base_url=None,
                 allow_private=s.allow_private_upstreams,
             ),
+            "anthropic": AnthropicProvider(
+                session, timeouts, allow_private=s.allow_private_upstreams
+            ),
         }
 
     async def start(self) -> None:
         """The upstream pool and the chat subscriptions; after `runtime.start()`."""
         self._session = create_session(self.settings)
         providers = self._providers(self._session)
+        self.tester.attach(self._session, providers)
         self._catalog = ModelCatalog(self.credentials, providers, self.settings.model_cache_ttl_s)
         self._chat = ChatRouter(
             self.runtime.bus.nc,
@@ -84,6 +102,11 @@ class RouterHandlers:
             discovery=self.runtime.discovery,
             keepalive=self.keepalive,
             deadline_s=self.settings.request_deadline_s,
+            retry=RetryPolicy(
+                self.settings.max_retries,
+                self.settings.retry_backoff_base_s,
+                self.settings.retry_backoff_cap_s,
+            ),
         )
         self.keepalive.start()
         await self._chat.start()

@@ -1,4 +1,4 @@
-"""Router settings: upstream timeouts, the connection pool, caches and the SSRF guard."""
+"""Router settings: upstream timeouts, retries, the connection pool, caches and the SSRF guard."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ class RouterSettings(ServiceSettings):
     # it is complete). A stream that keeps delivering is bounded by the read timeout only, so a
     # long generation is not cut off mid-answer.
     request_deadline_s: float = Field(default=120.0, gt=0)
+    # How often one provider is asked again after a 429, 5xx or timeout before falling back.
+    max_retries: int = Field(default=1, ge=0, le=5)
+    # Exponential backoff with full jitter between those retries (a Retry-After wins over it).
+    retry_backoff_base_s: float = Field(default=0.25, gt=0)
+    retry_backoff_cap_s: float = Field(default=2.0, gt=0)
     # How long a connection's decrypted credentials stay cached; change events drop them sooner.
     credential_cache_ttl_s: float = Field(default=60.0, ge=0)
     # How long a provider's model list is reused.

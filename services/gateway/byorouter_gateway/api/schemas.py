@@ -6,7 +6,7 @@ passes the body on untouched, so a provider's newer fields work without a gatewa
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -134,6 +134,35 @@ class ConnectionDeletedView(BaseModel):
     id: str
     object: Literal["connection"] = "connection"
     deleted: bool = True
+
+
+class UsageView(BaseModel):
+    """Requests and tokens of one connection on one provider and model on one day (UTC)."""
+
+    day: date
+    provider: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, row: ks.UsageRow) -> UsageView:
+        return cls(
+            day=row.day,
+            provider=row.provider,
+            model=row.model,
+            requests=row.requests,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            total_tokens=row.total_tokens,
+        )
+
+
+class UsageList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[UsageView]
 
 
 class Readiness(BaseModel):

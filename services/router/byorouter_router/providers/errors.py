@@ -150,3 +150,19 @@ def transport_error(
             f"The {provider} provider broke off the answer before it was complete.",
         )
     return ByoError(502, "upstream_unreachable", f"The {provider} provider could not be reached.")
+
+
+def overloaded_error(provider: str, raw: bytes, headers: CIMultiDictProxy[str]) -> ByoError:
+    """The error for an upstream that said it is overloaded (Anthropic's 529) rather than failed.
+
+    A 5xx like any other (502), but with its own code and the upstream's Retry-After, so an app
+    can tell "try again shortly" from "this provider is broken".
+    """
+    message, _, _ = upstream_message(raw)
+    suffix = f": {message}" if message else "."
+    return ByoError(
+        502,
+        "upstream_overloaded",
+        f"The {provider} provider is overloaded{suffix}",
+        retry_after=retry_after_seconds(headers),
+    )

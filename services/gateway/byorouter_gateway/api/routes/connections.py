@@ -15,6 +15,8 @@ from byorouter_gateway.api.schemas import (
     ConnectionView,
     ProviderList,
     ProviderView,
+    UsageList,
+    UsageView,
 )
 from byorouter_gateway.deps import AppPrincipalDep, BusDep, checked_connection_id
 
@@ -49,6 +51,18 @@ async def list_connection_providers(
 ) -> ProviderList:
     info = await bus.request(ks.CONNECTION_GET, _ref(principal, connection_id))
     return ProviderList(data=[ProviderView.of(p) for p in info.providers])
+
+
+@router.get(
+    "/v1/connections/{connection_id}/usage",
+    summary="Token usage of a connection per provider, model and day (UTC)",
+    responses=APP_ERRORS,
+)
+async def get_connection_usage(
+    connection_id: str, principal: AppPrincipalDep, bus: BusDep
+) -> UsageList:
+    report = await bus.request(ks.USAGE_GET, _ref(principal, connection_id))
+    return UsageList(data=[UsageView.of(row) for row in report.rows])
 
 
 @router.delete(

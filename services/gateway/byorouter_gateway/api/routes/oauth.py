@@ -1,0 +1,211 @@
+"""POST /v1/oauth/token: an app's server trades an authorization code (+ PKCE verifier) for a
+connection id.
+
+The body is JSON or form-encoded (what OAuth libraries send), parsed here by hand so no framework
+error ever echoes a submitted code or verifier. Every refusal of the code itself is the same
+`invalid_grant`, whatever check failed. Failed attempts are limited per app and per client IP,
+and every answer carries `Cache-Control: no-store`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel, SecretStr
+from starlette.responses import Response
+
+from byorouter_common import errors
+from byorouter_common.contracts import connect as cn
+from byorouter_common.errors import ByoError
+from byorouter_gateway.api.schemas import APP_ERRORS, ProviderView
+from byorouter_gateway.deps import Gateway, app_principal, bus_of
+from byorouter_gateway.errors import ErrorResponse
+from byorouter_gateway.settings import GatewaySettings
+
+router = APIRouter(tags=["connect"])
+
+NO_STORE: Final = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+MAX_BODY: Final = 16 * 1024
+_VERIFIER: Final = re.compile(cn.CODE_VERIFIER_PATTERN)
+_FIELDS: Final = ("grant_type", "code", "redirect_uri", "code_verifier")
+
+
+class TokenResponse(BaseModel):
+    """What a successful exchange returns: the connection id and its providers (masked)."""
+
+    connection_id: str
+    providers: list[ProviderView]
+
+
+class FailureBudget:
+    """Failed attempts per key (an app, an IP) as a token bucket: `per_min` a minute, refilling.
+
+    Only failures spend the budget, so an app connecting many people at once is never slowed
+    down, while guessing codes is.
+    """
+
+    def __init__(self, per_min: int) -> None:
+        self.capacity = float(per_min)
+        self.rate = per_min / 60.0
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, counted_at = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - counted_at) * self.rate)
+
+    def check(self, key: str) -> None:
+        """Raise 429 (with when to come back) if `key` has no failures left to spend."""
+        tokens = self._tokens(key, time.monotonic())
+        if tokens < 1.0:
+            raise errors.rate_limited(
+                "Too many failed code exchanges; wait before trying again.",
+                retry_after=math.ceil((1.0 - tokens) / self.rate),
+            )
+
+    def spend(self, key: str) -> None:
+        now = time.monotonic()
+        self._buckets[key] = (self._tokens(key, now) - 1.0, now)
+        if len(self._buckets) > 100_000:
+            # Full buckets carry no information: forget them.
+            self._buckets = {
+                k: v for k, v in self._buckets.items() if self._tokens(k, now) < self.capacity
+            }
+
+
+class CodeExchangeLimits:
+    """The per-app and per-IP failure budgets of one gateway copy."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.per_app = FailureBudget(settings.oauth_failures_per_app_per_min)
+        self.per_ip = FailureBudget(settings.oauth_failures_per_ip_per_min)
+
+    def check(self, app_id: str, ip: str) -> None:
+        self.per_app.check(app_id)
+        self.per_ip.check(ip)
+
+    def failed(self, app_id: str, ip: str) -> None:
+        self.per_app.spend(app_id)
+        self.per_ip.spend(ip)
+
+
+def _no_store(response: Response) -> Response:
+    response.raw_headers.extend(NO_STORE)
+    return response
+
+
+def _invalid_request(message: str) -> ByoError:
+    return errors.bad_request(message, code="invalid_request")
+
+
+def _single_values(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in values:
+            # RFC 6749 3.2: parameters must not be sent more than once.
+            raise _invalid_request(f"{name} is given more than once.")
+        values[name] = value
+    return values
+
+
+async def _token_request(request: Request) -> dict[str, str]:
+    """The four OAuth fields from a JSON or form body; messages name fields, never values."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise errors.too_large("The token request body is too large.")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            body = _single_values(parse_qsl(raw.decode(), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise _invalid_request("The body is not valid UTF-8.") from None
+    else:
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise _invalid_request(
+                "Send a JSON object or a form-encoded body with code, redirect_uri and "
+                "code_verifier."
+            ) from None
+        if not isinstance(parsed, dict):
+            raise _invalid_request("The body must be a JSON object.")
+        body = parsed
+    fields: dict[str, str] = {}
+    for name in _FIELDS:
+        value = body.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise _invalid_request(f"{name} must be a string.")
+        fields[name] = value
+    return fields
+
+
+def _checked(fields: dict[str, str]) -> tuple[str, str, str]:
+    grant_type = fields.get("grant_type", "authorization_code")
+    if grant_type != "authorization_code":
+        raise errors.bad_request(
+            "grant_type must be authorization_code.", code="unsupported_grant_type"
+        )
+    for name in ("code", "redirect_uri", "code_verifier"):
+        if name not in fields:
+            raise _invalid_request(f"{name} is required.")
+    if len(fields["code"]) > 256 or len(fields["redirect_uri"]) > 2000:
+        raise errors.bad_request("The authorization code is invalid.", code="invalid_grant")
+    if not _VERIFIER.match(fields["code_verifier"]):
+        raise _invalid_request(
+            "code_verifier must be 43 to 128 characters of letters, digits, '-', '.', '_', '~'."
+        )
+    return fields["code"], fields["redirect_uri"], fields["code_verifier"]
+
+
+@router.post(
+    "/v1/oauth/token",
+    summary="Exchange an authorization code (with its PKCE verifier) for a connection id",
+    response_class=Response,
+    responses={
+        200: {"model": TokenResponse, "description": "The connection the person created."},
+        **APP_ERRORS,
+    },
+)
+async def exchange_code(request: Request) -> Response:
+    """Body (JSON or form): `code`, `redirect_uri`, `code_verifier`, optional `grant_type`."""
+    try:
+        principal = await app_principal(request)
+        client_ip = request.client.host if request.client is not None else "-"
+        limits: CodeExchangeLimits = request.app.state.code_exchange_limits
+        limits.check(principal.app_id, client_ip)
+        try:
+            code, redirect_uri, verifier = _checked(await _token_request(request))
+            connection = await bus_of(request).request(
+                cn.CODE_EXCHANGE,
+                cn.CodeExchange(
+                    app_id=principal.app_id,
+                    code=SecretStr(code),
+                    redirect_uri=redirect_uri,
+                    code_verifier=SecretStr(verifier),
+                ),
+            )
+        except ByoError as exc:
+            if exc.status == 400:
+                limits.failed(principal.app_id, client_ip)
+            raise
+    except ByoError as exc:
+        return _no_store(ErrorResponse(exc))
+    body = TokenResponse(
+        connection_id=connection.connection_id,
+        providers=[ProviderView.of(p) for p in connection.providers],
+    )
+    return _no_store(Response(body.model_dump_json().encode(), media_type="application/json"))
+
+
+def install(app: FastAPI) -> None:
+    """Include the route and give it this gateway copy's failure budgets."""
+    gateway: Gateway = app.state.gateway
+    app.state.code_exchange_limits = CodeExchangeLimits(gateway.settings)
+    app.include_router(router)

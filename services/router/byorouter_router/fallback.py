@@ -1,0 +1,222 @@
+"""Which providers a request may try, in what order, and when a failure is retried or moved on.
+
+Plain code with no bus and no HTTP, so the policy is tested on its own: `fallback_candidates`
+orders the targets, `classify` reads a provider's failure, `RetryPolicy` decides whether (and how
+long) to wait before trying the same provider again, and `FallbackChain` runs the attempts.
+
+A failure is only ever retried or fallen back from before the answer has started: once a provider
+has begun answering, the client may already hold part of it, so its failure is the client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from byorouter_common.errors import ByoError
+
+# Set when the provider did not accept the request at all; the connection's own set-up is at
+# fault, not the request, so another provider may well answer.
+_MISCONFIGURED: Final = frozenset(
+    {"provider_misconfigured", "upstream_not_allowed", "provider_not_supported"}
+)
+# The provider rejected the user's key: asking it again gives the same answer.
+KEY_REJECTED: Final = "provider_auth_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One provider and the model to ask it for."""
+
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackTarget:
+    """What the chain needs to know of a connection's provider to fall back to it."""
+
+    preferred_model: str | None
+    failing: bool = False
+
+
+def app_default_candidate() -> Candidate | None:
+    """The app's own default provider, used last when the connection allows it.
+
+    The app default is not implemented yet; this is where it plugs in.
+    """
+    return None
+
+
+def fallback_candidates(
+    requested: Candidate,
+    targets: Mapping[str, FallbackTarget],
+    supported: Collection[str],
+    *,
+    fallback_to_default: bool,
+) -> list[Candidate]:
+    """The requested provider and model first, then every usable fallback, best priority first.
+
+    `targets` is the connection's providers in priority order. A fallback is usable when the
+    router can call it, the user chose a model for it (`preferred_model`), and its key was not
+    rejected the last time it was used.
+    """
+    candidates = [requested]
+    for provider, target in targets.items():
+        if (
+            provider == requested.provider
+            or provider not in supported
+            or not target.preferred_model
+            or target.failing
+        ):
+            continue
+        candidates.append(Candidate(provider, target.preferred_model))
+    if fallback_to_default:
+        default = app_default_candidate()
+        if default is not None:
+            candidates.append(default)
+    return candidates
+
+
+class Verdict(enum.Enum):
+    RETRY = "retry"  # worth asking the same provider again, then others
+    FALL_BACK = "fall back"  # the same provider will not do better; try the next one
+    FINAL = "final"  # the request itself is at fault: no provider will do better
+
+
+def classify(error: ByoError) -> Verdict:
+    """What a provider's failure (before its answer started) means for the rest of the request."""
+    if error.code == KEY_REJECTED or error.code in _MISCONFIGURED:
+        return Verdict.FALL_BACK
+    if error.status == 429 or error.status >= 500:
+        return Verdict.RETRY
+    # 400 (the request), 404 (no such model), 413 (too large): the request's own fault.
+    return Verdict.FINAL
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently one provider is asked again."""
+
+    max_retries: int = 1
+    backoff_base_s: float = 0.25
+    backoff_cap_s: float = 2.0
+
+    def backoff(self, retry: int, rng: random.Random | None = None) -> float:
+        """Exponential backoff with full jitter: anywhere up to base * 2^retry, capped."""
+        ceiling = min(self.backoff_cap_s, self.backoff_base_s * (2**retry))
+        return (rng or random).uniform(0.0, ceiling)
+
+    def wait_before_retry(
+        self,
+        error: ByoError,
+        retry: int,
+        *,
+        now: float,
+        deadline: float,
+        attempt_s: float,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """Seconds to wait before retry number `retry` (0-based), or None to fall back instead.
+
+        The provider's Retry-After wins over our backoff. A retry must fit before the deadline
+        with time for an attempt as long as the one that failed: a provider that took the whole
+        read timeout to fail would otherwise eat the time a fallback needs.
+        """
+        if retry >= self.max_retries:
+            return None
+        wait = error.retry_after if error.retry_after is not None else self.backoff(retry, rng)
+        if now + wait + attempt_s >= deadline:
+            return None
+        return wait
+
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Who answered, and how many upstream calls it took."""
+
+    candidate: Candidate
+    attempts: int
+
+
+class FallbackChain:
+    """Tries candidates in order, retrying each within the policy and the overall deadline.
+
+    `call(candidate, attempt)` makes upstream call number `attempt` (1-based, counted over the
+    whole request) and raises `ByoError` on failure; `started()` says whether the answer of the
+    call in progress has begun reaching the client, after which nothing is retried. `observe` sees
+    every failure before it is retried or fallen back from (to report a rejected key).
+
+    When every candidate fails, the requested provider's last error is raised: a fallback is
+    there to improve on it, and the app asked for that provider.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+
+    async def run(
+        self,
+        candidates: list[Candidate],
+        deadline: float,
+        call: Callable[[Candidate, int], Awaitable[None]],
+        started: Callable[[], bool],
+        observe: Callable[[Candidate, ByoError], Awaitable[None]] | None = None,
+    ) -> Served:
+        attempts = 0
+        requested_error: ByoError | None = None
+        for index, candidate in enumerate(candidates):
+            retry = 0
+            while True:
+                if attempts and self._clock() >= deadline:
+                    assert requested_error is not None
+                    raise requested_error
+                attempts += 1
+                began = self._clock()
+                try:
+                    await call(candidate, attempts)
+                except ByoError as error:
+                    if started():
+                        raise
+                    if observe is not None:
+                        await observe(candidate, error)
+                    verdict = classify(error)
+                    if index == 0:
+                        requested_error = error
+                        if verdict is Verdict.FINAL:
+                            raise
+                    if verdict is Verdict.RETRY:
+                        now = self._clock()
+                        wait = self._policy.wait_before_retry(
+                            error,
+                            retry,
+                            now=now,
+                            deadline=deadline,
+                            attempt_s=now - began,
+                            rng=self._rng,
+                        )
+                        if wait is not None:
+                            retry += 1
+                            await self._sleep(wait)
+                            continue
+                    break
+                return Served(candidate, attempts)
+        assert requested_error is not None
+        raise requested_error
