@@ -29,13 +29,12 @@ from bench.loadgen import LoadResult, run_load
 from byorouter_cli.devstack import Stack
 from byorouter_common.bus import Bus, connect
 from byorouter_common.contracts import keystore as ks
-from byorouter_common.settings import ServiceSettings
 
 RESULTS = Path(__file__).parent / "results"
 
 
 async def _tenant(stack: Stack) -> tuple[str, str]:
-    nc = await connect(ServiceSettings(NATS_URL=stack.nats_url), "bench")
+    nc = await connect(stack.nats_settings(), "bench")
     bus = Bus(nc)
     app = await bus.request(ks.APP_CREATE, ks.AppCreate(name="bench"))
     conn = await bus.request(

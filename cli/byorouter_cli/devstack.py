@@ -4,6 +4,11 @@
 all use `Stack`. Every child is a plain `python -m ...` process; its output goes to
 `<state_dir>/logs/<name>.log` (and, if asked, to the terminal with its name in front), so a test
 can read every line a service wrote.
+
+When the stack starts its own NATS, the bus enforces least privilege: every service connects as
+its own user with the permissions `byorouter_common.nats_permissions` derives from the contract,
+and the stack's own helpers (readiness, the demo app) and the CLI connect as `admin`. Fresh
+random passwords are written to `<state_dir>/nats-users.json` (owner-only) on every start.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
 from byorouter_cli.backends import EmbeddedPostgres, NatsServer
+from byorouter_common import nats_permissions
 from byorouter_common.bus import Bus, connect
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ByoError
@@ -52,6 +58,9 @@ DEMO_MODEL: Final = "openai/gpt-4o-mini"
 STOP_GRACE_S: Final = 5.0
 LOG_TAIL_LINES: Final = 20
 DEFAULT_NATS_PORT: Final = 4222
+_NOT_INHERITED: Final = frozenset(
+    {"DATABASE_URL", "BYOROUTER_KEYRING_FILE", "BYOROUTER_NATS_USER", "BYOROUTER_NATS_PASSWORD"}
+)
 
 
 class StackError(RuntimeError):
@@ -127,12 +136,15 @@ def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, run()).result()
 
 
-def _write_private_json(path: Path, data: Mapping[str, Any]) -> None:
+def _write_private_text(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
+        handle.write(text)
     path.chmod(0o600)  # the file may have existed with looser permissions
+
+
+def _write_private_json(path: Path, data: Mapping[str, Any]) -> None:
+    _write_private_text(path, json.dumps(data, indent=2) + "\n")
 
 
 class ChildProcess:
@@ -230,9 +242,12 @@ class ChildProcess:
 class Stack:
     """NATS, PostgreSQL, the fake OpenAI upstream and the services, started and stopped together.
 
-    `nats_url` / `database_url` reuse running backends instead of starting them. `env_overrides`
-    go to every service, `service_env[name]` to one. `ports` defaults to free ports so several
-    stacks (tests, a benchmark) can run beside a `make run`.
+    `nats_url` / `database_url` reuse running backends instead of starting them. On a NATS it
+    starts itself every service gets its own user and password; on a given `nats_url` they
+    connect anonymously unless `nats_passwords` ({user: password}, for a server configured with
+    `nats_permissions.render_config`) is given. `env_overrides` go to every service,
+    `service_env[name]` to one. `ports` defaults to free ports so several stacks (tests, a
+    benchmark) can run beside a `make run`.
     """
 
     def __init__(
@@ -245,6 +260,7 @@ class Stack:
         service_env: Mapping[str, Mapping[str, str]] | None = None,
         ports: Ports | None = None,
         nats_port: int | None = None,
+        nats_passwords: Mapping[str, str] | None = None,
         services: Sequence[str] = SERVICES,
         upstream: bool = True,
         echo: IO[str] | bool | None = None,
@@ -258,6 +274,8 @@ class Stack:
         self.keyring_file = self.state_dir / "keyring.json"
         self.demo_file = self.state_dir / "demo.json"
         self.dev_file = self.state_dir / "dev.json"
+        self.nats_users_file = self.state_dir / "nats-users.json"
+        self.nats_config_file = self.state_dir / "nats.conf"
         self.ports = ports or Ports.free()
         self.services = tuple(name for name in SERVICES if name in services)
         self.with_upstream = upstream
@@ -269,6 +287,9 @@ class Stack:
         self._nats_url = nats_url
         self._database_url = database_url
         self._nats_port = nats_port
+        # Empty: everyone connects anonymously (a bus without authorization).
+        self._given_nats_passwords = dict(nats_passwords or {})
+        self._nats_passwords = dict(self._given_nats_passwords)
         self._nats: NatsServer | None = None
         self._postgres: EmbeddedPostgres | None = None
         self._children: dict[str, ChildProcess] = {}
@@ -280,6 +301,26 @@ class Stack:
     def nats_url(self) -> str:
         assert self._nats_url is not None, "start() first"
         return self._nats_url
+
+    @property
+    def nats_auth(self) -> bool:
+        """True when every connection to this stack's NATS must log in as one of its users."""
+        return bool(self._nats_passwords)
+
+    def nats_settings(self, user: str = nats_permissions.ADMIN) -> ServiceSettings:
+        """How to connect to this stack's bus as `user` (`admin` unless said otherwise).
+
+        Anonymous when the bus has no authorization; the environment's BYOROUTER_NATS_USER and
+        BYOROUTER_NATS_PASSWORD never leak in, so helpers connect the same way everywhere.
+        """
+        password = self._nats_passwords.get(user)
+        if self.nats_auth and password is None:
+            raise KeyError(f"no NATS user {user!r} on this stack")
+        return ServiceSettings(
+            NATS_URL=self.nats_url,
+            nats_user=user if password is not None else None,
+            nats_password=password,
+        )
 
     @property
     def database_url(self) -> str:
@@ -346,15 +387,17 @@ class Stack:
             for name in names:
                 self._launch(name)
             self._wait_ready(names)
-            _write_private_json(
-                self.dev_file,
-                {
-                    "nats_url": self.nats_url,
-                    "gateway_url": self.gateway_url,
-                    "connect_url": self.connect_url,
-                    "tunnel_url": self.tunnel_url,
-                },
-            )
+            facts = {
+                "nats_url": self.nats_url,
+                "gateway_url": self.gateway_url,
+                "connect_url": self.connect_url,
+                "tunnel_url": self.tunnel_url,
+            }
+            admin = self.nats_settings()
+            if admin.nats_user is not None and admin.nats_password is not None:
+                # So `byorouter ...` run beside this stack logs in as admin by itself.
+                facts |= {"nats_user": admin.nats_user, "nats_password": admin.nats_password}
+            _write_private_json(self.dev_file, facts)
         except BaseException:
             self.stop()
             raise
@@ -377,6 +420,7 @@ class Stack:
             self._nats.stop()
             self._nats = None
             self._nats_url = None
+            self._nats_passwords = dict(self._given_nats_passwords)
         with contextlib.suppress(FileNotFoundError):
             self.dev_file.unlink()
 
@@ -449,7 +493,10 @@ class Stack:
 
     def _start_backends(self) -> None:
         if self._nats_url is None:
-            self._nats = NatsServer(self._nats_port, log_file=self.log_file("nats")).start()
+            self._write_nats_users()
+            self._nats = NatsServer(
+                self._nats_port, config_file=self.nats_config_file, log_file=self.log_file("nats")
+            ).start()
             self._nats_url = self._nats.url
         if self._database_url is None and "keystore" in self.services:
             try:
@@ -460,6 +507,14 @@ class Stack:
                     f"{self.state_dir / 'pgdata' / 'log'}."
                 ) from exc
             self._database_url = self._postgres.url
+
+    def _write_nats_users(self) -> None:
+        """Fresh passwords for every NATS user, and the server config that checks them."""
+        self._nats_passwords = {user: secrets.token_urlsafe(24) for user in nats_permissions.USERS}
+        _write_private_json(self.nats_users_file, self._nats_passwords)
+        _write_private_text(
+            self.nats_config_file, nats_permissions.render_config(self._nats_passwords)
+        )
 
     def _prepare_keystore(self) -> None:
         if not self.keyring_file.exists():
@@ -512,15 +567,16 @@ class Stack:
 
     def _env_for(self, name: str) -> dict[str, str]:
         # Only keystore may see the database and the keyring; nobody inherits them by accident.
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("DATABASE_URL", "BYOROUTER_KEYRING_FILE")
-        }
+        # Nor does anyone inherit a NATS login meant for somebody else.
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env["NATS_URL"] = self.nats_url
         env["PYTHONUNBUFFERED"] = "1"
         if name == UPSTREAM:
             return env
+        password = self._nats_passwords.get(name)
+        if password is not None:
+            env["BYOROUTER_NATS_USER"] = name
+            env["BYOROUTER_NATS_PASSWORD"] = password
         env.update(self.env_overrides)
         if name == "keystore":
             env["DATABASE_URL"] = self.database_url
@@ -584,9 +640,8 @@ class Stack:
             await nc.close()
 
     async def _connect_bus(self) -> NatsClient:
-        """A short-lived NATS connection that fails fast (503) instead of retrying for minutes."""
-        settings = ServiceSettings().model_copy(update={"nats_url": self.nats_url})
-        return await connect(settings, "devstack")
+        """A short-lived admin connection that fails fast (503) instead of retrying for minutes."""
+        return await connect(self.nats_settings(), "devstack")
 
     async def _is_ready(self, name: str, http: httpx.AsyncClient, nc: NatsClient) -> bool:
         if name == UPSTREAM:
@@ -697,13 +752,16 @@ class Stack:
 
 def banner(stack: Stack, demo: DemoFacts) -> str:
     key, conn, api = demo["app_api_key"], demo["connection_id"], demo["api_url"]
+    nats_login = (
+        f" (log in as admin: password in {stack.nats_users_file})" if stack.nats_auth else ""
+    )
     return f"""
 BYORouter is running. Ctrl-C stops everything.
 
   API (OpenAI-compatible)  {api}/v1
   Connect UI               {stack.connect_url}
   Tunnel endpoint          {stack.tunnel_url}
-  NATS                     {stack.nats_url}
+  NATS                     {stack.nats_url}{nats_login}
   Logs                     {stack.logs_dir}/
   Demo app                 client id {demo["client_id"]} (details in {stack.demo_file})
 

@@ -71,6 +71,6 @@ def tuned_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 async def tuned_bus(tuned_stack: Stack) -> AsyncIterator[Bus]:
-    nc = await connect(ServiceSettings(NATS_URL=tuned_stack.nats_url), "gateway-tests")
+    nc = await connect(tuned_stack.nats_settings(), "gateway-tests")
     yield Bus(nc)
     await nc.close()

@@ -1,0 +1,184 @@
+"""Who may do what on the bus: each NATS user's permissions, derived from the contract.
+
+Every service connects as its own user (named after the service); operators and the `byorouter`
+CLI connect as `admin`. A user may publish only to the endpoints it calls and subscribe only to
+the subjects it serves, so the one subject whose reply holds decrypted provider keys,
+`byorouter.keystore.credentials.resolve`, is reachable by `router` alone.
+
+Replies travel on inboxes, and whoever may subscribe to an inbox reads the reply, keys included.
+So each user subscribes only to inboxes under its own prefix (`_INBOX.<user>.>`; the connection
+sets it with `inbox_prefix`), while every service may publish to any inbox to answer whoever
+asked. `render_config` writes the nats-server configuration that enforces all this.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from byorouter_common.contracts import events
+from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts import router as rt
+from byorouter_common.contracts.base import Endpoint, Event
+
+ADMIN: Final = "admin"
+SERVICE_USERS: Final = ("keystore", "router", "gateway", "connect", "tunnel")
+USERS: Final = (*SERVICE_USERS, ADMIN)
+
+INBOX_ROOT: Final = "_INBOX"
+# The NATS micro protocol ($SRV.PING/INFO/STATS): everyone answers it and everyone may ask.
+DISCOVERY: Final = "$SRV.>"
+# Every service may listen to every event; none carries a secret.
+EVENTS_ROOT: Final = "byorouter.events"
+
+# Replies to these carry decrypted provider keys; every user but their readers is denied them
+# outright, so widening someone's allow list by mistake still cannot reach them.
+SECRET_ENDPOINTS: Final[tuple[Endpoint[Any, Any], ...]] = (ks.CREDENTIALS_RESOLVE,)
+SECRET_READERS: Final = frozenset({"router"})
+
+# The endpoints each service calls. Keep this to calls the code makes today: a new call is a
+# one-line change here, and a missing one fails loudly as a permissions violation in the logs.
+CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
+    "keystore": (),
+    "router": (ks.CREDENTIALS_RESOLVE,),
+    "gateway": (
+        ks.APP_AUTHENTICATE,
+        ks.CONNECTION_GET,
+        ks.CONNECTION_DELETE,
+        ks.USAGE_GET,
+        rt.CHAT,
+        rt.MODELS,
+    ),
+    "connect": (ks.APP_GET, ks.CONNECTION_CREATE, ks.CONNECTION_GET, ks.CONNECTION_DELETE),
+    "tunnel": (),
+}
+# Fire-and-forget subjects besides calls and events: the gateway tells the router a client
+# went away. (The router's usage and rejected-key reports are events: see `ANNOUNCES`.)
+NOTIFIES: Final[Mapping[str, tuple[str, ...]]] = {"gateway": (f"{rt.CANCEL_PREFIX}.*",)}
+# Who may announce what. Only keystore knows when apps, keys and connections change: a forged
+# `app_key.revoked` from anyone else would lock an app out of every gateway. Only the router
+# sees usage and rejected keys.
+ANNOUNCES: Final[Mapping[str, tuple[Event[Any], ...]]] = {
+    "keystore": (events.APP_KEY_REVOKED, events.CONNECTION_CHANGED, events.KEYRING_ROTATED),
+    "router": (events.USAGE, events.CREDENTIAL_STATUS),
+}
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What one NATS user may publish and subscribe to (deny wins over allow)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    publish_deny: tuple[str, ...] = ()
+
+
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix a connection as `user` must use: the only inboxes it may read."""
+    return f"{INBOX_ROOT}.{user}"
+
+
+def _deny_secrets(user: str) -> tuple[str, ...]:
+    if user in SECRET_READERS:
+        return ()
+    return tuple(endpoint.subject for endpoint in SECRET_ENDPOINTS)
+
+
+def service_permissions(service: str) -> Permissions:
+    """A service calls what `CALLS` lists, serves `byorouter.<service>.>`, answers any inbox."""
+    if service not in SERVICE_USERS:
+        raise ValueError(f"unknown service: {service}")
+    publish = [endpoint.subject for endpoint in CALLS[service]]
+    publish += NOTIFIES.get(service, ())
+    publish += [event.subject for event in ANNOUNCES.get(service, ())]
+    publish += [f"{INBOX_ROOT}.>", DISCOVERY]
+    subscribe = (
+        f"byorouter.{service}.>",
+        f"{EVENTS_ROOT}.>",
+        f"{inbox_prefix(service)}.>",
+        DISCOVERY,
+    )
+    return Permissions(tuple(publish), subscribe, _deny_secrets(service))
+
+
+def admin_permissions() -> Permissions:
+    """Operators may call every keystore and router endpoint except the secret ones.
+
+    Admin serves nothing, so it answers no inbox; it may listen to events and discovery.
+    """
+    secret = {endpoint.subject for endpoint in SECRET_ENDPOINTS}
+    publish = [e.subject for e in (*ks.ENDPOINTS, *rt.ENDPOINTS) if e.subject not in secret]
+    publish += [f"{rt.CANCEL_PREFIX}.*", DISCOVERY]
+    subscribe = (f"{EVENTS_ROOT}.>", f"{inbox_prefix(ADMIN)}.>", DISCOVERY)
+    return Permissions(tuple(publish), subscribe, _deny_secrets(ADMIN))
+
+
+def permissions(user: str) -> Permissions:
+    return admin_permissions() if user == ADMIN else service_permissions(user)
+
+
+def password_env_var(user: str) -> str:
+    """The environment variable a nats-server reads `user`'s password from (docker compose)."""
+    return f"NATS_{user.upper()}_PASSWORD"
+
+
+def _subjects(subjects: tuple[str, ...]) -> str:
+    # Quoted: `$SRV.>` unquoted would be read as a variable reference.
+    return "[" + ", ".join(json.dumps(subject) for subject in subjects) + "]"
+
+
+def _render(password_values: Mapping[str, str], header: str) -> str:
+    lines = [header, "authorization {", "  users = ["]
+    for user in USERS:
+        granted = permissions(user)
+        publish = [f"        allow: {_subjects(granted.publish)}"]
+        if granted.publish_deny:
+            publish.append(f"        deny: {_subjects(granted.publish_deny)}")
+        lines += [
+            "    {",
+            f"      user: {json.dumps(user)}",
+            f"      password: {password_values[user]}",
+            "      permissions {",
+            "        publish {",
+            *("  " + line for line in publish),
+            "        }",
+            "        subscribe {",
+            f"          allow: {_subjects(granted.subscribe)}",
+            "        }",
+            "      }",
+            "    }",
+        ]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def render_config(passwords: Mapping[str, str]) -> str:
+    """A nats-server config with every user, its password inline and its permissions.
+
+    It holds secrets: write it readable by its owner only.
+    """
+    missing = [user for user in USERS if not passwords.get(user)]
+    if missing:
+        raise ValueError(f"no password for: {', '.join(missing)}")
+    values = {user: json.dumps(passwords[user]) for user in USERS}
+    return _render(values, "# BYORouter's NATS users and what each may do (contains passwords).")
+
+
+def render_env_config() -> str:
+    """The same config with `$NATS_<USER>_PASSWORD` references nats-server reads from its env.
+
+    This is `deploy/nats.conf`: it holds no secret, so it can be committed.
+    """
+    values = {user: "$" + password_env_var(user) for user in USERS}
+    return _render(
+        values,
+        "# BYORouter's NATS users and what each may do; passwords come from the environment.\n"
+        "# Generated from the bus contract: python -m byorouter_common.nats_permissions",
+    )
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_env_config())
