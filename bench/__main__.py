@@ -4,6 +4,11 @@ Starts the whole stack (real NATS, PostgreSQL and the five services) with a fake
 then for non-streamed and streamed (20 chunks) chat completions at concurrency 1 and 16 measures
 requests/s and p50/p99 latency straight to the upstream and through BYORouter, and finally the
 resident memory of each service. Prints a table and writes bench/results/latest.json.
+
+The fallback scenario sends non-streamed requests to a connection whose first provider answers
+every request with 429 (no Retry-After) and whose second (a self-hosted server, with a preferred
+model) answers: the router retries the first once after its backoff, then falls back. Its rows
+say how much that adds to the normal path's p50.
 """
 
 from __future__ import annotations
@@ -33,25 +38,35 @@ from byorouter_common.contracts import keystore as ks
 RESULTS = Path(__file__).parent / "results"
 
 
-async def _tenant(stack: Stack) -> tuple[str, str]:
+async def _tenant(stack: Stack, *, with_fallback: bool = False) -> tuple[str, str]:
+    """An app key and a connection to the fake upstream; with a self-hosted fallback if asked."""
+    providers = [
+        ks.ProviderCredentialInput(
+            provider="openai",
+            api_key=SecretStr("sk-bench-" + secrets.token_hex(12)),
+            base_url=stack.upstream_base_url,
+        )
+    ]
+    if with_fallback:
+        providers.append(
+            ks.ProviderCredentialInput(
+                provider="selfhosted",
+                base_url=stack.upstream_base_url,
+                preferred_model="gpt-4o-mini",
+            )
+        )
     nc = await connect(stack.nats_settings(), "bench")
     bus = Bus(nc)
     app = await bus.request(ks.APP_CREATE, ks.AppCreate(name="bench"))
     conn = await bus.request(
-        ks.CONNECTION_CREATE,
-        ks.ConnectionCreate(
-            app_id=app.app_id,
-            providers=[
-                ks.ProviderCredentialInput(
-                    provider="openai",
-                    api_key=SecretStr("sk-bench-" + secrets.token_hex(12)),
-                    base_url=stack.upstream_base_url,
-                )
-            ],
-        ),
+        ks.CONNECTION_CREATE, ks.ConnectionCreate(app_id=app.app_id, providers=providers)
     )
     await nc.close()
     return app.app_api_key.get_secret_value(), conn.connection_id
+
+
+def _gateway_headers(app_key: str, connection_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {app_key}", "X-Byorouter-Connection": connection_id}
 
 
 def _body(model: str, stream: bool) -> bytes:
@@ -76,11 +91,7 @@ def _row(name: str, result: LoadResult) -> dict[str, Any]:
 
 
 async def _measure(stack: Stack, seconds: float) -> dict[str, Any]:
-    app_key, connection_id = await _tenant(stack)
-    gateway_headers = {
-        "Authorization": f"Bearer {app_key}",
-        "X-Byorouter-Connection": connection_id,
-    }
+    gateway_headers = _gateway_headers(*await _tenant(stack))
     upstream_headers = {"Authorization": "Bearer sk-bench-direct"}
     rows: list[dict[str, Any]] = []
     for stream in (False, True):
@@ -112,11 +123,41 @@ async def _measure(stack: Stack, seconds: float) -> dict[str, Any]:
                 f"p99 {g['p99_ms']:>7} ms (+{g['added_p50_ms']} ms p50, errors {g['errors']})",
                 flush=True,
             )
+    rows += await _measure_fallback(stack, seconds, rows)
     memory = {
         name: round(psutil.Process(pid).memory_info().rss / 2**20, 1)
         for name, pid in stack.service_pids().items()
     }
     return {"rows": rows, "rss_mib": memory}
+
+
+async def _measure_fallback(
+    stack: Stack, seconds: float, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Non-streamed requests whose first provider answers 429 and second serves, beside normal."""
+    headers = _gateway_headers(*await _tenant(stack, with_fallback=True))
+    normal = {row["scenario"]: row for row in rows}
+    measured: list[dict[str, Any]] = []
+    for concurrency in (1, 16):
+        result = await run_load(
+            stack.gateway_url + "/v1/chat/completions",
+            # busy-429: the fake's 429 without Retry-After, so the retry waits only our backoff.
+            _body("openai/busy-429", False),
+            headers,
+            concurrency=concurrency,
+            seconds=seconds,
+        )
+        row = _row(f"non-stream c={concurrency} fallback after 429", result)
+        baseline = normal[f"non-stream c={concurrency} byorouter"]
+        row["added_p50_ms"] = round(result.p50 - baseline["p50_ms"], 3)
+        measured.append(row)
+        print(
+            f"  {'fallback':10} c={concurrency:<3} first provider 429, second serves: "
+            f"{row['rps']:>8} req/s p50 {row['p50_ms']:>7} ms p99 {row['p99_ms']:>7} ms "
+            f"(+{row['added_p50_ms']} ms p50 over the normal path, errors {row['errors']})",
+            flush=True,
+        )
+    return measured
 
 
 def main() -> None:

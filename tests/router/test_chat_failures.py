@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import pytest
@@ -153,13 +152,6 @@ async def test_model_the_connection_cannot_serve_is_404_naming_its_providers(
         return
     assert (answer.error.status, answer.error.code) == (404, "model_not_found")
     assert "This connection has: openai." in answer.error.message
-
-
-async def test_connected_provider_not_implemented_yet_is_a_clean_404(bus: Bus) -> None:
-    ref = await connect(bus, provider("openrouter", None, "sk-or-" + secrets.token_hex(16)))
-    answer = await chat(bus, ref, _body("openrouter/meta-llama/llama-3-8b-instruct"))
-    assert answer.error is not None
-    assert (answer.error.status, answer.error.code) == (404, "provider_not_supported")
 
 
 async def test_unknown_connection_and_another_apps_connection_are_the_same_404(

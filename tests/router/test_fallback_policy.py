@@ -8,6 +8,7 @@ import pytest
 
 from byorouter_common.errors import ByoError
 from byorouter_router.fallback import (
+    AppDefaultTarget,
     Candidate,
     FallbackChain,
     FallbackTarget,
@@ -129,6 +130,73 @@ def test_a_provider_whose_key_was_rejected_is_no_fallback() -> None:
     assert fallback_candidates(
         OPENAI, targets, {"openai", "selfhosted"}, fallback_to_default=False
     ) == [OPENAI]
+
+
+APP_DEFAULT = AppDefaultTarget("anthropic", "claude-3-5-haiku")
+
+
+def test_the_app_default_comes_last_with_its_model_when_the_connection_allows_it() -> None:
+    targets = {"openai": FallbackTarget("gpt-4o"), "selfhosted": FallbackTarget("llama3")}
+    candidates = fallback_candidates(
+        OPENAI,
+        targets,
+        {"openai", "selfhosted", "anthropic"},
+        fallback_to_default=True,
+        app_default=APP_DEFAULT,
+    )
+    assert candidates == [OPENAI, SELFHOSTED, Candidate("default", "claude-3-5-haiku")]
+
+
+def test_the_app_default_is_no_fallback_when_the_connection_does_not_allow_it() -> None:
+    assert fallback_candidates(
+        OPENAI,
+        {"openai": FallbackTarget("gpt-4o")},
+        {"openai", "anthropic"},
+        fallback_to_default=False,
+        app_default=APP_DEFAULT,
+    ) == [OPENAI]
+
+
+@pytest.mark.parametrize(
+    ("app_default", "supported"),
+    [
+        (None, {"openai", "anthropic"}),
+        (AppDefaultTarget("anthropic", None), {"openai", "anthropic"}),  # no model to ask for
+        (APP_DEFAULT, {"openai"}),  # a kind of provider this router cannot call
+    ],
+)
+def test_an_unusable_app_default_is_no_fallback(
+    app_default: AppDefaultTarget | None, supported: set[str]
+) -> None:
+    assert fallback_candidates(
+        OPENAI,
+        {"openai": FallbackTarget("gpt-4o")},
+        supported,
+        fallback_to_default=True,
+        app_default=app_default,
+    ) == [OPENAI]
+
+
+def test_a_request_for_the_app_default_never_spends_a_users_key() -> None:
+    requested = Candidate("default", "gpt-4o")
+    assert fallback_candidates(
+        requested,
+        {"openai": FallbackTarget("gpt-4o")},
+        {"openai", "anthropic"},
+        fallback_to_default=True,
+        app_default=APP_DEFAULT,
+    ) == [requested]
+
+
+async def test_the_app_default_answers_after_every_provider_failed() -> None:
+    time = FakeTime()
+    upstreams = FakeUpstreams(
+        time, {"openai": [KEY_REJECTED], "selfhosted": [KEY_REJECTED], "default": [None]}
+    )
+    candidates = [OPENAI, SELFHOSTED, Candidate("default", "claude-3-5-haiku")]
+    served = await chain(time).run(candidates, 30.0, upstreams.call, lambda: upstreams.started)
+    assert served.candidate == Candidate("default", "claude-3-5-haiku")
+    assert upstreams.calls == [("openai", 1), ("selfhosted", 2), ("default", 3)]
 
 
 async def test_server_error_is_retried_once_then_falls_back() -> None:

@@ -4,6 +4,7 @@ Each request picks its own behaviour through its model name (the part after the 
 tests running in parallel never disturb each other:
 
     fail-<status>       that HTTP status with OpenAI's error body for it (429 adds retry-after: 1)
+    busy-<status>       the same without retry-after, so a retrying client waits only its backoff
     flat-<status>       that status with a flat {"error": "text"} body, as some self-hosted servers
     slow-<ms>           wait before the response headers, then succeed
     drip-<ms>           a stream that pauses <ms> between events
@@ -12,6 +13,12 @@ tests running in parallel never disturb each other:
     stall-after-<n>     stream n events, then go silent without closing
     error-after-<n>     stream n events, then an in-stream {"error": ...} event and the end
     garbage-after-<n>   stream n events, then a data line that is not JSON
+    reasoning-<n>       n pieces of reasoning as `reasoning` (Ollama's and OpenRouter's field),
+                        before the answer; non-streamed, the message's `reasoning`
+    usage-always        usage in a final chunk even when the request did not ask (llama.cpp)
+    usage-never         no usage in a stream even when the request asked for it
+    ollama-host         Ollama bound to localhost behind a tunnel: a bare 403 unless the Host
+                        header names localhost
     anything else       success: the reply echoes the last user message
 
 Every request is recorded (headers, body) under a tag, the `x-test-tag` header or else the body's
@@ -30,7 +37,7 @@ import secrets
 import signal
 import time
 from collections import Counter, deque
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import orjson
 from aiohttp import web
@@ -46,7 +53,8 @@ _SSE_HEADERS: Final = {
     "Cache-Control": "no-cache",
 }
 _BEHAVIOUR = re.compile(
-    r"^(fail|flat|slow|drip|cut-after|stall-after|error-after|garbage-after)-(\d+)$|^(hang)$"
+    r"^(fail|busy|flat|slow|drip|cut-after|stall-after|error-after|garbage-after|reasoning)"
+    r"-(\d+)$|^(hang|usage-always|usage-never|ollama-host)$"
 )
 _WORD = re.compile(r"\S+\s*")
 
@@ -57,7 +65,7 @@ def _error_body(message: str, type_: str, code: str | None, param: str | None = 
     )
 
 
-def _openai_error(status: int, model: str) -> web.Response:
+def _openai_error(status: int, model: str, *, retry_after: bool = True) -> web.Response:
     """The error OpenAI answers with for `status`, with its usual message, type and code."""
     headers: dict[str, str] = {}
     if status == 400:
@@ -87,7 +95,6 @@ def _openai_error(status: int, model: str) -> web.Response:
         )
     elif status == 429:
         headers = {
-            "retry-after": "1",
             "x-ratelimit-limit-requests": "3",
             "x-ratelimit-remaining-requests": "0",
             "x-ratelimit-reset-requests": "1s",
@@ -108,6 +115,8 @@ def _openai_error(status: int, model: str) -> web.Response:
             "server_error" if status >= 500 else "invalid_request_error",
             None,
         )
+    if status == 429 and retry_after:
+        headers["retry-after"] = "1"
     return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
 
 
@@ -149,6 +158,10 @@ def _limit(body: dict[str, Any]) -> int | None:
     return None
 
 
+def _reasoning_pieces(count: int) -> list[str]:
+    return [f"thought {i + 1}. " for i in range(count)]
+
+
 def _split(words: list[str], parts: int) -> list[str]:
     """`words` joined into at most `parts` pieces of near-equal size, in order."""
     count = max(1, min(parts, len(words)))
@@ -159,7 +172,16 @@ def _split(words: list[str], parts: int) -> list[str]:
 
 
 class FakeOpenAI:
-    """The fake server; `await start(host, port)` in-process, `await stop()` when done."""
+    """The fake server; `await start(host, port)` in-process, `await stop()` when done.
+
+    Another OpenAI-compatible provider's fake (OpenRouter) subclasses it and changes only what
+    its provider does differently: the API path, the model list, error bodies, stream framing.
+    """
+
+    # Where the API lives under the server's root.
+    api_prefix: ClassVar[str] = "/v1"
+    # Written before the first event of every stream (e.g. an SSE comment a provider sends).
+    stream_preamble: ClassVar[bytes] = b""
 
     def __init__(
         self,
@@ -174,22 +196,24 @@ class FakeOpenAI:
         self._disconnects: Counter[str] = Counter()
         self._parked: set[asyncio.Future[None]] = set()
         self._runner: web.AppRunner | None = None
-        self._models_body = orjson.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {"id": m, "object": "model", "created": 1715367049, "owned_by": "system"}
-                    for m in MODELS
-                ],
-            }
-        )
+        self._models_body = orjson.dumps(self.model_list())
+
+    def model_list(self) -> dict[str, Any]:
+        """The body of GET <api_prefix>/models."""
+        return {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 1715367049, "owned_by": "system"}
+                for m in MODELS
+            ],
+        }
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 2**20)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_post(self.api_prefix + "/chat/completions", self.chat_completions)
+        app.router.add_get(self.api_prefix + "/models", self.list_models)
         app.router.add_get("/_fake/requests", self.recorded_requests)
         app.router.add_get("/_fake/disconnects", self.recorded_disconnects)
         app.router.add_post("/_fake/reset", self.reset)
@@ -227,7 +251,7 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str:
         """What a provider credential's `base_url` should be to reach this fake."""
-        return self.url + "/v1"
+        return self.url + self.api_prefix
 
     # --- what tests read back -------------------------------------------------------------
 
@@ -309,8 +333,11 @@ class FakeOpenAI:
         kind, arg = (
             (match.group(1) or match.group(3), int(match.group(2) or 0)) if match else ("", 0)
         )
-        if kind == "fail":
-            return _openai_error(arg, model)
+        if kind in ("fail", "busy"):
+            return self.error_response(arg, model, retry_after=kind == "fail")
+        if kind == "ollama-host" and request.url.host != "localhost":
+            # Ollama's allowedHostsMiddleware: a bare status, no body.
+            return web.Response(status=403)
         if kind == "flat":
             return web.Response(
                 status=arg,
@@ -321,9 +348,33 @@ class FakeOpenAI:
             await self._park()
         if kind == "slow":
             await asyncio.sleep(arg / 1000)
+        reasoning = arg if kind == "reasoning" else 0
         if body.get("stream") is True:
             return await self._stream(request, body, model, kind, arg)
-        return web.Response(body=self._completion(body, model), content_type=_JSON)
+        return web.Response(body=self._completion(body, model, reasoning), content_type=_JSON)
+
+    def error_response(self, status: int, model: str, *, retry_after: bool) -> web.Response:
+        """The provider's error for `status`; `retry_after` whether a 429 carries that header."""
+        return _openai_error(status, model, retry_after=retry_after)
+
+    def stream_error_event(self, head: bytes) -> bytes:
+        """The event a provider sends when the answer fails midway; `head` opens a chunk."""
+        return (
+            b"data: "
+            + _error_body(
+                "The server had an error while processing your request.", "server_error", None
+            )
+            + b"\n\n"
+        )
+
+    def sends_usage(self, body: dict[str, Any], kind: str) -> bool:
+        """Whether a stream ends with a usage chunk: when asked, unless a quirk says otherwise."""
+        if kind == "usage-always":
+            return True
+        if kind == "usage-never":
+            return False
+        options = body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
 
     async def _park(self) -> None:
         parked = asyncio.get_running_loop().create_future()
@@ -333,12 +384,15 @@ class FakeOpenAI:
         finally:
             self._parked.discard(parked)
 
-    def _completion(self, body: dict[str, Any], model: str) -> bytes:
+    def _completion(self, body: dict[str, Any], model: str, reasoning: int = 0) -> bytes:
         words, prompt_tokens = _reply_words(body)
         limit = _limit(body)
         finish = "stop"
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], "length"
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(words), "refusal": None}
+        if reasoning:
+            message["reasoning"] = "".join(_reasoning_pieces(reasoning))
         return orjson.dumps(
             {
                 "id": "chatcmpl-" + secrets.token_hex(12),
@@ -349,11 +403,7 @@ class FakeOpenAI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(words),
-                            "refusal": None,
-                        },
+                        "message": message,
                         "logprobs": None,
                         "finish_reason": finish,
                     }
@@ -367,15 +417,18 @@ class FakeOpenAI:
             }
         )
 
-    def _events(self, body: dict[str, Any], model: str) -> list[bytes]:
-        """Every SSE event of a streamed answer, `data: [DONE]` last, each framed and encoded."""
+    def _events(
+        self, body: dict[str, Any], model: str, kind: str = "", arg: int = 0
+    ) -> tuple[bytes, list[bytes]]:
+        """A chunk's opening bytes, and every SSE event of a streamed answer, `[DONE]` last."""
         words, prompt_tokens = _reply_words(body)
         limit = _limit(body)
         finish = b'"stop"'
         if limit is not None and len(words) > limit:
             words, finish = words[:limit], b'"length"'
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        include_usage = self.sends_usage(body, kind)
+        # A server that always sends usage does not mark the other chunks `"usage":null`.
+        null_usage = include_usage and kind != "usage-always"
         # One prefix and suffix per answer; each event only splices in its own delta.
         head = b"".join(
             (
@@ -388,11 +441,20 @@ class FakeOpenAI:
                 b',"system_fingerprint":"fp_fake","choices":[',
             )
         )
-        tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+        tail = b'],"usage":null}\n\n' if null_usage else b"]}\n\n"
         events = [
             head + b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
             b'"logprobs":null,"finish_reason":null}' + tail
         ]
+        if kind == "reasoning":
+            events += [
+                head
+                + b'{"index":0,"delta":{"reasoning":'
+                + orjson.dumps(piece)
+                + b'},"logprobs":null,"finish_reason":null}'
+                + tail
+                for piece in _reasoning_pieces(arg)
+            ]
         events += [
             head
             + b'{"index":0,"delta":{"content":'
@@ -412,12 +474,14 @@ class FakeOpenAI:
             }
             events.append(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
         events.append(_DONE)
-        return events
+        return head, events
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], model: str, kind: str, arg: int
     ) -> web.StreamResponse:
-        events = self._events(body, model)
+        head, events = self._events(body, model, kind, arg)
+        if self.stream_preamble:
+            events[0] = self.stream_preamble + events[0]
         response = web.StreamResponse(headers=_SSE_HEADERS)
         response.headers["x-request-id"] = "req_" + secrets.token_hex(8)
         await response.prepare(request)
@@ -437,15 +501,7 @@ class FakeOpenAI:
             if kind == "stall-after":
                 await self._park()
             elif kind == "error-after":
-                await response.write(
-                    b"data: "
-                    + _error_body(
-                        "The server had an error while processing your request.",
-                        "server_error",
-                        None,
-                    )
-                    + b"\n\n"
-                )
+                await response.write(self.stream_error_event(head))
             else:
                 await response.write(b'data: {"choices": [{"delta": \n\n')
             await response.write_eof()

@@ -36,3 +36,7 @@ class RouterSettings(ServiceSettings):
     max_connections_per_host: int = Field(default=0, ge=0)
     # On shutdown, how long in-flight requests may finish before they are cancelled.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # OpenRouter's app attribution (HTTP-Referer, X-Title) on every call made with a user's key.
+    # Set the referer to this installation's public URL; empty sends no header.
+    openrouter_referer: str = Field(default="http://127.0.0.1:8080", max_length=512)
+    openrouter_title: str = Field(default="BYORouter", max_length=100)

@@ -4,16 +4,31 @@ The request body goes out as the app sent it, with only `model` replaced. A stre
 relayed as it arrives: each read from the upstream becomes one `chunk` carrying every complete
 SSE `data:` payload in it, byte for byte; each payload is parsed once, only to learn the finish
 reason and usage and to catch in-stream errors.
+
+Self-hosted servers differ from OpenAI in small ways that `SelfHostedProvider` absorbs:
+- reasoning text as `reasoning` (Ollama, OpenRouter) rather than `reasoning_content` (vLLM,
+  DeepSeek): renamed so clients always read `reasoning_content`; only events that carry it are
+  re-encoded, found by a substring check before anything else is looked at;
+- usage sent always, or never, whatever `stream_options` says: `chat.py` always asks and strips
+  what the client did not ask for, and a stream without usage still ends with `done` (usage None);
+- errors as a flat `{"error": "text"}` or `{"detail": ...}` body, and as a `data:` event in the
+  middle of a stream: both become the error envelope (`errors.upstream_message`);
+- Ollama bound to localhost answers a bare 403 when the Host header is not a local name, which is
+  what a tunnel or reverse proxy that does not rewrite Host sends. The router cannot send
+  `Host: localhost` itself (the tunnel routes by Host), so it says what to fix instead of
+  reporting the (absent) key as rejected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
 
 import aiohttp
 import orjson
+from multidict import CIMultiDictProxy
 
 from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
@@ -38,10 +53,20 @@ _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "applicati
 _SSE_HEADERS: Final = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 _MODELS_TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
 MAX_MODEL_LIST: Final = 8 * 1024 * 1024
+# A quote inside a JSON string is escaped, so these bytes occur only as the key itself (or the
+# rare value "reasoning"), never inside text and never as part of "reasoning_content".
+_REASONING_KEY: Final = b'"reasoning"'
 
 
 class OpenAICompatProvider:
-    """One OpenAI-compatible provider kind (`openai`, `selfhosted`), sharing the router's pool."""
+    """One OpenAI-compatible provider kind (`openai`, `selfhosted`), sharing the router's pool.
+
+    Subclasses adapt one upstream by overriding the small hooks: `_headers`, `_upstream_model`,
+    `_endpoints`, `_status_error`, and `renames_reasoning`.
+    """
+
+    # Whether `reasoning` in a delta or message is handed on as `reasoning_content`.
+    renames_reasoning: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -51,12 +76,16 @@ class OpenAICompatProvider:
         *,
         default_base_url: str | None,
         allow_private: bool,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self._session = session
         self._timeouts = timeouts
         self._default_base_url = default_base_url
         self._allow_private = allow_private
+        # Built once: the headers every call to this upstream carries besides its key.
+        self._json_headers = {**_JSON_HEADERS, **(extra_headers or {})}
+        self._sse_headers = {**_SSE_HEADERS, **(extra_headers or {})}
 
     def _endpoints(self, credential: ProviderCredential) -> UpstreamEndpoints:
         base_url = credential.base_url or self._default_base_url
@@ -69,11 +98,18 @@ class OpenAICompatProvider:
         return endpoints_for(self.name, base_url, self._allow_private)
 
     def _headers(self, credential: ProviderCredential, stream: bool) -> dict[str, str]:
-        headers = dict(_SSE_HEADERS if stream else _JSON_HEADERS)
+        headers = dict(self._sse_headers if stream else self._json_headers)
         authorization = credential.authorization()
         if authorization is not None:
             headers["Authorization"] = authorization
         return headers
+
+    def _upstream_model(self, credential: ProviderCredential, model: str) -> str:
+        """The upstream's model id for the part of the app's model id after the provider."""
+        return model
+
+    def _status_error(self, status: int, raw: bytes, headers: CIMultiDictProxy[str]) -> ByoError:
+        return status_error(self.name, status, raw, headers)
 
     async def chat(
         self,
@@ -85,7 +121,7 @@ class OpenAICompatProvider:
     ) -> None:
         url = self._endpoints(credential).chat
         stream = body.get("stream") is True
-        body["model"] = model
+        body["model"] = self._upstream_model(credential, model)
         data = orjson.dumps(body)
         headers = self._headers(credential, stream)
         started = False
@@ -100,14 +136,14 @@ class OpenAICompatProvider:
                         raw = await read_at_most(response, MAX_ERROR_BODY)
                     finally:
                         response.close()
-                    raise status_error(self.name, response.status, raw, response.headers)
+                    raise self._status_error(response.status, raw, response.headers)
                 if not stream:
                     try:
                         answer = await response.read()
                     finally:
                         response.release()
             if not stream:
-                _check_completion(self.name, answer)
+                answer = _check_completion(self.name, answer, self.renames_reasoning)
                 await reply.start()
                 await reply.result(answer)
                 return
@@ -202,7 +238,8 @@ class OpenAICompatProvider:
                     usage,
                     self._broken("sent a malformed stream event"),
                 )
-            if "error" in event:
+            # OpenRouter's mid-stream error also carries choices (finish_reason "error").
+            if event.get("error") is not None:
                 return payloads, False, finish_reason, usage, self._stream_error(payload)
             choices = event.get("choices")
             if type(choices) is list:
@@ -214,6 +251,8 @@ class OpenAICompatProvider:
             reported = event.get("usage")
             if type(reported) is dict:
                 usage = reported
+            if self.renames_reasoning and _REASONING_KEY in payload:
+                payload = _with_reasoning_content(event, "delta", payload)
             payloads.append(payload)
         return payloads, False, finish_reason, usage, None
 
@@ -238,7 +277,7 @@ class OpenAICompatProvider:
             ) as response:
                 raw = await read_at_most(response, MAX_MODEL_LIST)
                 if response.status >= 300:
-                    raise status_error(self.name, response.status, raw, response.headers)
+                    raise self._status_error(response.status, raw, response.headers)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise transport_error(exc, self.name, started=False, timeouts=self._timeouts) from None
         try:
@@ -279,8 +318,30 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _check_completion(provider: str, answer: bytes) -> None:
-    """A 2xx non-streamed answer must be a completion, not an error some servers send as 200."""
+def _with_reasoning_content(event: dict[str, Any], part: str, payload: bytes) -> bytes:
+    """`payload` with each choice's `reasoning` text as `reasoning_content`, if it has any.
+
+    `part` is "delta" (a chunk) or "message" (a whole answer). A choice that already carries
+    `reasoning_content` is left alone, and a payload nothing was renamed in is returned as is.
+    """
+    renamed = False
+    choices = event.get("choices")
+    if type(choices) is list:
+        for choice in choices:
+            content = choice.get(part) if type(choice) is dict else None
+            if (
+                type(content) is dict
+                and type(content.get("reasoning")) is str
+                and content.get("reasoning_content") is None
+            ):
+                content.pop("reasoning_content", None)
+                content["reasoning_content"] = content.pop("reasoning")
+                renamed = True
+    return orjson.dumps(event) if renamed else payload
+
+
+def _check_completion(provider: str, answer: bytes, renames_reasoning: bool = False) -> bytes:
+    """The answer to hand on, once checked to be a completion and not an error sent as 200."""
     try:
         parsed = orjson.loads(answer)
     except orjson.JSONDecodeError:
@@ -293,3 +354,32 @@ def _check_completion(provider: str, answer: bytes) -> None:
         message, _, _ = upstream_message(answer)
         suffix = f": {message}" if message else "."
         raise ByoError(502, "upstream_error", f"The {provider} provider failed{suffix}")
+    if renames_reasoning and _REASONING_KEY in answer:
+        return _with_reasoning_content(parsed, "message", answer)
+    return answer
+
+
+class SelfHostedProvider(OpenAICompatProvider):
+    """A server the user runs (vLLM, Ollama, llama.cpp, LM Studio), reached by its base URL."""
+
+    renames_reasoning = True
+
+    def __init__(
+        self, session: aiohttp.ClientSession, timeouts: Timeouts, *, allow_private: bool
+    ) -> None:
+        super().__init__(
+            "selfhosted", session, timeouts, default_base_url=None, allow_private=allow_private
+        )
+
+    def _status_error(self, status: int, raw: bytes, headers: CIMultiDictProxy[str]) -> ByoError:
+        if status == 403 and not raw.strip():
+            # Ollama's answer to a Host it does not consider local; no key was looked at.
+            return ByoError(
+                400,
+                "provider_misconfigured",
+                "The selfhosted server refused the request (403) without a reason. Ollama does "
+                "this when a tunnel or reverse proxy in front of it passes on its public host "
+                "name: make the proxy rewrite the Host header to localhost:11434 (ngrok: "
+                "--host-header=rewrite), or have Ollama listen on 0.0.0.0.",
+            )
+        return super()._status_error(status, raw, headers)
