@@ -163,6 +163,82 @@ def app_key_revoke(
     _run(json_mode, work, render)
 
 
+# --- the app's own default provider -------------------------------------------------------------
+
+
+@app_cli.command("set-default")
+def app_set_default(
+    client_id: Annotated[str, typer.Option("--app", help="The app's client id.")],
+    provider: Annotated[
+        Provider, typer.Option("--provider", help="Which provider the app's key belongs to.")
+    ],
+    api_key_stdin: Annotated[
+        bool, typer.Option("--api-key-stdin", help="Read the provider API key from stdin.")
+    ] = False,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="Provider base URL (self-hosted, proxies).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model for `default` alone and for fallbacks to it."),
+    ] = None,
+    json_mode: JsonFlag = False,
+) -> None:
+    """Set the app's own provider: it serves default/<model> and is the last fallback of
+    connections that allow it. Replaces the app's previous default."""
+    api_key = _read_key_from_stdin() if api_key_stdin else None
+    if provider.value in _KEYED_PROVIDERS and not api_key:
+        output.fail(
+            json_mode,
+            output.usage_error(
+                f"{provider.value} needs an API key: pass --api-key-stdin and write it to stdin."
+            ),
+        )
+    if provider is Provider.selfhosted and not base_url:
+        output.fail(json_mode, output.usage_error("selfhosted needs --base-url."))
+    request = ks.AppDefaultSet(
+        client_id=client_id,
+        provider=provider.value,
+        api_key=SecretStr(api_key) if api_key else None,
+        base_url=base_url,
+        model=model,
+    )
+
+    async def work(bus: Bus) -> ks.AppDefaultInfo:
+        return await bus.request(ks.APP_DEFAULT_SET, request)
+
+    def render(default: ks.AppDefaultInfo) -> tuple[Mapping[str, Any], str]:
+        label = f" ({default.label})" if default.label else ""
+        model_note = f", model {default.model}" if default.model else ""
+        return (
+            {"client_id": default.client_id, "provider": default.provider, "label": default.label},
+            f"Default provider of {default.client_id}: {default.provider}{label}{model_note}",
+        )
+
+    _run(json_mode, work, render)
+
+
+@app_cli.command("clear-default")
+def app_clear_default(
+    client_id: Annotated[str, typer.Option("--app", help="The app's client id.")],
+    json_mode: JsonFlag = False,
+) -> None:
+    """Remove the app's default provider and erase its key; default/... then answers 404."""
+
+    async def work(bus: Bus) -> ks.AppDefaultCleared:
+        return await bus.request(ks.APP_DEFAULT_CLEAR, ks.AppDefaultClear(client_id=client_id))
+
+    def render(cleared: ks.AppDefaultCleared) -> tuple[Mapping[str, Any], str]:
+        return (
+            {"client_id": cleared.client_id, "cleared": cleared.cleared},
+            f"Cleared the default provider of {cleared.client_id}."
+            if cleared.cleared
+            else f"{cleared.client_id} had no default provider.",
+        )
+
+    _run(json_mode, work, render)
+
+
 # --- connections ------------------------------------------------------------------------------
 
 

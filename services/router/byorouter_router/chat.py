@@ -46,20 +46,22 @@ from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import extract_context
 from byorouter_router.credentials import ConnectionCredentials, CredentialCache
 from byorouter_router.fallback import (
+    APP_DEFAULT,
     KEY_REJECTED,
+    AppDefaultTarget,
     Candidate,
     FallbackChain,
     RetryPolicy,
     fallback_candidates,
 )
-from byorouter_router.providers.base import Provider
+from byorouter_router.providers.base import Provider, ProviderCredential
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("byorouter.router")
 
 ENDPOINT_NAME: Final = CHAT.name
-# Every provider prefix a model id may carry; `default` is the app's own fallback provider.
-KNOWN_PREFIXES: Final = frozenset((*PROVIDERS, "default"))
+# Every provider prefix a model id may carry; `default` is the app's own provider.
+KNOWN_PREFIXES: Final = frozenset((*PROVIDERS, APP_DEFAULT))
 # OpenAI-compatible upstreams put this on every chunk once usage is asked for; compact JSON only
 # (a quote inside a JSON string is always escaped, so the bytes cannot occur inside content).
 _NULL_USAGE: Final = b',"usage":null'
@@ -189,26 +191,14 @@ def choose_provider(model_id: Any, connection: ConnectionCredentials) -> tuple[s
     if not isinstance(model_id, str) or not model_id:
         raise errors.bad_request("The request has no model.", param="model")
     prefix, _, model = model_id.partition("/")
+    if prefix == APP_DEFAULT:
+        return APP_DEFAULT, _app_default_model(model, connection)
     if not model or prefix not in KNOWN_PREFIXES:
         raise ByoError(
             404,
             "model_not_found",
             "Model ids start with a provider, e.g. openai/gpt-4o or selfhosted/llama3. "
             + _has(connection),
-            param="model",
-        )
-    if prefix == "default":
-        if connection.fallback_to_default:
-            raise ByoError(
-                404,
-                "provider_not_supported",
-                "The app's default provider is not supported yet.",
-                param="model",
-            )
-        raise ByoError(
-            404,
-            "model_not_found",
-            "This connection does not use the app's default provider. " + _has(connection),
             param="model",
         )
     if prefix not in connection.providers:
@@ -219,6 +209,38 @@ def choose_provider(model_id: Any, connection: ConnectionCredentials) -> tuple[s
             param="model",
         )
     return prefix, model
+
+
+def _app_default_model(model: str, connection: ConnectionCredentials) -> str:
+    """The upstream model for `default/<model>`; `default` or `default/` mean the configured one.
+
+    The app's default serves every connection of the app, whatever `fallback_to_default` says:
+    that setting is about falling back to it, not about asking for it.
+    """
+    default = connection.app_default
+    if default is None:
+        raise ByoError(
+            404,
+            "model_not_found",
+            "This app has no default provider (byorouter app set-default). " + _has(connection),
+            param="model",
+        )
+    chosen = model or default.preferred_model
+    if not chosen:
+        raise ByoError(
+            404,
+            "model_not_found",
+            "The app's default provider has no model set: ask for default/<model>.",
+            param="model",
+        )
+    return chosen
+
+
+def _app_default_target(connection: ConnectionCredentials) -> AppDefaultTarget | None:
+    default = connection.app_default
+    if default is None:
+        return None
+    return AppDefaultTarget(default.provider, default.preferred_model)
 
 
 class ChatRouter:
@@ -352,7 +374,16 @@ class ChatRouter:
                 provider_name, model = choose_provider(body.get("model"), connection)
                 span.set_attribute("byorouter.provider", provider_name)
                 span.set_attribute("byorouter.model", model)
-                if provider_name not in self._providers:
+                if provider_name == APP_DEFAULT and connection.app_default is not None:
+                    if connection.app_default.provider not in self._providers:
+                        raise ByoError(
+                            404,
+                            "provider_not_supported",
+                            "The app's default provider is of a kind this router does not "
+                            "support yet.",
+                            param="model",
+                        )
+                elif provider_name not in self._providers:
                     raise ByoError(
                         404,
                         "provider_not_supported",
@@ -406,6 +437,7 @@ class ChatRouter:
             connection.targets,
             self._providers,
             fallback_to_default=connection.fallback_to_default,
+            app_default=_app_default_target(connection),
         )
         replies: list[BusReply] = []
 
@@ -423,11 +455,13 @@ class ChatRouter:
                         "attempt": attempts,
                     },
                 )
-            await self._providers[candidate.provider].chat(
-                connection.providers[candidate.provider], candidate.model, body, reply, deadline
-            )
+            provider, credential = self._provider_for(connection, candidate)
+            await provider.chat(credential, candidate.model, body, reply, deadline)
 
         async def observe(candidate: Candidate, error: ByoError) -> None:
+            # The app default's key is the operator's: no connection's credential to mark.
+            if candidate.provider == APP_DEFAULT:
+                return
             if error.code == KEY_REJECTED and not connection.is_failing(candidate.provider):
                 await self._publish_credential_status(
                     connection, candidate.provider, "failing", error.message
@@ -445,6 +479,21 @@ class ChatRouter:
         if connection.is_failing(served.candidate.provider):
             await self._publish_credential_status(connection, served.candidate.provider, "ok")
         return served.candidate, replies[-1]
+
+    def _provider_for(
+        self, connection: ConnectionCredentials, candidate: Candidate
+    ) -> tuple[Provider, ProviderCredential]:
+        """The provider implementation and credential a candidate is called with.
+
+        The app default is called by its kind (openai, anthropic, ...) with the app's key, yet
+        answers, and is billed, as `default`.
+        """
+        if candidate.provider == APP_DEFAULT:
+            default = connection.app_default
+            if default is None:
+                raise RuntimeError("app default candidate without an app default")
+            return self._providers[default.provider], default
+        return self._providers[candidate.provider], connection.providers[candidate.provider]
 
     async def _publish_usage(
         self,

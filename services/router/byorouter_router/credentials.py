@@ -1,6 +1,7 @@
 """A connection's decrypted provider credentials, cached so the hot path asks keystore rarely.
 
-Entries live for a TTL and are dropped at once when keystore announces the connection changed.
+Entries live for a TTL and are dropped at once when keystore announces the connection changed,
+or that its app's default provider did (every connection of that app then goes).
 Concurrent requests for a connection that is not cached share one keystore lookup.
 """
 
@@ -10,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from byorouter_common.contracts.events import ConnectionChangedEvent
+from byorouter_common.contracts.events import AppDefaultChangedEvent, ConnectionChangedEvent
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
 from byorouter_router.fallback import FallbackTarget
 from byorouter_router.providers.base import ProviderCredential
@@ -31,6 +32,9 @@ class ConnectionCredentials:
     providers: dict[str, ProviderCredential]
     # The same providers as fallback targets (same order): preferred model, whether failing.
     targets: dict[str, FallbackTarget] = field(default_factory=dict)
+    # The app's own default provider (its `provider` is the kind: openai, anthropic, ...) and
+    # its configured model; it serves `default/<model>`, and falls back only if allowed.
+    app_default: ProviderCredential | None = None
 
     def is_failing(self, provider: str) -> bool:
         """Whether keystore has this provider's key marked as rejected."""
@@ -56,12 +60,21 @@ class ConnectionCredentials:
                 preferred_model=p.preferred_model,
             )
             targets[p.provider] = FallbackTarget(p.preferred_model, p.status == "failing")
+        default = resolved.app_default
         return cls(
             resolved.connection_id,
             resolved.app_id,
             resolved.fallback_to_default,
             providers,
             targets,
+            ProviderCredential(
+                provider=default.provider,
+                api_key=default.api_key,
+                base_url=default.base_url,
+                preferred_model=default.preferred_model,
+            )
+            if default is not None
+            else None,
         )
 
 
@@ -126,5 +139,13 @@ class CredentialCache:
         self._epoch += 1
         self._entries.pop((app_id, connection_id), None)
 
+    def invalidate_app(self, app_id: str) -> None:
+        self._epoch += 1
+        for key in [k for k in self._entries if k[0] == app_id]:
+            del self._entries[key]
+
     async def on_connection_changed(self, event: ConnectionChangedEvent) -> None:
         self.invalidate(event.app_id, event.connection_id)
+
+    async def on_app_default_changed(self, event: AppDefaultChangedEvent) -> None:
+        self.invalidate_app(event.app_id)

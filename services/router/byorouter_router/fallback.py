@@ -26,6 +26,8 @@ _MISCONFIGURED: Final = frozenset(
 )
 # The provider rejected the user's key: asking it again gives the same answer.
 KEY_REJECTED: Final = "provider_auth_failed"
+# The name the app's own default provider goes by in model ids, headers and usage.
+APP_DEFAULT: Final = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +46,25 @@ class FallbackTarget:
     failing: bool = False
 
 
-def app_default_candidate() -> Candidate | None:
-    """The app's own default provider, used last when the connection allows it.
+@dataclass(frozen=True, slots=True)
+class AppDefaultTarget:
+    """The app's own default provider: which kind of provider it is and its configured model."""
 
-    The app default is not implemented yet; this is where it plugs in.
+    kind: str
+    model: str | None
+
+
+def app_default_candidate(
+    app_default: AppDefaultTarget | None, supported: Collection[str]
+) -> Candidate | None:
+    """The app's own default provider with its configured model, to try last.
+
+    None when the app has none, the operator set no model (a fallback must know what to ask
+    for) or the router cannot call its kind of provider.
     """
-    return None
+    if app_default is None or not app_default.model or app_default.kind not in supported:
+        return None
+    return Candidate(APP_DEFAULT, app_default.model)
 
 
 def fallback_candidates(
@@ -58,14 +73,21 @@ def fallback_candidates(
     supported: Collection[str],
     *,
     fallback_to_default: bool,
+    app_default: AppDefaultTarget | None = None,
 ) -> list[Candidate]:
     """The requested provider and model first, then every usable fallback, best priority first.
 
     `targets` is the connection's providers in priority order. A fallback is usable when the
     router can call it, the user chose a model for it (`preferred_model`), and its key was not
-    rejected the last time it was used.
+    rejected the last time it was used. The app's default comes last, and only when the
+    connection allows it (`fallback_to_default`).
+
+    A request for the app's default itself (`default/...`) has no fallbacks: the app chose to
+    pay for it, and a user's key is never spent on a request the app addressed to its own.
     """
     candidates = [requested]
+    if requested.provider == APP_DEFAULT:
+        return candidates
     for provider, target in targets.items():
         if (
             provider == requested.provider
@@ -76,7 +98,7 @@ def fallback_candidates(
             continue
         candidates.append(Candidate(provider, target.preferred_model))
     if fallback_to_default:
-        default = app_default_candidate()
+        default = app_default_candidate(app_default, supported)
         if default is not None:
             candidates.append(default)
     return candidates

@@ -24,7 +24,12 @@ from byorouter_router.provider_test import ProviderTester
 from byorouter_router.providers.anthropic import AnthropicProvider
 from byorouter_router.providers.base import Provider
 from byorouter_router.providers.errors import Timeouts
-from byorouter_router.providers.openai_compat import OPENAI_BASE_URL, OpenAICompatProvider
+from byorouter_router.providers.openai_compat import (
+    OPENAI_BASE_URL,
+    OpenAICompatProvider,
+    SelfHostedProvider,
+)
+from byorouter_router.providers.openrouter import OpenRouterProvider
 from byorouter_router.settings import RouterSettings
 from byorouter_router.upstream import create_session
 
@@ -60,6 +65,9 @@ class RouterHandlers:
         subscribe_event(
             self.runtime.broker, events.CONNECTION_CHANGED, self.credentials.on_connection_changed
         )
+        subscribe_event(
+            self.runtime.broker, events.APP_DEFAULT_CHANGED, self.credentials.on_app_default_changed
+        )
         discovery = self.runtime.discovery
         serve(self.runtime.broker, cn.PROVIDER_TEST, self.tester.test, discovery=discovery)
 
@@ -68,7 +76,6 @@ class RouterHandlers:
         timeouts = Timeouts(
             s.upstream_connect_timeout_s, s.upstream_read_timeout_s, s.request_deadline_s
         )
-        # OpenRouter slots in here when it is implemented.
         return {
             "openai": OpenAICompatProvider(
                 "openai",
@@ -77,15 +84,18 @@ class RouterHandlers:
                 default_base_url=OPENAI_BASE_URL,
                 allow_private=s.allow_private_upstreams,
             ),
-            "selfhosted": OpenAICompatProvider(
-                "selfhosted",
-                session,
-                timeouts,
-                default_base_url=None,
-                allow_private=s.allow_private_upstreams,
+            "selfhosted": SelfHostedProvider(
+                session, timeouts, allow_private=s.allow_private_upstreams
             ),
             "anthropic": AnthropicProvider(
                 session, timeouts, allow_private=s.allow_private_upstreams
+            ),
+            "openrouter": OpenRouterProvider(
+                session,
+                timeouts,
+                allow_private=s.allow_private_upstreams,
+                referer=s.openrouter_referer,
+                title=s.openrouter_title,
             ),
         }
 
