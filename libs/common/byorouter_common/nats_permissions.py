@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
@@ -41,6 +42,8 @@ SECRET_READERS: Final = frozenset({"router"})
 
 # The endpoints each service calls. Keep this to calls the code makes today: a new call is a
 # one-line change here, and a missing one fails loudly as a permissions violation in the logs.
+# The app's server-to-server half of the Connect flow goes through the gateway.
+_GATEWAY_FLOW: Final = (cn.CODE_EXCHANGE, cn.MANAGE_LINK_CREATE)
 CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
     "keystore": (),
     "router": (ks.CREDENTIALS_RESOLVE,),
@@ -51,8 +54,15 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
         ks.USAGE_GET,
         rt.CHAT,
         rt.MODELS,
+        *_GATEWAY_FLOW,
     ),
-    "connect": (ks.APP_GET, ks.CONNECTION_CREATE, ks.CONNECTION_GET, ks.CONNECTION_DELETE),
+    # Connect changes connections only through a consent or a live manage session. (It may
+    # still read one, masked: tests/security uses that as its example of an allowed call.)
+    "connect": (
+        *(e for e in cn.KEYSTORE_ENDPOINTS if e not in _GATEWAY_FLOW),
+        cn.PROVIDER_TEST,
+        ks.CONNECTION_GET,
+    ),
     "tunnel": (),
 }
 # Fire-and-forget subjects besides calls and events: the gateway tells the router a client
@@ -62,7 +72,12 @@ NOTIFIES: Final[Mapping[str, tuple[str, ...]]] = {"gateway": (f"{rt.CANCEL_PREFI
 # `app_key.revoked` from anyone else would lock an app out of every gateway. Only the router
 # sees usage and rejected keys.
 ANNOUNCES: Final[Mapping[str, tuple[Event[Any], ...]]] = {
-    "keystore": (events.APP_KEY_REVOKED, events.CONNECTION_CHANGED, events.KEYRING_ROTATED),
+    "keystore": (
+        events.APP_KEY_REVOKED,
+        events.CONNECTION_CHANGED,
+        events.APP_DEFAULT_CHANGED,
+        events.KEYRING_ROTATED,
+    ),
     "router": (events.USAGE, events.CREDENTIAL_STATUS),
 }
 

@@ -1,26 +1,55 @@
-"""Connect's HTTP application: health probes and, for now, a landing page (the UI comes later)."""
+"""Connect's HTTP application: the consent and manage pages, static assets, probes. Wiring only."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
-from fastapi.responses import HTMLResponse
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 
 from byorouter_common.service import ServiceRuntime
+from byorouter_connect import consent, manage
+from byorouter_connect.pages import PageError, error_page, render
+from byorouter_connect.security import FormRefused, SecurityHeadersMiddleware
+from byorouter_connect.settings import ConnectSettings
 
-LANDING_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>BYORouter Connect</title></head>
-<body>
-  <h1>BYORouter Connect</h1>
-  <p>The Connect UI is coming: this is where people will connect their own provider keys
-  to the apps they use.</p>
-</body>
-</html>
-"""
+_STATIC = Path(__file__).with_name("static")
+
+
+async def _on_page_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageError)
+    return error_page(exc)
+
+
+async def _on_form_refused(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FormRefused)
+    return error_page(PageError(exc.status, "This form could not be read", exc.message))
+
+
+async def _on_validation_error(_: Request, __: Exception) -> Response:
+    # Never FastAPI's default 422 body: it echoes the rejected input, which may be a key.
+    return error_page(PageError(400, "Something is missing", "This request could not be read."))
+
+
+async def _on_http_exception(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_page(PageError(405, "Not here", "This page does not accept that request."))
+    return error_page(PageError(exc.status_code, "Page not found", "There is no page here."))
 
 
 def create_app(runtime: ServiceRuntime) -> FastAPI:
-    app = FastAPI(title="BYORouter Connect", docs_url=None, redoc_url=None)
+    settings = runtime.settings
+    assert isinstance(settings, ConnectSettings)
+    app = FastAPI(title="BYORouter Connect", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime = runtime
+    app.state.settings = settings
+    app.add_exception_handler(PageError, _on_page_error)
+    app.add_exception_handler(FormRefused, _on_form_refused)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_exception)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -34,8 +63,12 @@ def create_app(runtime: ServiceRuntime) -> FastAPI:
         response.status_code = 503
         return {"status": "nats disconnected"}
 
-    @app.get("/", response_class=HTMLResponse)
-    async def landing() -> str:
-        return LANDING_PAGE
+    @app.get("/")
+    async def landing() -> Response:
+        return render("landing.html", page_title="BYORouter Connect")
 
+    app.include_router(consent.router)
+    app.include_router(manage.router)
+    app.mount("/static", StaticFiles(directory=_STATIC), name="static")
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -1,9 +1,10 @@
-"""Connect's settings: the common service settings plus where its HTTP server listens."""
+"""Connect's settings: where its HTTP server listens and how long its one-time things live."""
 
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
+from byorouter_common.contracts.connect import MAX_CODE_TTL_S
 from byorouter_common.settings import ServiceSettings
 
 
@@ -11,3 +12,14 @@ class ConnectSettings(ServiceSettings):
     # Loopback by default: exposing the UI beyond this machine is an explicit operator choice.
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("BYOROUTER_CONNECT_HOST"))
     port: int = Field(default=8080, validation_alias=AliasChoices("BYOROUTER_CONNECT_PORT"))
+    # BYOROUTER_CODE_TTL_S: how long an authorization code may wait for the app's exchange
+    # (at most 10 minutes, RFC 9700; the app's server normally exchanges it within a second).
+    code_ttl_s: int = Field(default=300, ge=10, le=MAX_CODE_TTL_S)
+    # BYOROUTER_MANAGE_SESSION_TTL_S: how long a browser may manage a connection after opening
+    # the app's manage link.
+    manage_session_ttl_s: int = Field(default=1800, ge=60, le=12 * 3600)
+    # How long a "Test" waits for the router (which itself gives up on a provider after 10 s).
+    provider_test_timeout_s: float = Field(default=15.0, gt=0)
+    # Cookies are Secure unless the page is served to a loopback host over plain http; set
+    # BYOROUTER_COOKIE_SECURE=true to force them Secure everywhere.
+    cookie_secure: bool = False

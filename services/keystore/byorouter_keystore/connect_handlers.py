@@ -25,13 +25,13 @@ from byorouter_keystore.models import App
 _Change = Callable[[AsyncSession, flow.ManageContext], Awaitable[None]]
 
 
-def _consent_app(app: App) -> cn.ConsentApp:
+async def _consent_app(session: AsyncSession, app: App) -> cn.ConsentApp:
     return cn.ConsentApp(
         app_id=app.id,
         client_id=app.client_id,
         name=app.name,
         redirect_uris=app.redirect_uris,
-        offers_default_provider=flow.offers_default_provider(app),
+        offers_default_provider=await flow.offers_default_provider(session, app),
     )
 
 
@@ -68,7 +68,7 @@ class ConnectFlowHandlers:
 
     async def consent_app(self, request: cn.ConsentAppGet) -> cn.ConsentApp:
         async with self.sessions.begin() as session:
-            return _consent_app(await flow.consent_app(session, request.client_id))
+            return await _consent_app(session, await flow.consent_app(session, request.client_id))
 
     async def authorize(self, request: cn.AuthorizationGrant) -> cn.AuthorizationCode:
         async with self.sessions.begin() as session:
@@ -113,7 +113,7 @@ class ConnectFlowHandlers:
         credentials = await flow.credentials_of(session, context.connection.id)
         return cn.ManageView(
             app_name=context.app.name,
-            offers_default_provider=flow.offers_default_provider(context.app),
+            offers_default_provider=await flow.offers_default_provider(session, context.app),
             return_url=context.return_url,
             expires_at=context.expires_at,
             connection=connection_info(context.connection, credentials),

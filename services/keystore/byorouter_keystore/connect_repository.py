@@ -25,7 +25,7 @@ from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts.keystore import ProviderCredentialInput
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
-from byorouter_keystore import ids
+from byorouter_keystore import app_default, ids
 from byorouter_keystore import repository as repo
 from byorouter_keystore.connect_models import AuthorizationCode, ManageLink, ManageSession
 from byorouter_keystore.crypto import KeyringStore, seal
@@ -67,10 +67,9 @@ def check_redirect_uris(uris: Sequence[str]) -> None:
             )
 
 
-def offers_default_provider(app: App) -> bool:
-    # Apps cannot register an AI of their own yet; when they can, this reads that setting.
-    del app
-    return False
+async def offers_default_provider(session: AsyncSession, app: App) -> bool:
+    """The app runs an AI of its own that a connection may fall back to."""
+    return await app_default.default_of(session, app.id) is not None
 
 
 def invalid_grant() -> ByoError:
@@ -120,7 +119,7 @@ async def authorize(
         raise errors.bad_request(
             "redirect_uri is not registered for this app.", code="invalid_redirect_uri"
         )
-    fallback = grant.fallback_to_default and offers_default_provider(app)
+    fallback = grant.fallback_to_default and await offers_default_provider(session, app)
     connection, credentials = await repo.create_connection(
         session, keyring, app.id, grant.providers, fallback
     )
@@ -442,8 +441,8 @@ async def set_preferences(
                     "A preferred model id is at most 200 characters.", param="preferred_models"
                 )
             credentials[provider].preferred_model = model or None
-    connection.fallback_to_default = request.fallback_to_default and offers_default_provider(
-        context.app
+    connection.fallback_to_default = request.fallback_to_default and (
+        await offers_default_provider(session, context.app)
     )
     await session.flush()
     repo._audit(session, "connection.preferences_changed", context.app.id, connection.id)

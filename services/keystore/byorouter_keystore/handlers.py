@@ -18,7 +18,9 @@ from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.base import Empty
 from byorouter_common.service import ServiceRuntime
+from byorouter_keystore import app_default
 from byorouter_keystore import repository as repo
+from byorouter_keystore.app_default_models import AppDefaultProvider
 from byorouter_keystore.connect_repository import check_redirect_uris
 from byorouter_keystore.crypto import KeyringStore
 from byorouter_keystore.models import App, Connection, Credential, UsageDaily
@@ -26,13 +28,27 @@ from byorouter_keystore.models import App, Connection, Credential, UsageDaily
 log = logging.getLogger(__name__)
 
 
-def _app_info(app: App) -> ks.AppInfo:
+def _app_info(app: App, default: AppDefaultProvider | None = None) -> ks.AppInfo:
     return ks.AppInfo(
         app_id=app.id,
         client_id=app.client_id,
         name=app.name,
         redirect_uris=app.redirect_uris,
         created_at=app.created_at,
+        has_default_provider=default is not None,
+        default_provider=app_default.provider_name(default) if default is not None else None,
+        default_provider_label=default.label if default is not None else None,
+    )
+
+
+def _app_default_info(app: App, default: AppDefaultProvider) -> ks.AppDefaultInfo:
+    return ks.AppDefaultInfo(
+        client_id=app.client_id,
+        provider=app_default.provider_name(default),
+        label=default.label,
+        base_url=default.base_url,
+        model=default.model,
+        updated_at=default.updated_at,
     )
 
 
@@ -87,6 +103,8 @@ class KeystoreHandlers:
         serve(broker, ks.APP_AUTHENTICATE, self.authenticate_app, discovery=discovery)
         serve(broker, ks.APP_KEY_CREATE, self.create_app_key, discovery=discovery)
         serve(broker, ks.APP_KEY_REVOKE, self.revoke_app_key, discovery=discovery)
+        serve(broker, ks.APP_DEFAULT_SET, self.set_app_default, discovery=discovery)
+        serve(broker, ks.APP_DEFAULT_CLEAR, self.clear_app_default, discovery=discovery)
         serve(broker, ks.CONNECTION_CREATE, self.create_connection, discovery=discovery)
         serve(broker, ks.CONNECTION_GET, self.get_connection, discovery=discovery)
         serve(broker, ks.CONNECTION_DELETE, self.delete_connection, discovery=discovery)
@@ -118,7 +136,8 @@ class KeystoreHandlers:
 
     async def get_app(self, request: ks.AppGet) -> ks.AppInfo:
         async with self.sessions.begin() as session:
-            return _app_info(await repo.get_app(session, request.client_id))
+            app = await repo.get_app(session, request.client_id)
+            return _app_info(app, await app_default.default_of(session, app.id))
 
     async def authenticate_app(self, request: ks.AppAuthenticate) -> ks.AppPrincipal:
         async with self.sessions.begin() as session:
@@ -144,6 +163,27 @@ class KeystoreHandlers:
             events.APP_KEY_REVOKED, events.AppKeyRevokedEvent(key_id=request.key_id, app_id=app_id)
         )
         return ks.AppKeyRevoked(key_id=request.key_id, app_id=app_id)
+
+    # --- the app's own default provider ---
+
+    async def set_app_default(self, request: ks.AppDefaultSet) -> ks.AppDefaultInfo:
+        async with self.sessions.begin() as session:
+            app, default = await app_default.set_default(session, self.keyring, request)
+        await self._app_default_changed(app.id)
+        return _app_default_info(app, default)
+
+    async def clear_app_default(self, request: ks.AppDefaultClear) -> ks.AppDefaultCleared:
+        async with self.sessions.begin() as session:
+            app, cleared = await app_default.clear_default(session, request.client_id)
+        if cleared:
+            await self._app_default_changed(app.id)
+        return ks.AppDefaultCleared(client_id=app.client_id, cleared=cleared)
+
+    async def _app_default_changed(self, app_id: str) -> None:
+        # Every connection of the app resolves differently now: routers drop them all.
+        await self.runtime.bus.publish_event(
+            events.APP_DEFAULT_CHANGED, events.AppDefaultChangedEvent(app_id=app_id)
+        )
 
     # --- connections ---
 
@@ -177,10 +217,14 @@ class KeystoreHandlers:
             connection, resolved = await repo.resolve_credentials(
                 session, self.keyring, request.app_id, request.connection_id
             )
+            default = await app_default.default_of(session, connection.app_id)
         return ks.ResolvedConnection(
             connection_id=connection.id,
             app_id=connection.app_id,
             fallback_to_default=connection.fallback_to_default,
+            # Whenever the app has one: the router serves `default/<model>` with it, and falls
+            # back to it only if `fallback_to_default` allows.
+            app_default=self._resolved_default(default) if default is not None else None,
             providers=[
                 ks.ResolvedProvider(
                     provider=repo.provider_name(r.credential),
@@ -192,6 +236,16 @@ class KeystoreHandlers:
                 )
                 for r in resolved
             ],
+        )
+
+    def _resolved_default(self, default: AppDefaultProvider) -> ks.ResolvedProvider:
+        api_key = app_default.open_default(self.keyring, default)
+        return ks.ResolvedProvider(
+            provider=app_default.provider_name(default),
+            api_key=SecretStr(api_key) if api_key is not None else None,
+            base_url=default.base_url,
+            preferred_model=default.model,
+            priority=0,
         )
 
     async def _connection_changed(self, connection_id: str, app_id: str, *, deleted: bool) -> None:
@@ -242,7 +296,11 @@ class KeystoreHandlers:
         active, result = await repo.rotate_keys(
             self.sessions, self.keyring, self.rewrap_batch_size, self._keyring_rotated
         )
-        return ks.KeysRotated(active_version=active, rewrapped=result.rewrapped)
+        return ks.KeysRotated(
+            active_version=active,
+            rewrapped=result.rewrapped,
+            app_defaults_rewrapped=result.app_defaults_rewrapped,
+        )
 
     async def _keyring_rotated(self, active_version: int) -> None:
         await self.runtime.bus.publish_event(
@@ -258,10 +316,12 @@ class KeystoreHandlers:
         self.keyring.reload()
         async with self.sessions.begin() as session:
             counts = await repo.kek_versions_in_use(session)
+            defaults = await repo.app_default_kek_versions_in_use(session)
         return ks.KeysStatus(
             active_version=self.keyring.current.active,
             versions=self.keyring.current.versions,
             credentials_by_version={str(v): n for v, n in sorted(counts.items())},
+            app_defaults_by_version={str(v): n for v, n in sorted(defaults.items())},
         )
 
     async def on_keyring_rotated(self, event: events.KeyringRotatedEvent) -> None:

@@ -26,6 +26,7 @@ from byorouter_common.contracts.keystore import ProviderCredentialInput, Provide
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
 from byorouter_keystore import ids
+from byorouter_keystore.app_default_models import AppDefaultProvider, app_default_owner
 from byorouter_keystore.crypto import (
     KeyringStore,
     SealedSecret,
@@ -412,6 +413,8 @@ class RewrapResult:
     rewrapped: int
     # Rows whose data key could not be unwrapped (tampered or copied); left as they were.
     undecryptable: int
+    # Apps' default providers, re-wrapped after the connections' credentials.
+    app_defaults_rewrapped: int = 0
 
 
 async def rewrap_credentials(
@@ -507,6 +510,10 @@ async def rotate_keys(
     new = await keyring.rotate()
     await announce(new.active)
     result = await rewrap_credentials(sessions, keyring, batch_size)
+    defaults = await rewrap_app_defaults(sessions, keyring, batch_size)
+    result = RewrapResult(
+        result.rewrapped, result.undecryptable + defaults.undecryptable, defaults.rewrapped
+    )
     async with sessions.begin() as session:
         _audit(
             session,
@@ -514,9 +521,72 @@ async def rotate_keys(
             None,
             f"kek:{new.active}",
             rewrapped=result.rewrapped,
+            app_defaults_rewrapped=result.app_defaults_rewrapped,
             undecryptable=result.undecryptable,
         )
     return new.active, result
+
+
+async def rewrap_app_defaults(
+    sessions: async_sessionmaker[AsyncSession], keyring: KeyringStore, batch_size: int
+) -> RewrapResult:
+    """Move apps' default provider keys onto the active KEK, as `rewrap_credentials` does.
+
+    There is at most one row per app, so one pass of batches is enough; a row sealed with the
+    old KEK after this pass (by a copy that had not heard of the rotation) is picked up by the
+    next rotation, and stays readable meanwhile because prune keeps every version in use.
+    """
+    rewrapped = 0
+    failed = 0
+    last_app_id = ""
+    while True:
+        async with sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        AppDefaultProvider.app_id,
+                        AppDefaultProvider.provider,
+                        AppDefaultProvider.kek_version,
+                        AppDefaultProvider.wrapped_dek,
+                    )
+                    .where(
+                        AppDefaultProvider.kek_version != keyring.current.active,
+                        AppDefaultProvider.app_id > last_app_id,
+                    )
+                    .order_by(AppDefaultProvider.app_id)
+                    .limit(batch_size)
+                )
+            ).all()
+            if not rows:
+                break
+            last_app_id = rows[-1].app_id
+            for row in rows:
+                owner = app_default_owner(row.app_id)
+                new_wrapped = _rewrap_one(
+                    keyring, row.kek_version, row.wrapped_dek, owner, row.provider
+                )
+                if new_wrapped is None:
+                    failed += 1
+                    continue
+                result = await session.execute(
+                    update(AppDefaultProvider)
+                    .where(
+                        AppDefaultProvider.app_id == row.app_id,
+                        AppDefaultProvider.kek_version == row.kek_version,
+                    )
+                    .values(
+                        kek_version=keyring.current.active,
+                        wrapped_dek=new_wrapped,
+                        updated_at=AppDefaultProvider.updated_at,
+                    )
+                )
+                rewrapped += _rowcount(result)
+    if failed:
+        log.warning(
+            "key rotation left app default providers it could not decrypt",
+            extra={"undecryptable": failed},
+        )
+    return RewrapResult(rewrapped, failed)
 
 
 async def kek_versions_in_use(session: AsyncSession) -> dict[int, int]:
@@ -526,9 +596,20 @@ async def kek_versions_in_use(session: AsyncSession) -> dict[int, int]:
     return dict(rows.tuples().all())
 
 
+async def app_default_kek_versions_in_use(session: AsyncSession) -> dict[int, int]:
+    rows = await session.execute(
+        select(AppDefaultProvider.kek_version, func.count()).group_by(
+            AppDefaultProvider.kek_version
+        )
+    )
+    return dict(rows.tuples().all())
+
+
 async def prune_keys(session: AsyncSession, keyring: KeyringStore) -> list[int]:
     """Forget KEK versions no stored credential is wrapped with; the active one always stays."""
     in_use = set(await kek_versions_in_use(session))
+    # Apps' default provider keys are stored credentials too.
+    in_use |= set(await app_default_kek_versions_in_use(session))
     removed = await keyring.prune(in_use)
     if removed:
         _audit(

@@ -101,8 +101,8 @@ class ConsentApp(Contract):
     client_id: str
     name: str
     redirect_uris: list[str]
-    # The app runs an AI of its own that a connection may fall back to; until apps can register
-    # one this is always false and the page hides the choice.
+    # The app runs an AI of its own that a connection may fall back to; otherwise the page
+    # hides the "fall back to the app's AI" choice.
     offers_default_provider: bool = False
 
 

@@ -21,6 +21,12 @@ class ConnectionChangedEvent(Contract):
     deleted: bool = False
 
 
+class AppDefaultChangedEvent(Contract):
+    """An app's default provider was set, replaced or cleared: every connection of it changed."""
+
+    app_id: str
+
+
 class KeyringRotatedEvent(Contract):
     active_version: int
 
@@ -59,6 +65,11 @@ CONNECTION_CHANGED = Event(
     "byorouter.events.connection.changed",
     ConnectionChangedEvent,
     "A connection's credentials or settings changed, or it was deleted.",
+)
+APP_DEFAULT_CHANGED = Event(
+    "byorouter.events.app_default.changed",
+    AppDefaultChangedEvent,
+    "An app's default provider was set or cleared; routers drop that app's cached connections.",
 )
 KEYRING_ROTATED = Event(
     "byorouter.events.keystore.keyring_rotated",

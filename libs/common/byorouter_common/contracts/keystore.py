@@ -46,6 +46,10 @@ class AppInfo(Contract):
     name: str
     redirect_uris: list[str]
     created_at: datetime
+    # The app's own default provider, if the operator set one: which, and its masked key.
+    has_default_provider: bool = False
+    default_provider: ProviderName | None = None
+    default_provider_label: str | None = None
 
 
 class AppAuthenticate(Contract):
@@ -84,6 +88,43 @@ class AppKeyRevoke(Contract):
 class AppKeyRevoked(Contract):
     key_id: str
     app_id: str
+
+
+class AppDefaultSet(Contract):
+    """The app's own provider: serves `default/<model>` and is the last fallback of connections
+    that allow it. Replaces any default the app had."""
+
+    client_id: str
+    provider: ProviderName
+    api_key: SecretStr | None = None
+    base_url: str | None = Field(default=None, max_length=2048)
+    # The model `default` (with no model) asks for, and the one a fallback to the default uses.
+    model: str | None = Field(default=None, max_length=200)
+
+    @field_serializer("api_key", when_used="json")
+    def _reveal(self, value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+
+class AppDefaultInfo(Contract):
+    """What anyone may see of an app's default provider: never the key."""
+
+    client_id: str
+    provider: ProviderName
+    label: str | None
+    base_url: str | None
+    model: str | None
+    updated_at: datetime
+
+
+class AppDefaultClear(Contract):
+    client_id: str
+
+
+class AppDefaultCleared(Contract):
+    client_id: str
+    # False when the app had no default: clearing is idempotent.
+    cleared: bool
 
 
 # --- connections ----------------------------------------------------------------------------
@@ -159,6 +200,9 @@ class ResolvedConnection(Contract):
     app_id: str
     fallback_to_default: bool
     providers: list[ResolvedProvider]
+    # The app's own default provider when the operator set one, whatever `fallback_to_default`
+    # says: it serves `default/<model>` always, and is a fallback only if the connection allows.
+    app_default: ResolvedProvider | None = None
 
 
 # --- usage ----------------------------------------------------------------------------------
@@ -187,6 +231,8 @@ class UsageReport(Contract):
 class KeysRotated(Contract):
     active_version: int
     rewrapped: int
+    # Apps' default provider keys, counted apart from connections' credentials.
+    app_defaults_rewrapped: int = 0
 
 
 class KeysPruned(Contract):
@@ -198,6 +244,7 @@ class KeysStatus(Contract):
     active_version: int
     versions: list[int]
     credentials_by_version: dict[str, int]
+    app_defaults_by_version: dict[str, int] = Field(default_factory=dict)
 
 
 SERVICE = "keystore"
@@ -232,6 +279,20 @@ APP_KEY_REVOKE = Endpoint(
     AppKeyRevoked,
     SERVICE,
     "Revoke an app API key; every gateway copy drops it at once.",
+)
+APP_DEFAULT_SET = Endpoint(
+    "byorouter.keystore.app_default.set",
+    AppDefaultSet,
+    AppDefaultInfo,
+    SERVICE,
+    "Set an app's own default provider (key encrypted at rest); replaces the previous one.",
+)
+APP_DEFAULT_CLEAR = Endpoint(
+    "byorouter.keystore.app_default.clear",
+    AppDefaultClear,
+    AppDefaultCleared,
+    SERVICE,
+    "Remove an app's default provider and erase its key.",
 )
 CONNECTION_CREATE = Endpoint(
     "byorouter.keystore.connection.create",
@@ -296,6 +357,8 @@ ENDPOINTS = (
     APP_AUTHENTICATE,
     APP_KEY_CREATE,
     APP_KEY_REVOKE,
+    APP_DEFAULT_SET,
+    APP_DEFAULT_CLEAR,
     CONNECTION_CREATE,
     CONNECTION_GET,
     CONNECTION_DELETE,

@@ -1,0 +1,363 @@
+"""The manage pages: a person opens the app's manage link and changes or ends their connection.
+
+`/manage/start?token=...` spends the single-use link token for a browser session of our own
+(an HttpOnly cookie) and redirects to the clean `/manage` at once, so the token neither stays in
+the address bar nor reaches anyone as a referrer. Every change is one form, CSRF-protected with a
+token bound to that session, answered with 303 back to `/manage` (or `/manage/done`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Final
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from pydantic import SecretStr
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from byorouter_common.contracts import connect as cn
+from byorouter_common.contracts.base import Endpoint, Req
+from byorouter_common.contracts.keystore import PROVIDERS, ProviderInfo, ProviderName
+from byorouter_common.errors import ByoError
+from byorouter_connect.consent import run_test, unavailable
+from byorouter_connect.deps import bus_of, settings_of
+from byorouter_connect.forms import ProviderValues, problems_of, provider_values
+from byorouter_connect.pages import FORMS_BY_PROVIDER, PROVIDER_FORMS, PageError, render, title_of
+from byorouter_connect.security import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    read_form,
+    session_csrf_token,
+    set_cookie,
+    tokens_match,
+    well_formed_token,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+_COOKIE_PATH: Final = "/manage"
+_NOTICES: Final = {
+    "key_replaced": "{title}: key replaced. The connection id stays the same.",
+    "updated": "{title}: settings saved.",
+    "added": "{title} added.",
+    "removed": "{title} removed.",
+    "preferences": "Preferences saved.",
+}
+
+
+def _session_ended() -> PageError:
+    return PageError(
+        401,
+        "Your session has ended",
+        "This page is open only for a short while after you choose Manage API Keys in the app. "
+        "Go back to the app and choose Manage API Keys again.",
+    )
+
+
+def _session(request: Request) -> str:
+    session = well_formed_token(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        raise _session_ended()
+    return session
+
+
+def _keystore_failure(exc: ByoError) -> PageError:
+    if exc.status == 401:
+        return _session_ended()
+    return unavailable(exc)
+
+
+async def _view(request: Request, session: str) -> cn.ManageView:
+    try:
+        return await bus_of(request).request(
+            cn.MANAGE_SESSION_GET, cn.ManageSessionGet(session=SecretStr(session))
+        )
+    except ByoError as exc:
+        raise _keystore_failure(exc) from None
+
+
+async def _checked_form(request: Request) -> tuple[dict[str, str], str]:
+    form = await read_form(request)
+    session = _session(request)
+    if not tokens_match(session_csrf_token(session), form.get(CSRF_FIELD)):
+        raise PageError(
+            403,
+            "This form has expired",
+            "For your safety this form could not be accepted (its security token is missing or "
+            "wrong). Reload the page and try again.",
+        )
+    return form, session
+
+
+def _provider(name: str) -> ProviderName | None:
+    for provider in PROVIDERS:
+        if provider == name:
+            return provider
+    return None
+
+
+def _sorted(providers: list[ProviderInfo]) -> list[ProviderInfo]:
+    return sorted(providers, key=lambda p: p.priority)
+
+
+def manage_page(
+    request: Request,
+    session: str,
+    view: cn.ManageView,
+    *,
+    status: int = 200,
+    notice: str | None = None,
+    problems: list[str] | None = None,
+    results: Mapping[str, cn.ProviderTestResult] | None = None,
+    typed: Mapping[str, ProviderValues] | None = None,
+) -> Response:
+    connected = _sorted(view.connection.providers)
+    connected_names = {p.provider for p in connected}
+    return render(
+        "manage.html",
+        status,
+        page_title=f"Your AI keys for {view.app_name}",
+        view=view,
+        connected=connected,
+        addable=[form for form in PROVIDER_FORMS if form.provider not in connected_names],
+        forms=FORMS_BY_PROVIDER,
+        csrf_token=session_csrf_token(session),
+        notice=notice,
+        problems=problems or [],
+        results=results or {},
+        typed={name: values.shown() for name, values in (typed or {}).items()},
+        priorities=range(1, len(connected) + 1),
+    )
+
+
+@router.get("/manage/start")
+async def start(request: Request) -> Response:
+    """Spend the app's link token for a session cookie, then go to the clean /manage URL."""
+    token = well_formed_token(request.query_params.get("token"))
+    if token is None:
+        raise _link_unusable()
+    settings = settings_of(request)
+    try:
+        opened = await bus_of(request).request(
+            cn.MANAGE_LINK_REDEEM,
+            cn.ManageLinkRedeem(
+                token=SecretStr(token), session_ttl_s=settings.manage_session_ttl_s
+            ),
+        )
+    except ByoError as exc:
+        if exc.status == 400:
+            raise _link_unusable() from None
+        raise unavailable(exc) from None
+    response = RedirectResponse("/manage", status_code=303)
+    set_cookie(
+        response,
+        request,
+        SESSION_COOKIE,
+        opened.session.get_secret_value(),
+        path=_COOKIE_PATH,
+        max_age=settings.manage_session_ttl_s,
+        force_secure=settings.cookie_secure,
+    )
+    return response
+
+
+def _link_unusable() -> PageError:
+    return PageError(
+        400,
+        "This link has expired",
+        "Manage links work once and only for a few minutes. Go back to the app and choose "
+        "Manage API Keys again.",
+    )
+
+
+@router.get("/manage")
+async def manage(request: Request) -> Response:
+    session = _session(request)
+    view = await _view(request, session)
+    if view.connection.status != "active":
+        return RedirectResponse("/manage/done", status_code=303)
+    notice = None
+    done = request.query_params.get("done", "")
+    provider = _provider(request.query_params.get("provider", ""))
+    if done in _NOTICES:
+        notice = _NOTICES[done].format(title=title_of(provider) if provider else "")
+    return manage_page(request, session, view, notice=notice)
+
+
+def _submitted_provider(form: Mapping[str, str]) -> ProviderValues | None:
+    provider = _provider(form.get("provider", ""))
+    if provider is None:
+        return None
+    # The add and replace forms name their fields plainly: api_key, base_url, model.
+    return provider_values({f"{provider}_{k}": v for k, v in form.items()}, provider)
+
+
+def _form_id(form: Mapping[str, str]) -> str:
+    return "add" if form.get("form") == "add" else f"replace-{form.get('provider', '')}"
+
+
+@router.post("/manage/test")
+async def test_key(request: Request) -> Response:
+    """A Test button on the replace or add form: try the key typed there."""
+    form, session = await _checked_form(request)
+    values = _submitted_provider(form)
+    result = await run_test(request, values)
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(result.model_dump(mode="json"))
+    view = await _view(request, session)
+    form_id = _form_id(form)
+    return manage_page(
+        request,
+        session,
+        view,
+        results={form_id: result},
+        typed={form_id: values} if values is not None else None,
+    )
+
+
+async def _change(
+    request: Request, endpoint: Endpoint[Req, cn.ManageView], payload: Req
+) -> cn.ManageView | list[str]:
+    """Run a change; a refusal a person can fix comes back as problems to show."""
+    try:
+        view = await bus_of(request).request(endpoint, payload)
+    except ByoError as exc:
+        if exc.status in (400, 404):
+            return [exc.message]
+        raise _keystore_failure(exc) from None
+    return view
+
+
+async def _with_problems(
+    request: Request, session: str, problems: list[str], form: Mapping[str, str]
+) -> Response:
+    view = await _view(request, session)
+    values = _submitted_provider(form)
+    form_id = _form_id(form)
+    return manage_page(
+        request,
+        session,
+        view,
+        status=400,
+        problems=problems,
+        typed={form_id: values} if values is not None else None,
+    )
+
+
+def _back(done: str, provider: str | None = None) -> Response:
+    query = {"done": done} | ({"provider": provider} if provider else {})
+    return RedirectResponse(f"/manage?{urlencode(query)}", status_code=303)
+
+
+@router.post("/manage/providers")
+async def set_provider(request: Request) -> Response:
+    """Add a provider, or replace one's key (the connection id stays the same)."""
+    form, session = await _checked_form(request)
+    values = _submitted_provider(form)
+    if values is None:
+        return await _with_problems(request, session, ["Choose a provider."], form)
+    problems = problems_of(values)
+    if problems:
+        return await _with_problems(request, session, problems, form)
+    view = await _view(request, session)
+    existed = any(p.provider == values.provider for p in view.connection.providers)
+    changed = await _change(
+        request,
+        cn.PROVIDER_SET,
+        cn.ProviderSet(session=SecretStr(session), credential=values.credential()),
+    )
+    if isinstance(changed, list):
+        return await _with_problems(request, session, changed, form)
+    if not existed:
+        return _back("added", values.provider)
+    return _back("updated" if values.provider == "selfhosted" else "key_replaced", values.provider)
+
+
+@router.post("/manage/providers/remove")
+async def remove_provider(request: Request) -> Response:
+    form, session = await _checked_form(request)
+    provider = _provider(form.get("provider", ""))
+    if provider is None:
+        return await _with_problems(request, session, ["Choose a provider."], form)
+    changed = await _change(
+        request,
+        cn.PROVIDER_REMOVE,
+        cn.ProviderRemove(session=SecretStr(session), provider=provider),
+    )
+    if isinstance(changed, list):
+        return await _with_problems(request, session, changed, {})
+    return _back("removed", provider)
+
+
+@router.post("/manage/preferences")
+async def set_preferences(request: Request) -> Response:
+    """Provider order, preferred models and fallback to the app's AI."""
+    form, session = await _checked_form(request)
+    view = await _view(request, session)
+    connected = _sorted(view.connection.providers)
+    order = sorted(
+        connected,
+        key=lambda p: (provider_values(form, p.provider).priority, p.priority),
+    )
+    models: dict[ProviderName, str | None] = {}
+    for p in connected:
+        if FORMS_BY_PROVIDER[p.provider].has_model:
+            model = form.get(f"{p.provider}_model", "").strip()
+            if len(model) > 200:
+                return await _with_problems(
+                    request, session, ["A model id is at most 200 characters."], {}
+                )
+            models[p.provider] = model or None
+    changed = await _change(
+        request,
+        cn.PREFERENCES_SET,
+        cn.PreferencesSet(
+            session=SecretStr(session),
+            order=[p.provider for p in order],
+            preferred_models=models,
+            fallback_to_default=view.offers_default_provider
+            and form.get("fallback_to_default") == "on",
+        ),
+    )
+    if isinstance(changed, list):
+        return await _with_problems(request, session, changed, {})
+    return _back("preferences")
+
+
+@router.get("/manage/disconnect")
+async def confirm_disconnect(request: Request) -> Response:
+    session = _session(request)
+    view = await _view(request, session)
+    if view.connection.status != "active":
+        return RedirectResponse("/manage/done", status_code=303)
+    return render(
+        "disconnect.html",
+        page_title=f"Disconnect from {view.app_name}?",
+        view=view,
+        csrf_token=session_csrf_token(session),
+    )
+
+
+@router.post("/manage/disconnect")
+async def disconnect(request: Request) -> Response:
+    """Disconnect: the connection is revoked and its keys erased; the app is refused at once."""
+    _, session = await _checked_form(request)
+    changed = await _change(
+        request, cn.MANAGE_DISCONNECT, cn.ManageDisconnect(session=SecretStr(session))
+    )
+    if isinstance(changed, list):
+        raise _session_ended()
+    return RedirectResponse("/manage/done", status_code=303)
+
+
+@router.get("/manage/done")
+async def done(request: Request) -> Response:
+    session = _session(request)
+    view = await _view(request, session)
+    if view.connection.status == "active":
+        return RedirectResponse("/manage", status_code=303)
+    return render("done.html", page_title="Disconnected", view=view)
