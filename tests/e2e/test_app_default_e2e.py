@@ -219,3 +219,23 @@ async def test_usage_served_by_the_default_is_recorded_under_default(
     assert [(r["provider"], r["model"], r["total_tokens"]) for r in rows] == [
         ("default", "gpt-4o", completion.usage.total_tokens)
     ]
+
+
+async def test_model_list_offers_the_app_default_models_under_default(
+    bus: Bus, stack: Any, without_fallback: AppWithConnection
+) -> None:
+    client = sdk_client(stack, without_fallback)
+    before = {m.id async for m in client.models.list()}
+    assert before, "the connection's own provider lists models"
+    assert not any(i.startswith("default/") for i in before)
+
+    await set_default(bus, without_fallback, stack.upstream_base_url)
+
+    deadline = time.monotonic() + 2
+    while True:
+        after = {m.id async for m in client.models.list()}
+        if any(i.startswith("default/") for i in after):
+            break
+        assert time.monotonic() < deadline, "default models not listed after set-default"
+        await asyncio.sleep(0.05)
+    assert {"default/" + i.partition("/")[2] for i in before} <= after

@@ -1,4 +1,5 @@
-"""The models a connection can use now: every connected provider's list, provider-prefixed.
+"""The models a connection can use now: every connected provider's list, provider-prefixed,
+plus the app default provider's list as `default/<model>` when the app has one.
 
 Each provider's list is cached per credential for a few minutes. A provider that fails is left
 out (and logged without its key or URL) rather than failing the whole list.
@@ -46,7 +47,16 @@ class ModelCatalog:
             if name in self._providers
         ]
         lists = await asyncio.gather(*(self._provider_models(p, c) for p, c in wanted))
-        return ModelList(data=[card for cards in lists for card in cards])
+        cards = [card for cards in lists for card in cards]
+        default = connection.app_default
+        if default is not None and default.provider in self._providers:
+            # The app's own provider serves `default/<model>` for every connection of the app.
+            offered = await self._provider_models(self._providers[default.provider], default)
+            cards += [
+                card.model_copy(update={"id": "default/" + card.id.partition("/")[2]})
+                for card in offered
+            ]
+        return ModelList(data=cards)
 
     async def _provider_models(
         self, provider: Provider, credential: ProviderCredential
