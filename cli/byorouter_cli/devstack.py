@@ -588,6 +588,9 @@ class Stack:
             prefix = f"BYOROUTER_{name.upper()}"
             env[f"{prefix}_HOST"] = "127.0.0.1"
             env[f"{prefix}_PORT"] = str(getattr(self.ports, name))
+            if name == "gateway":
+                # Manage links the gateway hands out must point at this stack's Connect page.
+                env["BYOROUTER_CONNECT_PUBLIC_URL"] = self.connect_url
         env.update(self.service_env.get(name, {}))
         return env
 
