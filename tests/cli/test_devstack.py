@@ -60,7 +60,8 @@ def test_connect_serves_health_and_a_landing_page(front_doors: Stack) -> None:
     landing = httpx.get(front_doors.connect_url + "/")
     assert landing.status_code == 200
     assert "text/html" in landing.headers["content-type"]
-    assert "Connect UI is coming" in landing.text
+    assert "BYORouter Connect" in landing.text
+    assert landing.headers["x-frame-options"] == "DENY"
 
 
 def test_tunnel_serves_health(front_doors: Stack) -> None:
