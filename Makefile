@@ -68,7 +68,7 @@ test-all: install browser
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs cli services bench
+	$(BIN)/mypy libs cli services bench examples/chat-app/app.py
 
 format: install
 	$(BIN)/ruff format .

@@ -53,7 +53,10 @@ UPSTREAM: Final = "fake-openai"
 # they answer NATS micro discovery ($SRV.PING.<name>).
 HTTP_SERVICES: Final = frozenset({"gateway", "connect", "tunnel"})
 DEMO_APP_NAME: Final = "BYORouter demo"
-DEMO_REDIRECT_URI: Final = "http://localhost:3000/api/byorouter/callback"
+# The example chat app (examples/chat-app/): a child like the services, started for the demo app.
+EXAMPLE_APP: Final = "example-app"
+EXAMPLE_APP_SCRIPT: Final = Path(__file__).resolve().parents[2] / "examples" / "chat-app" / "app.py"
+EXAMPLE_CALLBACK_PATH: Final = "/api/byorouter/callback"
 DEMO_MODEL: Final = "openai/gpt-4o-mini"
 STOP_GRACE_S: Final = 5.0
 LOG_TAIL_LINES: Final = 20
@@ -93,10 +96,11 @@ class Ports:
     connect: int = 8080
     tunnel: int = 4001
     upstream: int = 4100
+    example_app: int = 3000
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*free_ports(4))
+        return cls(*free_ports(5))
 
 
 def free_ports(count: int) -> list[int]:
@@ -263,6 +267,7 @@ class Stack:
         nats_passwords: Mapping[str, str] | None = None,
         services: Sequence[str] = SERVICES,
         upstream: bool = True,
+        example_app: bool = False,
         echo: IO[str] | bool | None = None,
         ready_timeout_s: float = 60.0,
     ) -> None:
@@ -279,6 +284,8 @@ class Stack:
         self.ports = ports or Ports.free()
         self.services = tuple(name for name in SERVICES if name in services)
         self.with_upstream = upstream
+        # The example chat app needs the gateway, Connect and the demo app it plays.
+        self.with_example_app = example_app
         self.env_overrides = dict(env_overrides or {})
         self.service_env = {name: dict(env) for name, env in (service_env or {}).items()}
         # True echoes children's lines to stdout; a stream echoes them there; None/False: only logs.
@@ -349,6 +356,19 @@ class Stack:
         """The fake upstream as a provider `base_url`, the way an OpenAI SDK would be pointed."""
         return self.upstream_url + "/v1"
 
+    @property
+    def example_app_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.example_app}"
+
+    @property
+    def demo_redirect_uris(self) -> list[str]:
+        """The example app's callback under both loopback names a browser may use for it."""
+        port = self.ports.example_app
+        return [
+            f"http://127.0.0.1:{port}{EXAMPLE_CALLBACK_PATH}",
+            f"http://localhost:{port}{EXAMPLE_CALLBACK_PATH}",
+        ]
+
     def log_file(self, name: str) -> Path:
         return self.logs_dir / f"{name}.log"
 
@@ -398,6 +418,8 @@ class Stack:
                 # So `byorouter ...` run beside this stack logs in as admin by itself.
                 facts |= {"nats_user": admin.nats_user, "nats_password": admin.nats_password}
             _write_private_json(self.dev_file, facts)
+            if self.with_example_app:
+                self._start_example_app(self.create_demo())
         except BaseException:
             self.stop()
             raise
@@ -484,6 +506,8 @@ class Stack:
         }
         if self.with_upstream:
             wanted["fake OpenAI upstream"] = self.ports.upstream
+        if self.with_example_app:
+            wanted["example app"] = self.ports.example_app
         for what, port in sorted(wanted.items(), key=lambda item: item[1]):
             if not port_is_free(port):
                 raise StackError(
@@ -564,6 +588,33 @@ class Stack:
                 str(self.ports.upstream),
             ]
         return [sys.executable, "-m", f"byorouter_{name}"]
+
+    def _start_example_app(self, demo: DemoFacts) -> None:
+        """Run examples/chat-app as the demo app: its users connect their keys through Connect."""
+        if not EXAMPLE_APP_SCRIPT.exists():
+            raise StackError(f"The example app is not here: {EXAMPLE_APP_SCRIPT}.")
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+        env |= {
+            "PYTHONUNBUFFERED": "1",
+            "BYOROUTER_API_URL": self.gateway_url,
+            "BYOROUTER_APP_API_KEY": demo["app_api_key"],
+            "BYOROUTER_CLIENT_ID": demo["client_id"],
+            "BYOROUTER_CONNECT_URL": self.connect_url,
+            "CHAT_APP_BASE_URL": self.example_app_url,
+            "CHAT_APP_HOST": "127.0.0.1",
+            "CHAT_APP_PORT": str(self.ports.example_app),
+        }
+        child = ChildProcess(
+            EXAMPLE_APP,
+            [sys.executable, str(EXAMPLE_APP_SCRIPT)],
+            env,
+            self.log_file(EXAMPLE_APP),
+            self.echo,
+            self._echo_lock,
+        )
+        self._children[EXAMPLE_APP] = child
+        child.start()
+        self._wait_ready([EXAMPLE_APP])
 
     def _env_for(self, name: str) -> dict[str, str]:
         # Only keystore may see the database and the keyring; nobody inherits them by accident.
@@ -654,6 +705,12 @@ class Stack:
                 return False
             writer.close()
             return True
+        if name == EXAMPLE_APP:
+            try:
+                response = await http.get(f"{self.example_app_url}/healthz")
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200
         if name in HTTP_SERVICES:
             port = getattr(self.ports, name)
             try:
@@ -715,14 +772,34 @@ class Stack:
             return True
         base_urls = {p.get("base_url") for p in providers if isinstance(p, dict)}
         # A previous run may have used another upstream port (tests pick free ports).
-        return not base_urls or self.upstream_base_url in base_urls
+        if base_urls and self.upstream_base_url not in base_urls:
+            return False
+        # ... or another example-app port, which the app's redirect URIs must name.
+        return self._demo_redirects_here(facts["client_id"])
+
+    def _demo_redirects_here(self, client_id: str) -> bool:
+        async def look_up() -> ks.AppInfo:
+            nc = await self._connect_bus()
+            try:
+                return await Bus(nc, timeout_s=10.0).request(
+                    ks.APP_GET, ks.AppGet(client_id=client_id)
+                )
+            finally:
+                await nc.close()
+
+        try:
+            app = _run_sync(look_up)
+        except ByoError:
+            return False
+        return set(self.demo_redirect_uris) <= set(app.redirect_uris)
 
     async def _create_demo_async(self) -> DemoFacts:
         nc = await self._connect_bus()
         try:
             bus = Bus(nc, timeout_s=10.0)
             app = await bus.request(
-                ks.APP_CREATE, ks.AppCreate(name=DEMO_APP_NAME, redirect_uris=[DEMO_REDIRECT_URI])
+                ks.APP_CREATE,
+                ks.AppCreate(name=DEMO_APP_NAME, redirect_uris=self.demo_redirect_uris),
             )
             # A made-up key: the fake upstream accepts any key, a real provider none of these.
             fake_key = "sk-demo-" + secrets.token_urlsafe(24)
@@ -758,6 +835,12 @@ def banner(stack: Stack, demo: DemoFacts) -> str:
     nats_login = (
         f" (log in as admin: password in {stack.nats_users_file})" if stack.nats_auth else ""
     )
+    example = ""
+    if stack.with_example_app:
+        example = f"""
+  Example app              {stack.example_app_url}
+                           (Connect API Keys: any OpenAI key will do with the base URL
+                           {stack.upstream_base_url} under "Advanced", the fake upstream)"""
     return f"""
 BYORouter is running. Ctrl-C stops everything.
 
@@ -766,7 +849,7 @@ BYORouter is running. Ctrl-C stops everything.
   Tunnel endpoint          {stack.tunnel_url}
   NATS                     {stack.nats_url}{nats_login}
   Logs                     {stack.logs_dir}/
-  Demo app                 client id {demo["client_id"]} (details in {stack.demo_file})
+  Demo app                 client id {demo["client_id"]} (details in {stack.demo_file}){example}
 
 Try it with curl:
 
@@ -807,9 +890,22 @@ def _report_failure(json_mode: bool, error: ByoError | StackError) -> None:
             sys.stderr.write(f"    {line}\n")
 
 
-def run_dev(state_dir: Path, ports: Ports, *, json_mode: bool = False) -> int:
-    """Start the stack, create the demo app, print how to call it, and run until Ctrl-C."""
+def run_dev(
+    state_dir: Path, ports: Ports, *, json_mode: bool = False, example_app: bool = True
+) -> int:
+    """Start the stack, create the demo app, print how to call it, and run until Ctrl-C.
+
+    The example chat app runs too unless `example_app` is false, it is not there (an install
+    without the repository's examples/), or its port is taken (it is optional: a developer's own
+    app on :3000 must not stop the stack).
+    """
     nats_url = os.environ.get("NATS_URL") or None
+    if example_app and EXAMPLE_APP_SCRIPT.exists() and not port_is_free(ports.example_app):
+        sys.stderr.write(
+            f"note: port {ports.example_app} is in use, so the example app "
+            "(examples/chat-app) does not start.\n"
+        )
+        example_app = False
     stack = Stack(
         state_dir,
         nats_url=nats_url,
@@ -820,6 +916,7 @@ def run_dev(state_dir: Path, ports: Ports, *, json_mode: bool = False) -> int:
         nats_port=None if nats_url or not port_is_free(DEFAULT_NATS_PORT) else DEFAULT_NATS_PORT,
         # With --json stdout carries one JSON object, so the services' lines go to stderr.
         echo=sys.stderr if json_mode else sys.stdout,
+        example_app=example_app and EXAMPLE_APP_SCRIPT.exists(),
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
     # Set explicitly: a shell that starts us in the background hands SIGINT down as ignored.
@@ -835,6 +932,9 @@ def run_dev(state_dir: Path, ports: Ports, *, json_mode: bool = False) -> int:
                         "connect_url": stack.connect_url,
                         "tunnel_url": stack.tunnel_url,
                         "nats_url": stack.nats_url,
+                        "example_app_url": (
+                            stack.example_app_url if stack.with_example_app else None
+                        ),
                         "state_dir": str(stack.state_dir),
                     }
                 )
