@@ -28,17 +28,17 @@ counts requests whose client went away before the answer was complete. Run it in
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import re
 import secrets
-import signal
 from collections import Counter, deque
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
+
+from byorouter_fakes.runner import run_fake
 
 DEFAULT_STREAM_CHUNKS: Final = 20
 DEFAULT_MAX_RECORDED: Final = 20_000
@@ -709,40 +709,16 @@ class FakeAnthropic:
         return response
 
 
-async def _serve(host: str, port: int, stream_chunks: int) -> None:
-    fake = FakeAnthropic(stream_chunks=stream_chunks)
-    await fake.start(host, port)
-    print(f"fake Anthropic upstream listening on {fake.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    run_fake(
+        lambda chunks: FakeAnthropic(stream_chunks=chunks),
+        lambda fake: "fake Anthropic upstream listening on " + fake.url,  # type: ignore[attr-defined]
         prog="python -m byorouter_fakes.anthropic",
         description="A fake Anthropic Messages API upstream.",
+        default_port=8091,
+        default_chunks=DEFAULT_STREAM_CHUNKS,
+        argv=argv,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8091)
-    parser.add_argument(
-        "--chunks",
-        type=int,
-        default=DEFAULT_STREAM_CHUNKS,
-        help="text deltas per streamed answer (default %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a project dependency
-        asyncio.run(_serve(args.host, args.port, args.chunks))
-    else:
-        uvloop.run(_serve(args.host, args.port, args.chunks))
 
 
 if __name__ == "__main__":

@@ -29,18 +29,18 @@ requests whose client went away before the answer was complete. Run it in-proces
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import re
 import secrets
-import signal
 import time
 from collections import Counter, deque
 from typing import Any, ClassVar, Final
 
 import orjson
 from aiohttp import web
+
+from byorouter_fakes.runner import run_fake
 
 DEFAULT_STREAM_CHUNKS: Final = 20
 DEFAULT_MAX_RECORDED: Final = 20_000
@@ -511,40 +511,16 @@ class FakeOpenAI:
         return response
 
 
-async def _serve(host: str, port: int, stream_chunks: int) -> None:
-    fake = FakeOpenAI(stream_chunks=stream_chunks)
-    await fake.start(host, port)
-    print(f"fake OpenAI upstream listening on {fake.base_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    run_fake(
+        lambda chunks: FakeOpenAI(stream_chunks=chunks),
+        lambda fake: "fake OpenAI upstream listening on " + fake.base_url,  # type: ignore[attr-defined]
         prog="python -m byorouter_fakes.openai",
         description="A fake OpenAI Chat Completions upstream.",
+        default_port=8090,
+        default_chunks=DEFAULT_STREAM_CHUNKS,
+        argv=argv,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8090)
-    parser.add_argument(
-        "--chunks",
-        type=int,
-        default=DEFAULT_STREAM_CHUNKS,
-        help="content deltas per streamed answer (default %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a project dependency
-        asyncio.run(_serve(args.host, args.port, args.chunks))
-    else:
-        uvloop.run(_serve(args.host, args.port, args.chunks))
 
 
 if __name__ == "__main__":

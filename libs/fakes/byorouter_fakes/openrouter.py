@@ -19,16 +19,14 @@ server: `python -m byorouter_fakes.openrouter --port 8091`.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
-import signal
 from typing import Any, ClassVar, Final
 
 import orjson
 from aiohttp import web
 
 from byorouter_fakes.openai import DEFAULT_STREAM_CHUNKS, FakeOpenAI
+from byorouter_fakes.runner import run_fake
 
 MODELS: Final = (
     ("meta-llama/llama-3.1-8b-instruct", "Meta: Llama 3.1 8B Instruct", 131072),
@@ -126,29 +124,16 @@ class FakeOpenRouter(FakeOpenAI):
         return kind != "usage-never"
 
 
-async def _serve(host: str, port: int, stream_chunks: int) -> None:
-    fake = FakeOpenRouter(stream_chunks=stream_chunks)
-    await fake.start(host, port)
-    print(f"fake OpenRouter upstream listening on {fake.base_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m byorouter_fakes.openrouter", description="A fake OpenRouter upstream."
+    run_fake(
+        lambda chunks: FakeOpenRouter(stream_chunks=chunks),
+        lambda fake: "fake OpenRouter upstream listening on " + fake.base_url,  # type: ignore[attr-defined]
+        prog="python -m byorouter_fakes.openrouter",
+        description="A fake OpenRouter upstream.",
+        default_port=8092,
+        default_chunks=DEFAULT_STREAM_CHUNKS,
+        argv=argv,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8091)
-    parser.add_argument("--chunks", type=int, default=DEFAULT_STREAM_CHUNKS)
-    args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, args.chunks))
 
 
 if __name__ == "__main__":
