@@ -32,16 +32,14 @@ import asyncio
 import contextlib
 import re
 import secrets
-from collections import Counter, deque
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
+from byorouter_fakes.base import DEFAULT_MAX_RECORDED, DEFAULT_STREAM_CHUNKS, JSON, FakeUpstream
 from byorouter_fakes.runner import run_fake
 
-DEFAULT_STREAM_CHUNKS: Final = 20
-DEFAULT_MAX_RECORDED: Final = 20_000
 MODELS: Final = (
     ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
     ("claude-opus-4-1-20250805", "Claude Opus 4.1", "2025-08-05T00:00:00Z"),
@@ -49,7 +47,7 @@ MODELS: Final = (
 )
 TOOL_CITIES: Final = ("Paris", "Tokyo")
 
-_JSON: Final = "application/json"
+_JSON: Final = JSON
 _SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -503,8 +501,10 @@ class Answer:
         return events
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeUpstream):
     """The fake server; `await start(host, port)` in-process, `await stop()` when done."""
+
+    client_max_size = 32 * 2**20
 
     def __init__(
         self,
@@ -512,13 +512,7 @@ class FakeAnthropic:
         stream_chunks: int = DEFAULT_STREAM_CHUNKS,
         max_recorded: int = DEFAULT_MAX_RECORDED,
     ) -> None:
-        self.stream_chunks = stream_chunks
-        self.host = "127.0.0.1"
-        self.port = 0
-        self._recorded: deque[dict[str, Any]] = deque(maxlen=max_recorded)
-        self._disconnects: Counter[str] = Counter()
-        self._parked: set[asyncio.Future[None]] = set()
-        self._runner: web.AppRunner | None = None
+        super().__init__(stream_chunks=stream_chunks, max_recorded=max_recorded)
         self._models_body = orjson.dumps(
             {
                 "data": [
@@ -531,80 +525,12 @@ class FakeAnthropic:
             }
         )
 
-    # --- lifecycle ----------------------------------------------------------------------
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=32 * 2**20)
+    def api_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_get("/v1/models", self.list_models)
-        app.router.add_get("/_fake/requests", self.recorded_requests)
-        app.router.add_get("/_fake/disconnects", self.recorded_disconnects)
-        app.router.add_post("/_fake/reset", self.reset)
-        return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on `host:port` (port 0 picks a free one; read it back from `self.port`)."""
-        # handler_cancellation: a client that goes away cancels its handler at once, which is
-        # how a hanging or dripping answer notices the disconnect within milliseconds.
-        runner = web.AppRunner(
-            self.app(),
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=1.0,
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-        await site.start()
-        self._runner = runner
-        self.host = host
-        self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        for parked in list(self._parked):
-            parked.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def url(self) -> str:
-        """The fake's root, which is also a provider credential's `base_url` (as Anthropic's
-        own SDK is pointed: the API paths start with /v1)."""
-        return f"http://{self.host}:{self.port}"
-
-    # --- what tests read back -------------------------------------------------------------
-
-    def requests(self, tag: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self._recorded if tag is None or r["tag"] == tag]
-
-    def disconnects(self, tag: str | None = None) -> int:
-        return self._disconnects.total() if tag is None else self._disconnects[tag]
-
-    async def recorded_requests(self, request: web.Request) -> web.Response:
-        body = orjson.dumps(self.requests(request.query.get("tag")))
-        return web.Response(body=body, content_type=_JSON)
-
-    async def recorded_disconnects(self, request: web.Request) -> web.Response:
-        body = orjson.dumps({"count": self.disconnects(request.query.get("tag"))})
-        return web.Response(body=body, content_type=_JSON)
-
-    async def reset(self, request: web.Request) -> web.Response:
-        self._recorded.clear()
-        self._disconnects.clear()
-        return web.Response(body=b"{}", content_type=_JSON)
-
-    def _record(self, request: web.Request, body: Any, tag: str) -> None:
-        self._recorded.append(
-            {
-                "method": request.method,
-                "path": request.path,
-                "query": dict(request.query),
-                "headers": {str(k): v for k, v in request.headers.items()},
-                "body": body,
-                "tag": tag,
-            }
-        )
+    # A provider credential's `base_url` is the fake's root (`url`), as Anthropic's own SDK is
+    # pointed: the API paths start with /v1.
 
     # --- the Anthropic API ----------------------------------------------------------------
 
@@ -670,14 +596,6 @@ class FakeAnthropic:
             content_type=_JSON,
             headers={"request-id": "req_" + secrets.token_hex(12)},
         )
-
-    async def _park(self) -> None:
-        parked = asyncio.get_running_loop().create_future()
-        self._parked.add(parked)
-        try:
-            await parked
-        finally:
-            self._parked.discard(parked)
 
     async def _stream(
         self, request: web.Request, answer: Answer, kind: str, arg: int

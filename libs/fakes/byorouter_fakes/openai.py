@@ -34,20 +34,18 @@ import contextlib
 import re
 import secrets
 import time
-from collections import Counter, deque
 from typing import Any, ClassVar, Final
 
 import orjson
 from aiohttp import web
 
+from byorouter_fakes.base import DEFAULT_MAX_RECORDED, DEFAULT_STREAM_CHUNKS, JSON, FakeUpstream
 from byorouter_fakes.runner import run_fake
 
-DEFAULT_STREAM_CHUNKS: Final = 20
-DEFAULT_MAX_RECORDED: Final = 20_000
 MODELS: Final = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "o3-mini", "text-embedding-3-small")
 
 _DONE: Final = b"data: [DONE]\n\n"
-_JSON: Final = "application/json"
+_JSON: Final = JSON
 _SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -171,7 +169,7 @@ def _split(words: list[str], parts: int) -> list[str]:
     ]
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeUpstream):
     """The fake server; `await start(host, port)` in-process, `await stop()` when done.
 
     Another OpenAI-compatible provider's fake (OpenRouter) subclasses it and changes only what
@@ -189,13 +187,7 @@ class FakeOpenAI:
         stream_chunks: int = DEFAULT_STREAM_CHUNKS,
         max_recorded: int = DEFAULT_MAX_RECORDED,
     ) -> None:
-        self.stream_chunks = stream_chunks
-        self.host = "127.0.0.1"
-        self.port = 0
-        self._recorded: deque[dict[str, Any]] = deque(maxlen=max_recorded)
-        self._disconnects: Counter[str] = Counter()
-        self._parked: set[asyncio.Future[None]] = set()
-        self._runner: web.AppRunner | None = None
+        super().__init__(stream_chunks=stream_chunks, max_recorded=max_recorded)
         self._models_body = orjson.dumps(self.model_list())
 
     def model_list(self) -> dict[str, Any]:
@@ -208,82 +200,14 @@ class FakeOpenAI:
             ],
         }
 
-    # --- lifecycle ----------------------------------------------------------------------
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=8 * 2**20)
+    def api_routes(self, app: web.Application) -> None:
         app.router.add_post(self.api_prefix + "/chat/completions", self.chat_completions)
         app.router.add_get(self.api_prefix + "/models", self.list_models)
-        app.router.add_get("/_fake/requests", self.recorded_requests)
-        app.router.add_get("/_fake/disconnects", self.recorded_disconnects)
-        app.router.add_post("/_fake/reset", self.reset)
-        return app
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on `host:port` (port 0 picks a free one; read it back from `self.port`)."""
-        # handler_cancellation: a client that goes away cancels its handler at once, which is
-        # how a hanging or dripping answer notices the disconnect within milliseconds.
-        runner = web.AppRunner(
-            self.app(),
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=1.0,
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-        await site.start()
-        self._runner = runner
-        self.host = host
-        self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        for parked in list(self._parked):
-            parked.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
         """What a provider credential's `base_url` should be to reach this fake."""
         return self.url + self.api_prefix
-
-    # --- what tests read back -------------------------------------------------------------
-
-    def requests(self, tag: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self._recorded if tag is None or r["tag"] == tag]
-
-    def disconnects(self, tag: str | None = None) -> int:
-        return self._disconnects.total() if tag is None else self._disconnects[tag]
-
-    async def recorded_requests(self, request: web.Request) -> web.Response:
-        body = orjson.dumps(self.requests(request.query.get("tag")))
-        return web.Response(body=body, content_type=_JSON)
-
-    async def recorded_disconnects(self, request: web.Request) -> web.Response:
-        body = orjson.dumps({"count": self.disconnects(request.query.get("tag"))})
-        return web.Response(body=body, content_type=_JSON)
-
-    async def reset(self, request: web.Request) -> web.Response:
-        self._recorded.clear()
-        self._disconnects.clear()
-        return web.Response(body=b"{}", content_type=_JSON)
-
-    def _record(self, request: web.Request, body: Any, tag: str) -> None:
-        self._recorded.append(
-            {
-                "method": request.method,
-                "path": request.path,
-                "headers": {str(k): v for k, v in request.headers.items()},
-                "body": body,
-                "tag": tag,
-            }
-        )
 
     # --- the OpenAI API -------------------------------------------------------------------
 
@@ -375,14 +299,6 @@ class FakeOpenAI:
             return False
         options = body.get("stream_options")
         return isinstance(options, dict) and options.get("include_usage") is True
-
-    async def _park(self) -> None:
-        parked = asyncio.get_running_loop().create_future()
-        self._parked.add(parked)
-        try:
-            await parked
-        finally:
-            self._parked.discard(parked)
 
     def _completion(self, body: dict[str, Any], model: str, reasoning: int = 0) -> bytes:
         words, prompt_tokens = _reply_words(body)

@@ -25,7 +25,8 @@ from typing import Any, ClassVar, Final
 import orjson
 from aiohttp import web
 
-from byorouter_fakes.openai import DEFAULT_STREAM_CHUNKS, FakeOpenAI
+from byorouter_fakes.base import DEFAULT_STREAM_CHUNKS
+from byorouter_fakes.openai import FakeOpenAI
 from byorouter_fakes.runner import run_fake
 
 MODELS: Final = (
