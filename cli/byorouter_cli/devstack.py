@@ -446,6 +446,13 @@ class Stack:
         with contextlib.suppress(FileNotFoundError):
             self.dev_file.unlink()
 
+    def stop_postgres(self) -> None:
+        """Stop the PostgreSQL this stack started (an outage, for tests); services keep running."""
+        if self._postgres is None:
+            raise StackError("this stack did not start PostgreSQL")
+        self._postgres.stop()
+        self._postgres = None
+
     def stop_service(self, name: str) -> None:
         child = self._children.get(name)
         if child is not None:

@@ -441,6 +441,22 @@ class Discovery:
                 await nc.subscribe(subject, cb=answer)
 
 
+_DEPENDENCY_ERRORS: list[tuple[tuple[type[BaseException], ...], str]] = []
+
+
+def map_dependency_errors(exceptions: tuple[type[BaseException], ...], message: str) -> None:
+    """Declare that `exceptions` from this process's handlers mean a dependency it needs (its
+    database, say) is down: callers then get a 503 with `message`, not an internal error."""
+    _DEPENDENCY_ERRORS.append((exceptions, message))
+
+
+def _dependency_error(exc: Exception) -> ByoError | None:
+    for exceptions, message in _DEPENDENCY_ERRORS:
+        if isinstance(exc, exceptions):
+            return errors.unavailable(message)
+    return None
+
+
 def _validation_message(exc: ValidationError) -> str:
     # Never echo the rejected input: it may be a key.
     first = exc.errors(include_input=False, include_url=False)[0]
@@ -477,10 +493,20 @@ def serve(
         except ByoError as exc:
             failure = exc.code
             response = _error_response(exc)
-        except Exception:
-            log.exception("handler failed", extra={"endpoint": endpoint.subject})
-            failure = "internal error"
-            response = _error_response(errors.internal())
+        except Exception as exc:
+            down = _dependency_error(exc)
+            if down is not None:
+                log.warning(
+                    "dependency unavailable: %s",
+                    down.message,
+                    extra={"endpoint": endpoint.subject, "error": type(exc).__name__},
+                )
+                failure = down.code
+                response = _error_response(down)
+            else:
+                log.exception("handler failed", extra={"endpoint": endpoint.subject})
+                failure = "internal error"
+                response = _error_response(errors.internal())
         discovery.record(name, time.perf_counter_ns() - started, failure)
         return response
 

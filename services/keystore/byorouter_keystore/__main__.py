@@ -7,6 +7,9 @@ import logging
 import stat
 import sys
 
+from sqlalchemy import exc as sa_exc
+
+from byorouter_common.bus import map_dependency_errors
 from byorouter_common.logging import setup_logging
 from byorouter_common.service import ServiceRuntime, run_service
 from byorouter_keystore.connect_handlers import ConnectFlowHandlers
@@ -39,6 +42,12 @@ def serve(settings: KeystoreSettings) -> None:
         keyring = load_keyring(settings)
     except KeyringError as exc:
         sys.exit(f"byorouter-keystore: {exc}")
+
+    # PostgreSQL gone (refused, restarting, pool exhausted) is an outage to report as such.
+    map_dependency_errors(
+        (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError),
+        "The key store's database is unavailable; try again shortly.",
+    )
 
     async def main(runtime: ServiceRuntime) -> None:
         engine = create_engine(settings.database_url)
