@@ -25,7 +25,6 @@ from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
 from byorouter_router.providers.base import ChatReply, ProviderCredential
 from byorouter_router.providers.errors import (
-    MAX_ERROR_BODY,
     Timeouts,
     overloaded_error,
     status_error,
@@ -35,6 +34,7 @@ from byorouter_router.providers.errors import (
 from byorouter_router.providers.openai_compat import (
     MAX_EVENT_BYTES,
     MAX_MODEL_LIST,
+    post_chat,
     read_at_most,
 )
 from byorouter_router.upstream import endpoints_for
@@ -701,21 +701,9 @@ class AnthropicProvider:
         started = False
         try:
             async with asyncio.timeout_at(deadline):
-                # No redirects: a redirect could lead to an address the SSRF guard never saw.
-                response = await self._session.post(
-                    url, data=data, headers=headers, allow_redirects=False
+                response, answer = await post_chat(
+                    self._session, url, data, headers, stream=stream, on_status=self._status_error
                 )
-                if response.status >= 300:
-                    try:
-                        raw = await read_at_most(response, MAX_ERROR_BODY)
-                    finally:
-                        response.close()
-                    raise self._status_error(response.status, raw, response.headers)
-                if not stream:
-                    try:
-                        answer = await response.read()
-                    finally:
-                        response.release()
             if not stream:
                 completion = orjson.dumps(to_chat_completion(self._message(answer), model, created))
                 await reply.start()

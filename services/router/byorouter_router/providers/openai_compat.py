@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final
 
 import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
@@ -127,21 +128,9 @@ class OpenAICompatProvider:
         started = False
         try:
             async with asyncio.timeout_at(deadline):
-                # No redirects: a redirect could lead to an address the SSRF guard never saw.
-                response = await self._session.post(
-                    url, data=data, headers=headers, allow_redirects=False
+                response, answer = await post_chat(
+                    self._session, url, data, headers, stream=stream, on_status=self._status_error
                 )
-                if response.status >= 300:
-                    try:
-                        raw = await read_at_most(response, MAX_ERROR_BODY)
-                    finally:
-                        response.close()
-                    raise self._status_error(response.status, raw, response.headers)
-                if not stream:
-                    try:
-                        answer = await response.read()
-                    finally:
-                        response.release()
             if not stream:
                 answer = _check_completion(self.name, answer, self.renames_reasoning)
                 await reply.start()
@@ -303,6 +292,39 @@ class OpenAICompatProvider:
                 )
             )
         return cards
+
+
+StatusError = Callable[[int, bytes, CIMultiDictProxy[str]], ByoError]
+
+
+async def post_chat(
+    session: aiohttp.ClientSession,
+    url: URL,
+    data: bytes,
+    headers: Mapping[str, str],
+    *,
+    stream: bool,
+    on_status: StatusError,
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """POST a chat request; a non-2xx answer raises `on_status(...)`.
+
+    A streamed answer comes back open for the caller to relay (and close); a non-streamed one is
+    read whole and released to the pool.
+    """
+    # No redirects: a redirect could lead to an address the SSRF guard never saw.
+    response = await session.post(url, data=data, headers=headers, allow_redirects=False)
+    if response.status >= 300:
+        try:
+            raw = await read_at_most(response, MAX_ERROR_BODY)
+        finally:
+            response.close()
+        raise on_status(response.status, raw, response.headers)
+    if stream:
+        return response, b""
+    try:
+        return response, await response.read()
+    finally:
+        response.release()
 
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
