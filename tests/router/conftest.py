@@ -81,12 +81,10 @@ async def router(
     router_settings: RouterSettings, keystore: KeystoreProcess
 ) -> AsyncIterator[RouterHandlers]:
     runtime = ServiceRuntime("router", router_settings, "router under test")
-    handlers = RouterHandlers(runtime, router_settings)
+    handlers = RouterHandlers(runtime)
     handlers.register()
     await runtime.start()
-    await handlers.start()
     yield handlers
-    await handlers.stop()
     await runtime.close()
 
 

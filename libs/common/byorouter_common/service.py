@@ -1,18 +1,27 @@
 """How every service process starts and stops: logging, tracing, uvloop, signals, the broker.
 
-A service's `__main__` builds its settings and calls `run_service` with an async `main` that
-receives a `ServiceRuntime`; `main` registers handlers, calls `await runtime.start()`, then waits
-on `runtime.stopped`. Ctrl-C or SIGTERM drains the NATS connection and exits cleanly.
+Every service describes itself with one `Service`: its name, one line on what it does, and a
+`register(runtime)` that subscribes its handlers and, for the HTTP services, hands the runtime
+the app to serve. Every `__main__.py` is then the same three lines::
+
+    run_service(handlers.SERVICE, RouterSettings())
+
+`register` runs before the broker starts (so no message can arrive before its subscriber exists);
+what needs the connected bus goes in `runtime.on_started`, cleanup in `runtime.on_stop`. Ctrl-C
+or SIGTERM stops the HTTP server (letting open responses finish), runs the stop hooks in reverse
+order, drains the NATS connection and exits.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import uvicorn
 import uvloop
@@ -26,26 +35,56 @@ from byorouter_common.telemetry import setup_tracing
 
 VERSION = "0.1.0"
 
+S = TypeVar("S", bound=ServiceSettings)
+Hook = Callable[[], Awaitable[None]]
+
 log = logging.getLogger(__name__)
 
 
-class ServiceRuntime:
-    def __init__(self, name: str, settings: ServiceSettings, description: str) -> None:
+@dataclass(frozen=True)
+class HttpServing:
+    """What an HTTP service serves next to its bus subscriptions."""
+
+    app: Any
+    host: str
+    port: int
+    grace_s: float = 10.0
+
+
+class ServiceRuntime(Generic[S]):
+    """One service process's broker, bus, discovery responder and lifecycle hooks."""
+
+    def __init__(self, name: str, settings: S, description: str) -> None:
         self.name = name
-        self.settings = settings
+        self.settings: S = settings
         self.broker: NatsBroker = make_broker(settings, name)
         self.broker.add_middleware(NatsTelemetryMiddleware())
         self.discovery = Discovery(name, VERSION, description)
         self.stopped = asyncio.Event()
+        self.http: HttpServing | None = None
         self._bus: Bus | None = None
+        self._on_started: list[Hook] = []
+        self._on_stop: list[Hook] = []
 
     @property
     def bus(self) -> Bus:
         assert self._bus is not None, "runtime.start() first"
         return self._bus
 
+    def on_started(self, hook: Hook) -> None:
+        """Run `hook` once the bus is connected and every subscriber is live."""
+        self._on_started.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        """Run `hook` at shutdown, before the bus closes; hooks run in reverse order."""
+        self._on_stop.append(hook)
+
+    def serve_http(self, app: Any, *, host: str, port: int, grace_s: float = 10.0) -> None:
+        """Serve `app` until the service stops (one HTTP server per service)."""
+        self.http = HttpServing(app, host, port, grace_s)
+
     async def start(self) -> None:
-        """Connect, start every registered subscriber, and answer discovery."""
+        """Connect, start every registered subscriber, answer discovery, run the start hooks."""
         await self.broker.start()
         nc = await self.broker.connect()
         self._bus = Bus(
@@ -54,12 +93,42 @@ class ServiceRuntime:
             idle_timeout_s=self.settings.stream_idle_timeout_s,
         )
         await self.discovery.start(nc)
+        for hook in self._on_started:
+            await hook()
         log.info("%s ready", self.name, extra={"nats": self.settings.nats_url})
 
+    async def run_until_stopped(self) -> None:
+        """Serve HTTP if the service has an app, else just wait for `stopped`."""
+        if self.http is None:
+            await self.stopped.wait()
+        else:
+            await _serve_http(self, self.http)
+
     async def close(self) -> None:
+        for hook in reversed(self._on_stop):
+            try:
+                await hook()
+            except Exception:  # one failing cleanup must not skip the others
+                log.exception("%s: a stop hook failed", self.name)
         if self._bus is not None:
             await self._bus.close()
         await self.broker.stop()
+
+
+Register = Callable[[ServiceRuntime[S]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Service(Generic[S]):
+    """A service's name, what it does in one line, and how it wires itself onto a runtime.
+
+    `commands` are extra one-shot subcommands beside the default `serve` (keystore's `migrate`).
+    """
+
+    name: str
+    description: str
+    register: Register[S]
+    commands: Mapping[str, Callable[[S], None]] = field(default_factory=dict)
 
 
 class _HttpServer(uvicorn.Server):
@@ -70,24 +139,22 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def serve_http(
-    runtime: ServiceRuntime, app: Any, *, host: str, port: int, grace_s: float = 10.0
-) -> None:
+async def _serve_http(runtime: ServiceRuntime[Any], http: HttpServing) -> None:
     """Serve an ASGI app until `runtime.stopped` is set, then let open responses finish.
 
     uvicorn's own logging config and access log are off: its loggers go through our redacting
     handler, and probes are not worth a log line each.
     """
     config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
+        http.app,
+        host=http.host,
+        port=http.port,
         http="httptools",
         log_config=None,
         access_log=False,
         lifespan="off",
         server_header=False,
-        timeout_graceful_shutdown=int(grace_s),
+        timeout_graceful_shutdown=int(http.grace_s),
     )
     server = _HttpServer(config)
     serving = asyncio.create_task(server.serve(), name=f"{runtime.name}-http")
@@ -98,25 +165,31 @@ async def serve_http(
     await serving
 
 
-def run_service(
-    name: str,
-    settings: ServiceSettings,
-    main: Callable[[ServiceRuntime], Awaitable[None]],
-    *,
-    description: str,
-) -> None:
-    setup_logging(name, settings.log_level, settings.log_format)
-    setup_tracing(name, settings.otel_exporter)
+async def run_runtime(service: Service[S], settings: S) -> None:
+    """Build the runtime, register the service, serve until stopped, then close everything."""
+    runtime = ServiceRuntime(service.name, settings, service.description)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, runtime.stopped.set)
+    try:
+        await service.register(runtime)
+        await runtime.start()
+        await runtime.run_until_stopped()
+    finally:
+        await runtime.close()
+        log.info("%s stopped", service.name)
 
-    async def runner() -> None:
-        runtime = ServiceRuntime(name, settings, description)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runtime.stopped.set)
-        try:
-            await main(runtime)
-        finally:
-            await runtime.close()
-            log.info("%s stopped", name)
 
-    uvloop.run(runner())
+def run_service(service: Service[S], settings: S, argv: Sequence[str] | None = None) -> None:
+    """`python -m byorouter_<name> [serve|<command>]`: serve (the default) or run a command."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m byorouter_{service.name}", description=service.description
+    )
+    parser.add_argument("command", nargs="?", default="serve", choices=("serve", *service.commands))
+    args = parser.parse_args(argv)
+    setup_logging(service.name, settings.log_level, settings.log_format)
+    if args.command != "serve":
+        service.commands[args.command](settings)
+        return
+    setup_tracing(service.name, settings.otel_exporter)
+    uvloop.run(run_runtime(service, settings))

@@ -1,4 +1,4 @@
-"""Connect's HTTP application: the consent and manage pages, static assets, probes. Wiring only."""
+"""Connect's wiring: its HTTP app (consent and manage pages, assets, probes) and `SERVICE`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
-from byorouter_common.service import ServiceRuntime
+from byorouter_common.health import health_router
+from byorouter_common.service import Service, ServiceRuntime
 from byorouter_connect import consent, manage
 from byorouter_connect.pages import PageError, error_page, render
 from byorouter_connect.security import FormRefused, SecurityHeadersMiddleware
@@ -40,9 +41,8 @@ async def _on_http_exception(_: Request, exc: Exception) -> Response:
     return error_page(PageError(exc.status_code, "Page not found", "There is no page here."))
 
 
-def create_app(runtime: ServiceRuntime) -> FastAPI:
+def create_app(runtime: ServiceRuntime[ConnectSettings]) -> FastAPI:
     settings = runtime.settings
-    assert isinstance(settings, ConnectSettings)
     app = FastAPI(title="BYORouter Connect", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
     app.state.settings = settings
@@ -51,17 +51,8 @@ def create_app(runtime: ServiceRuntime) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz(response: Response) -> dict[str, str]:
-        # Ready means the bus answers: without it no page can reach keystore.
-        if runtime.bus.nc.is_connected:
-            return {"status": "ready"}
-        response.status_code = 503
-        return {"status": "nats disconnected"}
+    # Ready means the bus answers: without it no page can reach keystore.
+    app.include_router(health_router(lambda: runtime.bus))
 
     @app.get("/")
     async def landing() -> Response:
@@ -72,3 +63,11 @@ def create_app(runtime: ServiceRuntime) -> FastAPI:
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")
     app.add_middleware(SecurityHeadersMiddleware)
     return app
+
+
+async def register(runtime: ServiceRuntime[ConnectSettings]) -> None:
+    settings = runtime.settings
+    runtime.serve_http(create_app(runtime), host=settings.host, port=settings.port)
+
+
+SERVICE = Service("connect", "Connect UI and authorization flow for BYORouter.", register)

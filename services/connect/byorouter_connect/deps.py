@@ -9,8 +9,8 @@ from byorouter_common.service import ServiceRuntime
 from byorouter_connect.settings import ConnectSettings
 
 
-def runtime_of(request: Request) -> ServiceRuntime:
-    runtime: ServiceRuntime = request.app.state.runtime
+def runtime_of(request: Request) -> ServiceRuntime[ConnectSettings]:
+    runtime: ServiceRuntime[ConnectSettings] = request.app.state.runtime
     return runtime
 
 
@@ -19,5 +19,4 @@ def bus_of(request: Request) -> Bus:
 
 
 def settings_of(request: Request) -> ConnectSettings:
-    settings: ConnectSettings = request.app.state.settings
-    return settings
+    return runtime_of(request).settings

@@ -1,4 +1,4 @@
-"""Builds the gateway's FastAPI app: routes, error handlers, the one middleware. Wiring only."""
+"""The gateway's wiring: its FastAPI app (routes, error handlers, middleware) and `SERVICE`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from byorouter_common.bus import Bus
-from byorouter_gateway.api.routes import chat, connect_sessions, connections, health, models, oauth
+from byorouter_common.bus import Bus, subscribe_event
+from byorouter_common.contracts import events
+from byorouter_common.health import health_router
+from byorouter_common.service import Service, ServiceRuntime
+from byorouter_gateway.api.routes import chat, connect_sessions, connections, models, oauth
 from byorouter_gateway.auth import AppKeyAuth
 from byorouter_gateway.deps import Gateway
 from byorouter_gateway.errors import install_error_handlers
@@ -20,6 +23,8 @@ DESCRIPTION = (
     "OpenAI-compatible API of BYORouter. Authenticate with `Authorization: Bearer <app key>`; "
     "per-user calls add `X-Byorouter-Connection: conn_...`. Errors use OpenAI's error shape."
 )
+# The services a chat request needs; /readyz asks each through the NATS micro protocol.
+DEPENDENCIES = ("keystore", "router")
 
 
 def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> FastAPI:
@@ -48,8 +53,11 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
     install_error_handlers(app)
 
     # Routes spell their full paths: the route template is what spans and access lines show.
-    for resource in (chat, models, connections, connect_sessions, health):
+    for resource in (chat, models, connections, connect_sessions):
         app.include_router(resource.router)
+    app.include_router(
+        health_router(bus_provider, dependencies=DEPENDENCIES, timeout_s=settings.ready_timeout_s)
+    )
     oauth.install(app)
 
     if settings.cors_origins:
@@ -73,3 +81,17 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
     # Added last, so it is outermost: every response, CORS preflights too, gets a request id.
     app.add_middleware(RequestContextMiddleware, access_log_enabled=settings.access_log)
     return app
+
+
+async def register(runtime: ServiceRuntime[GatewaySettings]) -> None:
+    settings = runtime.settings
+    app = create_app(settings, lambda: runtime.bus)
+    gateway: Gateway = app.state.gateway
+    # Subscribed before the broker starts, so no revocation can slip in between.
+    subscribe_event(runtime.broker, events.APP_KEY_REVOKED, gateway.app_keys.on_key_revoked)
+    runtime.serve_http(
+        app, host=settings.host, port=settings.port, grace_s=settings.shutdown_grace_s
+    )
+
+
+SERVICE = Service("gateway", "OpenAI-compatible HTTP front door of BYORouter.", register)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,7 +40,7 @@ async def _consent_app(session: AsyncSession, app: App) -> cn.ConsentApp:
 class ConnectFlowHandlers:
     """Keystore's half of the Connect flow, sharing the keystore's sessions and keyring."""
 
-    runtime: ServiceRuntime
+    runtime: ServiceRuntime[Any]
     sessions: async_sessionmaker[AsyncSession]
     keyring: KeyringStore
 

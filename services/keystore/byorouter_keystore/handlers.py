@@ -24,6 +24,7 @@ from byorouter_keystore.app_default_models import AppDefaultProvider
 from byorouter_keystore.connect_repository import check_redirect_uris
 from byorouter_keystore.crypto import KeyringStore
 from byorouter_keystore.models import App, Connection, Credential, UsageDaily
+from byorouter_keystore.settings import KeystoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _usage_row(row: UsageDaily) -> ks.UsageRow:
 class KeystoreHandlers:
     """The keystore's endpoints, sharing one session factory and one keyring."""
 
-    runtime: ServiceRuntime
+    runtime: ServiceRuntime[KeystoreSettings]
     sessions: async_sessionmaker[AsyncSession]
     keyring: KeyringStore
     rewrap_batch_size: int

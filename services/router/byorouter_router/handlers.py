@@ -1,7 +1,8 @@
 """Wires the router onto the bus: the chat hot path, the model list, cancels and cache events.
 
 The model list is a plain FastStream endpoint; chat and cancel use nats-py directly (see
-`chat.py`). `register` runs before `runtime.start()`, `start` after it, `stop` before shutdown.
+`chat.py`). `register` subscribes before the broker starts; the upstream pool and the chat
+subscriptions start once the bus is connected and stop before it closes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as contract
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
 from byorouter_common.contracts.router import ModelList
-from byorouter_common.service import ServiceRuntime
+from byorouter_common.service import Service, ServiceRuntime
 from byorouter_router.chat import ChatRouter
 from byorouter_router.credentials import CredentialCache
 from byorouter_router.fallback import RetryPolicy
@@ -35,9 +36,9 @@ from byorouter_router.upstream import create_session
 
 
 class RouterHandlers:
-    def __init__(self, runtime: ServiceRuntime, settings: RouterSettings) -> None:
+    def __init__(self, runtime: ServiceRuntime[RouterSettings]) -> None:
         self.runtime = runtime
-        self.settings = settings
+        self.settings = settings = runtime.settings
         self.credentials = CredentialCache(
             self._resolve_credentials, settings.credential_cache_ttl_s
         )
@@ -58,7 +59,9 @@ class RouterHandlers:
         return await self.runtime.bus.request(ks.CREDENTIALS_RESOLVE, ref)
 
     def register(self) -> None:
-        """FastStream subscribers; they must exist before `runtime.start()`."""
+        """FastStream subscribers (before `runtime.start()`), then the start and stop hooks."""
+        self.runtime.on_started(self.start)
+        self.runtime.on_stop(self.stop)
         serve(
             self.runtime.broker, contract.MODELS, self.list_models, discovery=self.runtime.discovery
         )
@@ -132,3 +135,14 @@ class RouterHandlers:
         if self._catalog is None:
             raise RuntimeError("router not started")
         return await self._catalog.list_models(ref.app_id, ref.connection_id)
+
+
+async def register(runtime: ServiceRuntime[RouterSettings]) -> None:
+    RouterHandlers(runtime).register()
+
+
+SERVICE = Service(
+    "router",
+    "Calls the connection's providers for chat requests and streams the answers back.",
+    register,
+)

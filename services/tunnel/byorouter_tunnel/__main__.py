@@ -1,23 +1,8 @@
-"""`python -m byorouter_tunnel`: join the bus, then serve the tunnel HTTP app until stopped."""
+"""`python -m byorouter_tunnel`: the tunnel clients' WebSocket endpoint on the bus until stopped."""
 
-from __future__ import annotations
-
-from byorouter_common.service import ServiceRuntime, run_service, serve_http
-from byorouter_tunnel.app import create_app
+from byorouter_common.service import run_service
+from byorouter_tunnel.app import SERVICE
 from byorouter_tunnel.settings import TunnelSettings
 
-
-async def main(runtime: ServiceRuntime) -> None:
-    settings = runtime.settings
-    assert isinstance(settings, TunnelSettings)
-    await runtime.start()
-    await serve_http(runtime, create_app(runtime), host=settings.host, port=settings.port)
-
-
 if __name__ == "__main__":
-    run_service(
-        "tunnel",
-        TunnelSettings(),
-        main,
-        description="WebSocket tunnels from users' machines to BYORouter.",
-    )
+    run_service(SERVICE, TunnelSettings())

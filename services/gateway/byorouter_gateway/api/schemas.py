@@ -165,11 +165,6 @@ class UsageList(BaseModel):
     data: list[UsageView]
 
 
-class Readiness(BaseModel):
-    status: Literal["ready", "not_ready"]
-    missing: list[str] = Field(default_factory=list)
-
-
 _ERROR = {"model": ErrorEnvelope}
 # The error statuses every authenticated route may answer, for the OpenAPI document.
 APP_ERRORS: dict[int | str, dict[str, Any]] = {

@@ -1,1 +1,4 @@
-"""One FastAPI router per resource: chat completions, models, connections, health."""
+"""One FastAPI router per resource: chat, models, connections, connect sessions, token exchange.
+
+The health probes are the shared ones from `byorouter_common.health`.
+"""

@@ -1,0 +1,57 @@
+"""keystore's wiring: load the keyring, open the database, subscribe every handler; `SERVICE`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from sqlalchemy import exc as sa_exc
+
+from byorouter_common.bus import map_dependency_errors
+from byorouter_common.service import Service, ServiceRuntime
+from byorouter_keystore.commands import COMMANDS, load_keyring
+from byorouter_keystore.connect_handlers import ConnectFlowHandlers
+from byorouter_keystore.crypto import KeyringError
+from byorouter_keystore.db import create_engine, safe_url, session_factory
+from byorouter_keystore.handlers import KeystoreHandlers
+from byorouter_keystore.settings import KeystoreSettings
+
+log = logging.getLogger("byorouter_keystore")
+
+
+async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
+    settings = runtime.settings
+    try:
+        # Before anything starts: a keystore without its keys must not answer a single request.
+        keyring = load_keyring(settings)
+    except KeyringError as exc:
+        sys.exit(f"byorouter-keystore: {exc}")
+    # PostgreSQL gone (refused, restarting, pool exhausted) is an outage to report as such.
+    map_dependency_errors(
+        (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError),
+        "The key store's database is unavailable; try again shortly.",
+    )
+    engine = create_engine(settings.database_url)
+    runtime.on_stop(engine.dispose)
+    sessions = session_factory(engine)
+    KeystoreHandlers(runtime, sessions, keyring, settings.rewrap_batch_size).register()
+    ConnectFlowHandlers(runtime, sessions, keyring).register()
+
+    async def serving() -> None:
+        log.info(
+            "keystore serving",
+            extra={
+                "database": safe_url(settings.database_url),
+                "kek_active_version": keyring.current.active,
+            },
+        )
+
+    runtime.on_started(serving)
+
+
+SERVICE = Service(
+    "keystore",
+    "Apps, app keys, connections and envelope-encrypted provider credentials.",
+    register,
+    commands=COMMANDS,
+)
