@@ -34,9 +34,9 @@ install: $(STAMP) $(if $(wildcard $(JS_DIR)/package-lock.json),$(JS_STAMP))
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.lock pyproject.toml | $(BIN)/python
+$(STAMP): requirements.lock pyproject.toml clients/tunnel/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e . -e clients/tunnel
 	@touch $@
 
 $(JS_STAMP): $(JS_DIR)/package-lock.json
@@ -68,7 +68,7 @@ test-all: install browser
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs cli services bench examples/chat-app/app.py
+	$(BIN)/mypy clients libs cli services bench examples/chat-app/app.py
 
 format: install
 	$(BIN)/ruff format .

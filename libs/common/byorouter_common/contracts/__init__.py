@@ -3,7 +3,7 @@
 Handlers and callers import subjects from here and never spell a subject string themselves.
 """
 
-from byorouter_common.contracts import events, keystore, router
+from byorouter_common.contracts import events, keystore, router, tunnel
 from byorouter_common.contracts.base import Contract, Empty, Endpoint, Event
 
 # Streaming protocol headers (see byorouter_common.bus).
@@ -22,4 +22,5 @@ __all__ = [
     "events",
     "keystore",
     "router",
+    "tunnel",
 ]

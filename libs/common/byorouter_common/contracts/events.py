@@ -27,6 +27,15 @@ class AppDefaultChangedEvent(Contract):
     app_id: str
 
 
+class TunnelChangedEvent(Contract):
+    """A tunnel was revoked or its token rotated: tunnel copies close revoked sockets at once."""
+
+    tunnel_id: str
+    connection_id: str
+    app_id: str
+    revoked: bool = False
+
+
 class KeyringRotatedEvent(Contract):
     active_version: int
 
@@ -70,6 +79,11 @@ APP_DEFAULT_CHANGED = Event(
     "byorouter.events.app_default.changed",
     AppDefaultChangedEvent,
     "An app's default provider was set or cleared; routers drop that app's cached connections.",
+)
+TUNNEL_CHANGED = Event(
+    "byorouter.events.tunnel.changed",
+    TunnelChangedEvent,
+    "A tunnel was revoked or rotated; tunnel copies close a revoked tunnel's sockets at once.",
 )
 KEYRING_ROTATED = Event(
     "byorouter.events.keystore.keyring_rotated",

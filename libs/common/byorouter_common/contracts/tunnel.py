@@ -1,0 +1,94 @@
+"""Tunnel's subjects: one set per tunnel, served by the tunnel service copy holding its socket.
+
+`byorouter.tunnel.<tunnel_id>.http` is a streamed request (the streaming protocol of
+`byorouter_common.bus`) whose payload and reply chunks are ciphertext only the router and the
+tunnel client can open: the payload is the stream's sealed frames (`byorouter_tunnel_client.
+protocol.pack_parts`), each reply `chunk`/`done` one sealed response frame. So these messages are
+binary, with their metadata in headers, not JSON: the one exception to the contract's JSON rule,
+because the tunnel service must not be able to read them (docs/decisions/0007-tunnel-protocol.md).
+
+Every copy holding a socket for the tunnel subscribes `.http` in the tunnel's own queue group
+(`queue_group`), so two clients of one tunnel share its requests and no subscriber at all means
+the tunnel is offline: the router gets no-responders at once. `.cancel` and `.status` reach every
+such copy (no queue group).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+from pydantic import Field
+
+from byorouter_common.contracts.base import Contract
+
+SERVICE: Final = "tunnel"
+PREFIX: Final = "byorouter.tunnel"
+
+# Headers of a `.http` request: the stream's id (bound into its encryption) and, when the
+# sealed request is too large for one bus message, how many messages carry it.
+HDR_STREAM: Final = "Byo-Stream"
+HDR_PARTS: Final = "Byo-Parts"
+# Reply kind asking for the rest of a request sent in parts, with the subject to send them to.
+MORE: Final = "more"
+HDR_UPLOAD: Final = "Byo-Upload"
+
+
+def http_subject(tunnel_id: str) -> str:
+    return f"{PREFIX}.{tunnel_id}.http"
+
+
+def cancel_subject(tunnel_id: str) -> str:
+    return f"{PREFIX}.{tunnel_id}.cancel"
+
+
+def status_subject(tunnel_id: str) -> str:
+    return f"{PREFIX}.{tunnel_id}.status"
+
+
+def upload_subject(tunnel_id: str, stream_id: str) -> str:
+    return f"{PREFIX}.{tunnel_id}.upload.{stream_id}"
+
+
+def queue_group(tunnel_id: str) -> str:
+    """Each tunnel's own queue group: its clients share its requests."""
+    return f"tunnel.{tunnel_id}"
+
+
+def all_tunnels_wildcard() -> str:
+    """Every tunnel subject, for NATS permissions."""
+    return f"{PREFIX}.>"
+
+
+def is_tunnel_id(value: str) -> bool:
+    """Tunnel ids go into subjects: only `tun_` and URL-safe characters, no dots or wildcards."""
+    return (
+        value.startswith("tun_")
+        and 8 <= len(value) <= 64
+        and all(c.isalnum() or c in "_-" for c in value)
+    )
+
+
+class TunnelCancel(Contract):
+    """The app's client went away: the client aborts this stream's upstream request."""
+
+    stream_id: str
+
+
+class ClientStatus(Contract):
+    """One connected client, as the copy holding its socket sees it."""
+
+    connected_since: datetime
+    rtt_ms: float | None
+    client_version: str
+    in_flight: int
+    max_concurrency: int
+    public_key_fingerprint: str
+
+
+class TunnelClients(Contract):
+    """One copy's answer to `.status`: the clients of the tunnel whose sockets it holds."""
+
+    tunnel_id: str
+    clients: list[ClientStatus] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
