@@ -23,7 +23,7 @@ from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
-from byorouter_common.contracts.base import Endpoint, Event
+from byorouter_common.contracts.base import Endpoint, Event, service_wildcard
 
 ADMIN: Final = "admin"
 SERVICE_USERS: Final = ("keystore", "router", "gateway", "connect", "tunnel")
@@ -67,7 +67,7 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
 }
 # Fire-and-forget subjects besides calls and events: the gateway tells the router a client
 # went away. (The router's usage and rejected-key reports are events: see `ANNOUNCES`.)
-NOTIFIES: Final[Mapping[str, tuple[str, ...]]] = {"gateway": (f"{rt.CANCEL_PREFIX}.*",)}
+NOTIFIES: Final[Mapping[str, tuple[str, ...]]] = {"gateway": (rt.cancel_wildcard(),)}
 # Who may announce what. Only keystore knows when apps, keys and connections change: a forged
 # `app_key.revoked` from anyone else would lock an app out of every gateway. Only the router
 # sees usage and rejected keys.
@@ -111,7 +111,7 @@ def service_permissions(service: str) -> Permissions:
     publish += [event.subject for event in ANNOUNCES.get(service, ())]
     publish += [f"{INBOX_ROOT}.>", DISCOVERY]
     subscribe = (
-        f"byorouter.{service}.>",
+        service_wildcard(service),
         f"{EVENTS_ROOT}.>",
         f"{inbox_prefix(service)}.>",
         DISCOVERY,
@@ -126,7 +126,7 @@ def admin_permissions() -> Permissions:
     """
     secret = {endpoint.subject for endpoint in SECRET_ENDPOINTS}
     publish = [e.subject for e in (*ks.ENDPOINTS, *rt.ENDPOINTS) if e.subject not in secret]
-    publish += [f"{rt.CANCEL_PREFIX}.*", DISCOVERY]
+    publish += [rt.cancel_wildcard(), DISCOVERY]
     subscribe = (f"{EVENTS_ROOT}.>", f"{inbox_prefix(ADMIN)}.>", DISCOVERY)
     return Permissions(tuple(publish), subscribe, _deny_secrets(ADMIN))
 

@@ -22,6 +22,11 @@ class Empty(Contract):
     pass
 
 
+def service_wildcard(service: str) -> str:
+    """Every subject `service` serves: `byorouter.<service>.>`."""
+    return f"byorouter.{service}.>"
+
+
 @dataclass(frozen=True)
 class Endpoint(Generic[Req, Rep]):
     """A request/reply subject served by one service's queue group."""

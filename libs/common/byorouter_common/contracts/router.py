@@ -74,6 +74,16 @@ def cancel_subject(request_id: str) -> str:
     return f"{CANCEL_PREFIX}.{request_id}"
 
 
+def cancel_wildcard() -> str:
+    """Every `cancel_subject`: what the router listens to and the gateway may publish."""
+    return f"{CANCEL_PREFIX}.*"
+
+
+def request_id_of_cancel(subject: str) -> str:
+    """The request id a `cancel_subject` names."""
+    return subject[len(CANCEL_PREFIX) + 1 :]
+
+
 def encode_chat_request(request_id: str, app_id: str, connection_id: str, raw_body: bytes) -> bytes:
     """A `ChatRequest` as JSON, splicing in the already-validated raw JSON body."""
     return b"".join(
