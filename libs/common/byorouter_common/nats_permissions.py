@@ -77,6 +77,7 @@ ANNOUNCES: Final[Mapping[str, tuple[Event[Any], ...]]] = {
         events.CONNECTION_CHANGED,
         events.APP_DEFAULT_CHANGED,
         events.KEYRING_ROTATED,
+        events.TUNNEL_CHANGED,
     ),
     "router": (events.USAGE, events.CREDENTIAL_STATUS),
 }
