@@ -49,6 +49,8 @@ class HttpServing:
     host: str
     port: int
     grace_s: float = 10.0
+    # Extra uvicorn settings (the tunnel's WebSocket limits, say).
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ServiceRuntime(Generic[S]):
@@ -64,6 +66,7 @@ class ServiceRuntime(Generic[S]):
         self.http: HttpServing | None = None
         self._bus: Bus | None = None
         self._on_started: list[Hook] = []
+        self._on_stopping: list[Hook] = []
         self._on_stop: list[Hook] = []
 
     @property
@@ -75,13 +78,32 @@ class ServiceRuntime(Generic[S]):
         """Run `hook` once the bus is connected and every subscriber is live."""
         self._on_started.append(hook)
 
+    def on_stopping(self, hook: Hook) -> None:
+        """Run `hook` as soon as the service is told to stop, while HTTP still serves (drain)."""
+        self._on_stopping.append(hook)
+
+    async def stopping(self) -> None:
+        for hook in self._on_stopping:
+            try:
+                await hook()
+            except Exception:
+                log.exception("%s: a stopping hook failed", self.name)
+
     def on_stop(self, hook: Hook) -> None:
         """Run `hook` at shutdown, before the bus closes; hooks run in reverse order."""
         self._on_stop.append(hook)
 
-    def serve_http(self, app: Any, *, host: str, port: int, grace_s: float = 10.0) -> None:
+    def serve_http(
+        self,
+        app: Any,
+        *,
+        host: str,
+        port: int,
+        grace_s: float = 10.0,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """Serve `app` until the service stops (one HTTP server per service)."""
-        self.http = HttpServing(app, host, port, grace_s)
+        self.http = HttpServing(app, host, port, grace_s, options or {})
 
     async def start(self) -> None:
         """Connect, start every registered subscriber, answer discovery, run the start hooks."""
@@ -101,6 +123,7 @@ class ServiceRuntime(Generic[S]):
         """Serve HTTP if the service has an app, else just wait for `stopped`."""
         if self.http is None:
             await self.stopped.wait()
+            await self.stopping()
         else:
             await _serve_http(self, self.http)
 
@@ -155,11 +178,13 @@ async def _serve_http(runtime: ServiceRuntime[Any], http: HttpServing) -> None:
         lifespan="off",
         server_header=False,
         timeout_graceful_shutdown=int(http.grace_s),
+        **http.options,
     )
     server = _HttpServer(config)
     serving = asyncio.create_task(server.serve(), name=f"{runtime.name}-http")
     stopped = asyncio.create_task(runtime.stopped.wait(), name=f"{runtime.name}-stopped")
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    await runtime.stopping()
     server.should_exit = True
     stopped.cancel()
     await serving

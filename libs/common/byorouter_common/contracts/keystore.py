@@ -319,12 +319,10 @@ class TunnelAuthenticate(Contract):
 
 
 class TunnelSessionRefresh(Contract):
-    tunnel_id: str
-    session: SecretStr
+    """The tunnel service asks for a fresh session for a client whose socket it holds (only the
+    tunnel service may call this: the socket already proved who the client is)."""
 
-    @field_serializer("session", when_used="json")
-    def _reveal(self, value: SecretStr) -> str:
-        return value.get_secret_value()
+    tunnel_id: str
 
 
 class TunnelSession(Contract):
