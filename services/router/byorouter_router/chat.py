@@ -3,12 +3,13 @@
 Requests arrive on nats-py directly (`byorouter.router.chat`, queue group `router`). nats-py runs
 a subscription's callback for one message at a time, so the callback only starts a task per
 request and returns; a cancel message (`byorouter.router.cancel.<request_id>`) cancels that task,
-which aborts the upstream HTTP call. Each reply goes to the caller's inbox as the streaming
-protocol of `byorouter_common.bus`: start, then chunk* and done (streamed) or result, or error.
+which aborts the upstream HTTP call. The answer goes back to the caller's inbox through a
+`BusReply` (`reply.py`).
 
 Before the answer starts, a failing provider is retried and then fallen back from (`fallback`);
 `start` goes out once, from the attempt that succeeded. Every finished request publishes its
-token usage, and a provider that rejects a user's key gets it marked as failing in keystore.
+token usage (`usage.py`), and a provider that rejects a user's key gets it marked as failing in
+keystore.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import nats.errors
@@ -30,17 +30,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from byorouter_common import errors
-from byorouter_common.bus import (
-    CHUNK,
-    DONE,
-    RESULT,
-    START,
-    Discovery,
-    KeepAliveTicker,
-    StreamWriter,
-)
+from byorouter_common.bus import Discovery, KeepAliveTicker, StreamWriter
 from byorouter_common.contracts import HDR_REQUEST_ID, events
-from byorouter_common.contracts.keystore import PROVIDERS
 from byorouter_common.contracts.router import CANCEL_PREFIX, CHAT
 from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import extract_context
@@ -54,186 +45,15 @@ from byorouter_router.fallback import (
     RetryPolicy,
     fallback_candidates,
 )
+from byorouter_router.model_ids import choose_provider
 from byorouter_router.providers.base import Provider, ProviderCredential
+from byorouter_router.reply import BusReply
+from byorouter_router.usage import ask_for_usage, usage_event, wants_usage
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("byorouter.router")
 
 ENDPOINT_NAME: Final = CHAT.name
-# Every provider prefix a model id may carry; `default` is the app's own provider.
-KNOWN_PREFIXES: Final = frozenset((*PROVIDERS, APP_DEFAULT))
-# OpenAI-compatible upstreams put this on every chunk once usage is asked for; compact JSON only
-# (a quote inside a JSON string is always escaped, so the bytes cannot occur inside content).
-_NULL_USAGE: Final = b',"usage":null'
-_USAGE_KEY: Final = b'"usage"'
-
-
-def without_usage(lines: bytes) -> bytes:
-    """Chunk lines without the usage the client did not ask for.
-
-    Drops the usage-only chunk (no choices) and a `usage` field on other chunks; lines that carry
-    no usage pass through byte for byte, so the common case is one substring search.
-    """
-    if _USAGE_KEY not in lines:
-        return lines
-    lines = lines.replace(_NULL_USAGE, b"")
-    if _USAGE_KEY not in lines:
-        return lines
-    kept: list[bytes] = []
-    for line in lines.split(b"\n"):
-        if _USAGE_KEY in line:
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                event = None
-            if type(event) is dict and "usage" in event:
-                usage = event.pop("usage")
-                if usage is not None and not event.get("choices"):
-                    continue
-                line = orjson.dumps(event)
-        kept.append(line)
-    return b"\n".join(kept)
-
-
-def wants_usage(body: dict[str, Any]) -> bool:
-    options = body.get("stream_options")
-    return type(options) is dict and options.get("include_usage") is True
-
-
-def ask_for_usage(body: dict[str, Any]) -> None:
-    """Make a streamed request ask its upstream for usage, keeping the client's other options."""
-    options = body.get("stream_options")
-    body["stream_options"] = (
-        {**options, "include_usage": True} if type(options) is dict else {"include_usage": True}
-    )
-
-
-class BusReply:
-    """One attempt's answer, written to the caller's inbox as Byo-Kind messages.
-
-    `start` tells the caller who answers and after how many upstream calls; from then on the
-    answer is the client's and the attempt can no longer be retried or fallen back from.
-    """
-
-    __slots__ = ("_start", "_strip_usage", "_writer", "result_body", "started", "usage")
-
-    def __init__(
-        self,
-        writer: StreamWriter,
-        provider: str,
-        model: str,
-        attempts: int,
-        *,
-        strip_usage: bool = False,
-    ) -> None:
-        self._writer = writer
-        self._start = orjson.dumps({"provider": provider, "model": model, "attempts": attempts})
-        self._strip_usage = strip_usage
-        self.started = False
-        self.usage: dict[str, Any] | None = None
-        self.result_body: bytes | None = None
-
-    async def start(self) -> None:
-        self.started = True
-        await self._writer.send(START, self._start)
-
-    async def chunk(self, lines: bytes) -> None:
-        if self._strip_usage:
-            lines = without_usage(lines)
-            if not lines:
-                return
-        await self._writer.send(CHUNK, lines)
-
-    async def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
-        self.usage = usage
-        # orjson rather than StreamDone.model_dump_json: same JSON, a fraction of the cost.
-        # Usage here is for BYORouter's side (the gateway never relays it); a client sees usage
-        # only in chunks, and only when it asked.
-        await self._writer.send(
-            DONE, orjson.dumps({"finish_reason": finish_reason, "usage": usage})
-        )
-
-    async def result(self, body: bytes) -> None:
-        # Its usage is read after the answer is on its way (`reported_usage`), not before.
-        self.result_body = body
-        await self._writer.send(RESULT, body)
-
-    def reported_usage(self) -> dict[str, Any] | None:
-        if self.usage is None and self.result_body is not None:
-            try:
-                answer = orjson.loads(self.result_body)
-            except orjson.JSONDecodeError:
-                return None
-            usage = answer.get("usage") if type(answer) is dict else None
-            self.usage = usage if type(usage) is dict else None
-        return self.usage
-
-
-def _tokens(usage: dict[str, Any] | None, name: str) -> int:
-    value = usage.get(name) if usage is not None else None
-    return value if type(value) is int and value >= 0 else 0
-
-
-def _has(connection: ConnectionCredentials) -> str:
-    names = connection.provider_names
-    return (
-        f"This connection has: {', '.join(names)}."
-        if names
-        else ("This connection has no providers.")
-    )
-
-
-def choose_provider(model_id: Any, connection: ConnectionCredentials) -> tuple[str, str]:
-    """(provider, upstream model) for a provider-prefixed model id such as `openai/gpt-4o`.
-
-    Messages never quote the model id: it is input the app sent and may be anything.
-    """
-    if not isinstance(model_id, str) or not model_id:
-        raise errors.bad_request("The request has no model.", param="model")
-    prefix, _, model = model_id.partition("/")
-    if prefix == APP_DEFAULT:
-        return APP_DEFAULT, _app_default_model(model, connection)
-    if not model or prefix not in KNOWN_PREFIXES:
-        raise ByoError(
-            404,
-            "model_not_found",
-            "Model ids start with a provider, e.g. openai/gpt-4o or selfhosted/llama3. "
-            + _has(connection),
-            param="model",
-        )
-    if prefix not in connection.providers:
-        raise ByoError(
-            404,
-            "model_not_found",
-            f"This connection has no {prefix} provider. " + _has(connection),
-            param="model",
-        )
-    return prefix, model
-
-
-def _app_default_model(model: str, connection: ConnectionCredentials) -> str:
-    """The upstream model for `default/<model>`; `default` or `default/` mean the configured one.
-
-    The app's default serves every connection of the app, whatever `fallback_to_default` says:
-    that setting is about falling back to it, not about asking for it.
-    """
-    default = connection.app_default
-    if default is None:
-        raise ByoError(
-            404,
-            "model_not_found",
-            "This app has no default provider (byorouter app set-default). " + _has(connection),
-            param="model",
-        )
-    chosen = model or default.preferred_model
-    if not chosen:
-        raise ByoError(
-            404,
-            "model_not_found",
-            "The app's default provider has no model set: ask for default/<model>.",
-            param="model",
-        )
-    return chosen
 
 
 def _app_default_target(connection: ConnectionCredentials) -> AppDefaultTarget | None:
@@ -502,19 +322,8 @@ class ChatRouter:
         served: Candidate,
         reply: BusReply,
     ) -> None:
-        usage = reply.reported_usage()
-        event = {
-            "request_id": request_id,
-            "app_id": connection.app_id,
-            "connection_id": connection.connection_id,
-            "provider": served.provider,
-            "model": served.model,
-            "prompt_tokens": _tokens(usage, "prompt_tokens"),
-            "completion_tokens": _tokens(usage, "completion_tokens"),
-            "total_tokens": _tokens(usage, "total_tokens"),
-            "at": datetime.now(UTC),
-        }
-        await self._publish(events.USAGE.subject, orjson.dumps(event))
+        event = usage_event(request_id, connection, served, reply.reported_usage())
+        await self._publish(events.USAGE.subject, event)
 
     async def _publish_credential_status(
         self,

@@ -1,0 +1,76 @@
+"""The answer to the caller: one attempt's reply written to its inbox as the bus's stream.
+
+The caller's inbox gets the streaming protocol of `byorouter_common.bus`: start, then chunk*
+and done (streamed) or result, or error (written by `chat.py`, which knows why it failed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from byorouter_common.bus import CHUNK, DONE, RESULT, START, StreamWriter
+from byorouter_router.usage import without_usage
+
+
+class BusReply:
+    """One attempt's answer, written to the caller's inbox as Byo-Kind messages.
+
+    `start` tells the caller who answers and after how many upstream calls; from then on the
+    answer is the client's and the attempt can no longer be retried or fallen back from.
+    """
+
+    __slots__ = ("_start", "_strip_usage", "_writer", "result_body", "started", "usage")
+
+    def __init__(
+        self,
+        writer: StreamWriter,
+        provider: str,
+        model: str,
+        attempts: int,
+        *,
+        strip_usage: bool = False,
+    ) -> None:
+        self._writer = writer
+        self._start = orjson.dumps({"provider": provider, "model": model, "attempts": attempts})
+        self._strip_usage = strip_usage
+        self.started = False
+        self.usage: dict[str, Any] | None = None
+        self.result_body: bytes | None = None
+
+    async def start(self) -> None:
+        self.started = True
+        await self._writer.send(START, self._start)
+
+    async def chunk(self, lines: bytes) -> None:
+        if self._strip_usage:
+            lines = without_usage(lines)
+            if not lines:
+                return
+        await self._writer.send(CHUNK, lines)
+
+    async def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
+        self.usage = usage
+        # orjson rather than StreamDone.model_dump_json: same JSON, a fraction of the cost.
+        # Usage here is for BYORouter's side (the gateway never relays it); a client sees usage
+        # only in chunks, and only when it asked.
+        await self._writer.send(
+            DONE, orjson.dumps({"finish_reason": finish_reason, "usage": usage})
+        )
+
+    async def result(self, body: bytes) -> None:
+        # Its usage is read after the answer is on its way (`reported_usage`), not before.
+        self.result_body = body
+        await self._writer.send(RESULT, body)
+
+    def reported_usage(self) -> dict[str, Any] | None:
+        """The usage the upstream reported: from `done`, or read from the whole answer."""
+        if self.usage is None and self.result_body is not None:
+            try:
+                answer = orjson.loads(self.result_body)
+            except orjson.JSONDecodeError:
+                return None
+            usage = answer.get("usage") if type(answer) is dict else None
+            self.usage = usage if type(usage) is dict else None
+        return self.usage
