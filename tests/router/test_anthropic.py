@@ -8,13 +8,12 @@ import orjson
 import pytest
 
 from byorouter_common.errors import ByoError
-from byorouter_router.providers.anthropic import (
-    DEFAULT_MAX_TOKENS,
+from byorouter_router.providers.anthropic.provider import anthropic_endpoints
+from byorouter_router.providers.anthropic.request import DEFAULT_MAX_TOKENS, to_messages_request
+from byorouter_router.providers.anthropic.response import (
     StreamTranslator,
-    anthropic_endpoints,
     mid_stream_error,
     to_chat_completion,
-    to_messages_request,
 )
 
 WEATHER_TOOL = {

@@ -22,7 +22,7 @@ from byorouter_router.credentials import CredentialCache
 from byorouter_router.fallback import RetryPolicy
 from byorouter_router.models import ModelCatalog
 from byorouter_router.provider_test import ProviderTester
-from byorouter_router.providers.anthropic import AnthropicProvider
+from byorouter_router.providers.anthropic.provider import AnthropicProvider
 from byorouter_router.providers.base import Provider
 from byorouter_router.providers.errors import Timeouts
 from byorouter_router.providers.openai_compat import (

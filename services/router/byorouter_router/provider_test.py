@@ -25,7 +25,7 @@ from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
 from byorouter_router.providers.base import Provider, ProviderCredential
 from byorouter_router.providers.errors import Timeouts, status_error, transport_error
-from byorouter_router.providers.openai_compat import MAX_MODEL_LIST, read_at_most
+from byorouter_router.providers.http import MAX_MODEL_LIST, read_at_most
 from byorouter_router.upstream import endpoints_for
 
 DISPLAY_NAMES: Final = {

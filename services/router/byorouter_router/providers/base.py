@@ -1,7 +1,7 @@
 """What a provider is to the router: it answers one chat request into a `ChatReply`, lists models.
 
 A provider speaks its upstream's wire format and delivers OpenAI `chat.completion(.chunk)` JSON,
-so providers with other formats (Anthropic) translate inside their own module and the
+so providers with other formats (Anthropic) translate inside their own package and the
 orchestration in `chat.py` never changes. Failures are raised as `ByoError`.
 """
 

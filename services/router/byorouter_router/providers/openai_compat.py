@@ -9,8 +9,9 @@ Self-hosted servers differ from OpenAI in small ways that `SelfHostedProvider` a
 - reasoning text as `reasoning` (Ollama, OpenRouter) rather than `reasoning_content` (vLLM,
   DeepSeek): renamed so clients always read `reasoning_content`; only events that carry it are
   re-encoded, found by a substring check before anything else is looked at;
-- usage sent always, or never, whatever `stream_options` says: `chat.py` always asks and strips
-  what the client did not ask for, and a stream without usage still ends with `done` (usage None);
+- usage sent always, or never, whatever `stream_options` says: the router always asks and
+  strips what the client did not ask for (`usage.py`), and a stream without usage still ends
+  with `done` (usage None);
 - errors as a flat `{"error": "text"}` or `{"detail": ...}` body, and as a `data:` event in the
   middle of a stream: both become the error envelope (`errors.upstream_message`);
 - Ollama bound to localhost answers a bare 403 when the Host header is not a local name, which is
@@ -22,38 +23,29 @@ Self-hosted servers differ from OpenAI in small ways that `SelfHostedProvider` a
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
-from yarl import URL
 
 from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import redact
 from byorouter_router.providers.base import ChatReply, ProviderCredential
 from byorouter_router.providers.errors import (
-    MAX_ERROR_BODY,
     Timeouts,
     status_error,
     transport_error,
     upstream_message,
 )
+from byorouter_router.providers.http import JSON_HEADERS, SSE_HEADERS, get_model_list, post_chat
+from byorouter_router.providers.sse import OversizedEvent, SseDecoder
 from byorouter_router.upstream import UpstreamEndpoints, endpoints_for
 
-log = logging.getLogger(__name__)
-
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
-# A single SSE event larger than this is not an answer chunk but a broken upstream.
-MAX_EVENT_BYTES: Final = 1024 * 1024
 _DONE: Final = b"[DONE]"
-_JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
-_SSE_HEADERS: Final = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-_MODELS_TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
-MAX_MODEL_LIST: Final = 8 * 1024 * 1024
 # A quote inside a JSON string is escaped, so these bytes occur only as the key itself (or the
 # rare value "reasoning"), never inside text and never as part of "reasoning_content".
 _REASONING_KEY: Final = b'"reasoning"'
@@ -85,8 +77,8 @@ class OpenAICompatProvider:
         self._default_base_url = default_base_url
         self._allow_private = allow_private
         # Built once: the headers every call to this upstream carries besides its key.
-        self._json_headers = {**_JSON_HEADERS, **(extra_headers or {})}
-        self._sse_headers = {**_SSE_HEADERS, **(extra_headers or {})}
+        self._json_headers = {**JSON_HEADERS, **(extra_headers or {})}
+        self._sse_headers = {**SSE_HEADERS, **(extra_headers or {})}
 
     def _endpoints(self, credential: ProviderCredential) -> UpstreamEndpoints:
         base_url = credential.base_url or self._default_base_url
@@ -153,7 +145,7 @@ class OpenAICompatProvider:
     async def _relay(self, response: aiohttp.ClientResponse, reply: ChatReply) -> None:
         """Pass every complete SSE event on as it arrives; end with `done` or raise."""
         content = response.content
-        pending = b""
+        events = SseDecoder()
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
         relayed = False
@@ -161,19 +153,14 @@ class OpenAICompatProvider:
             data = await content.readany()
             if not data:
                 break
-            if pending:
-                data = pending + data
-            if b"\r" in data:
-                data = data.replace(b"\r\n", b"\n")
-            end = data.rfind(b"\n\n")
-            if end < 0:
-                if len(data) > MAX_EVENT_BYTES:
-                    raise self._broken("sent an oversized stream event")
-                pending = data
+            try:
+                payloads = events.feed(data)
+            except OversizedEvent:
+                raise self._broken("sent an oversized stream event") from None
+            if not payloads:
                 continue
-            pending = data[end + 2 :]
-            payloads, finished, finish_reason, usage, failure = self._parse_events(
-                data[:end], finish_reason, usage
+            finished, finish_reason, usage, failure = self._read_events(
+                payloads, events.joined_lines, finish_reason, usage
             )
             if payloads:
                 relayed = True
@@ -184,9 +171,10 @@ class OpenAICompatProvider:
                 await reply.done(finish_reason, usage)
                 return
         # The upstream ended without [DONE]: accept it if it ended cleanly after an answer.
-        if pending.strip():
-            payloads, _, finish_reason, usage, failure = self._parse_events(
-                pending, finish_reason, usage
+        payloads = events.end()
+        if payloads:
+            _, finish_reason, usage, failure = self._read_events(
+                payloads, events.joined_lines, finish_reason, usage
             )
             if payloads:
                 relayed = True
@@ -197,39 +185,33 @@ class OpenAICompatProvider:
             raise self._broken("ended the stream without an answer")
         await reply.done(finish_reason, usage)
 
-    def _parse_events(
-        self, block: bytes, finish_reason: str | None, usage: dict[str, Any] | None
-    ) -> tuple[list[bytes], bool, str | None, dict[str, Any] | None, ByoError | None]:
-        """The data payloads of complete events, whether [DONE] came, and what they told."""
-        payloads: list[bytes] = []
-        for line in block.split(b"\n"):
-            # Comments (": keep-alive"), event:, id: and retry: lines carry no answer.
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[6:] if line[5:6] == b" " else line[5:]
+    def _read_events(
+        self,
+        payloads: list[bytes],
+        joined_lines: bool,
+        finish_reason: str | None,
+        usage: dict[str, Any] | None,
+    ) -> tuple[bool, str | None, dict[str, Any] | None, ByoError | None]:
+        """Whether [DONE] came, what the events told, and the error among them if any.
+
+        `payloads` is left holding what goes on to the client, in place: the events before
+        [DONE] or an error, a renamed event where reasoning was renamed.
+        """
+        for i, payload in enumerate(payloads):
             if payload == _DONE:
-                return payloads, True, finish_reason, usage, None
+                del payloads[i:]
+                return True, finish_reason, usage, None
             try:
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
-                return (
-                    payloads,
-                    False,
-                    finish_reason,
-                    usage,
-                    self._broken("sent a malformed stream event"),
-                )
+                event = None
             if type(event) is not dict:
-                return (
-                    payloads,
-                    False,
-                    finish_reason,
-                    usage,
-                    self._broken("sent a malformed stream event"),
-                )
+                del payloads[i:]
+                return False, finish_reason, usage, self._broken("sent a malformed stream event")
             # OpenRouter's mid-stream error also carries choices (finish_reason "error").
             if event.get("error") is not None:
-                return payloads, False, finish_reason, usage, self._stream_error(payload)
+                del payloads[i:]
+                return False, finish_reason, usage, self._stream_error(payload)
             choices = event.get("choices")
             if type(choices) is list:
                 for choice in choices:
@@ -241,9 +223,12 @@ class OpenAICompatProvider:
             if type(reported) is dict:
                 usage = reported
             if self.renames_reasoning and _REASONING_KEY in payload:
-                payload = _with_reasoning_content(event, "delta", payload)
-            payloads.append(payload)
-        return payloads, False, finish_reason, usage, None
+                payloads[i] = payload = _with_reasoning_content(event, "delta", payload)
+            if joined_lines and b"\n" in payload:
+                # Chunks carry one event per line: an event sent as several data lines is
+                # re-encoded onto one.
+                payloads[i] = orjson.dumps(event)
+        return False, finish_reason, usage, None
 
     def _broken(self, what: str) -> ByoError:
         return ByoError(502, "upstream_error", f"The {self.name} provider {what}.")
@@ -261,12 +246,7 @@ class OpenAICompatProvider:
         url = self._endpoints(credential).models
         headers = self._headers(credential, stream=False)
         try:
-            async with self._session.get(
-                url, headers=headers, timeout=_MODELS_TIMEOUT, allow_redirects=False
-            ) as response:
-                raw = await read_at_most(response, MAX_MODEL_LIST)
-                if response.status >= 300:
-                    raise self._status_error(response.status, raw, response.headers)
+            raw = await get_model_list(self._session, url, headers, on_status=self._status_error)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise transport_error(exc, self.name, started=False, timeouts=self._timeouts) from None
         try:
@@ -292,52 +272,6 @@ class OpenAICompatProvider:
                 )
             )
         return cards
-
-
-StatusError = Callable[[int, bytes, CIMultiDictProxy[str]], ByoError]
-
-
-async def post_chat(
-    session: aiohttp.ClientSession,
-    url: URL,
-    data: bytes,
-    headers: Mapping[str, str],
-    *,
-    stream: bool,
-    on_status: StatusError,
-) -> tuple[aiohttp.ClientResponse, bytes]:
-    """POST a chat request; a non-2xx answer raises `on_status(...)`.
-
-    A streamed answer comes back open for the caller to relay (and close); a non-streamed one is
-    read whole and released to the pool.
-    """
-    # No redirects: a redirect could lead to an address the SSRF guard never saw.
-    response = await session.post(url, data=data, headers=headers, allow_redirects=False)
-    if response.status >= 300:
-        try:
-            raw = await read_at_most(response, MAX_ERROR_BODY)
-        finally:
-            response.close()
-        raise on_status(response.status, raw, response.headers)
-    if stream:
-        return response, b""
-    try:
-        return response, await response.read()
-    finally:
-        response.release()
-
-
-async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, or its first `limit` bytes when it is longer."""
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        data = await response.content.read(limit - size)
-        if not data:
-            break
-        parts.append(data)
-        size += len(data)
-    return b"".join(parts)
 
 
 def _with_reasoning_content(event: dict[str, Any], part: str, payload: bytes) -> bytes:

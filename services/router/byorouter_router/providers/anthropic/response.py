@@ -1,0 +1,278 @@
+"""Anthropic answers as OpenAI answers: a whole message, or a stream event by event.
+
+`to_chat_completion` translates a non-streamed answer and `StreamTranslator` a streamed one: each
+upstream SSE event is parsed once with orjson (by the provider), and each outgoing
+`chat.completion.chunk` is spliced together from bytes, never built through pydantic.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Final
+
+import orjson
+
+from byorouter_common.errors import ByoError
+from byorouter_router.providers.errors import upstream_message
+
+# Anthropic's stop reasons as OpenAI finish reasons; an unknown future reason reads as "stop".
+FINISH_REASONS: Final[dict[str, str]] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int else 0
+
+
+def to_openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI usage from Anthropic's: cache reads and writes are prompt tokens too, as in OpenAI."""
+    cache_read = _count(usage.get("cache_read_input_tokens"))
+    prompt = (
+        _count(usage.get("input_tokens"))
+        + cache_read
+        + _count(usage.get("cache_creation_input_tokens"))
+    )
+    completion = _count(usage.get("output_tokens"))
+    translated: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cache_read:
+        translated["prompt_tokens_details"] = {"cached_tokens": cache_read}
+    return translated
+
+
+def finish_reason(stop_reason: Any) -> str:
+    return FINISH_REASONS.get(stop_reason, "stop") if type(stop_reason) is str else "stop"
+
+
+def to_chat_completion(message: dict[str, Any], model: str, created: int) -> dict[str, Any]:
+    """The OpenAI `chat.completion` for a non-streamed Anthropic message."""
+    texts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    content = message.get("content")
+    for block in content if type(content) is list else ():
+        if type(block) is not dict:
+            continue
+        kind = block.get("type")
+        if kind == "text" and type(block.get("text")) is str:
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            tool_calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name"),
+                        "arguments": orjson.dumps(block.get("input") or {}).decode(),
+                    },
+                }
+            )
+        # Thinking and server-tool blocks have no OpenAI counterpart and are left out.
+    answer: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        answer["tool_calls"] = tool_calls
+    usage = message.get("usage")
+    message_id = message.get("id")
+    message_model = message.get("model")
+    return {
+        "id": message_id if type(message_id) is str else "msg_" + secrets.token_hex(12),
+        "object": "chat.completion",
+        "created": created,
+        "model": message_model if type(message_model) is str else model,
+        "choices": [
+            {
+                "index": 0,
+                "message": answer,
+                "logprobs": None,
+                "finish_reason": finish_reason(message.get("stop_reason")),
+            }
+        ],
+        "usage": to_openai_usage(usage if type(usage) is dict else {}),
+    }
+
+
+class StreamTranslator:
+    """Turns Anthropic stream events into OpenAI `chat.completion.chunk` JSON, one per line.
+
+    Each tool_use content block gets the next OpenAI tool_calls index (0, 1, ...) and its
+    input_json_delta fragments are sent under that index, so parallel calls never collide.
+    """
+
+    __slots__ = (
+        "_created",
+        "_include_usage",
+        "_input_usage",
+        "_output_tokens",
+        "_prefix",
+        "_tool_indexes",
+        "finish_reason",
+        "finished",
+    )
+
+    def __init__(self, model: str, created: int, *, include_usage: bool) -> None:
+        self._include_usage = include_usage
+        self._input_usage: dict[str, Any] = {}
+        self._output_tokens = 0
+        # Content block index -> OpenAI tool_calls index.
+        self._tool_indexes: dict[int, int] = {}
+        self._prefix = _chunk_prefix("msg_" + secrets.token_hex(12), model, created)
+        self.finish_reason: str | None = None
+        self.finished = False
+        self._created = created
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        if not self._input_usage and not self._output_tokens:
+            return None
+        return to_openai_usage({**self._input_usage, "output_tokens": self._output_tokens})
+
+    def translate(self, event: dict[str, Any], out: list[bytes]) -> None:
+        """Append the chunks for one Anthropic event to `out`; events without a counterpart
+        (ping, content_block_stop, thinking) add nothing."""
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event.get("delta")
+            if type(delta) is not dict:
+                return
+            delta_kind = delta.get("type")
+            if delta_kind == "text_delta":
+                text = delta.get("text")
+                if type(text) is str and text:
+                    out.append(self._chunk(b'{"content":' + orjson.dumps(text) + b"}"))
+            elif delta_kind == "input_json_delta":
+                block_index = event.get("index")
+                index = self._tool_indexes.get(block_index) if type(block_index) is int else None
+                fragment = delta.get("partial_json")
+                if index is not None and type(fragment) is str and fragment:
+                    out.append(
+                        self._chunk(
+                            b'{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}'
+                            % (index, orjson.dumps(fragment))
+                        )
+                    )
+        elif kind == "content_block_start":
+            block = event.get("content_block")
+            if type(block) is not dict:
+                return
+            block_kind = block.get("type")
+            if block_kind == "tool_use":
+                block_index = event.get("index")
+                if type(block_index) is not int:
+                    return
+                index = len(self._tool_indexes)
+                self._tool_indexes[block_index] = index
+                tool_input = block.get("input")
+                arguments = orjson.dumps(tool_input).decode() if tool_input else ""
+                out.append(
+                    self._chunk(
+                        b'{"tool_calls":[{"index":%d,"id":%b,"type":"function",'
+                        b'"function":{"name":%b,"arguments":%b}}]}'
+                        % (
+                            index,
+                            orjson.dumps(block.get("id")),
+                            orjson.dumps(block.get("name")),
+                            orjson.dumps(arguments),
+                        )
+                    )
+                )
+            elif block_kind == "text":
+                text = block.get("text")
+                if type(text) is str and text:
+                    out.append(self._chunk(b'{"content":' + orjson.dumps(text) + b"}"))
+        elif kind == "message_start":
+            message = event.get("message")
+            if type(message) is dict:
+                message_id = message.get("id")
+                model = message.get("model")
+                if type(message_id) is str and type(model) is str:
+                    self._prefix = _chunk_prefix(message_id, model, self._created)
+                usage = message.get("usage")
+                if type(usage) is dict:
+                    self._note_usage(usage)
+            out.append(self._chunk(b'{"role":"assistant","content":""}'))
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            if type(delta) is dict and type(delta.get("stop_reason")) is str:
+                self.finish_reason = finish_reason(delta["stop_reason"])
+            usage = event.get("usage")
+            if type(usage) is dict:
+                self._note_usage(usage)
+        elif kind == "message_stop":
+            self.finish(out)
+
+    def finish(self, out: list[bytes]) -> None:
+        """Append the final chunk (and the usage chunk when the app asked for it)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.finish_reason is None:
+            self.finish_reason = "stop"
+        out.append(
+            self._prefix
+            + b'{"index":0,"delta":{},"logprobs":null,"finish_reason":"%b"}]}'
+            % self.finish_reason.encode()
+        )
+        usage = self.usage
+        if self._include_usage and usage is not None:
+            out.append(self._prefix + b'],"usage":' + orjson.dumps(usage) + b"}")
+
+    def _chunk(self, delta: bytes) -> bytes:
+        return (
+            self._prefix
+            + b'{"index":0,"delta":'
+            + delta
+            + b',"logprobs":null,"finish_reason":null}]}'
+        )
+
+    def _note_usage(self, usage: dict[str, Any]) -> None:
+        for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            value = usage.get(field)
+            if type(value) is int:
+                self._input_usage[field] = value
+        output = usage.get("output_tokens")
+        if type(output) is int:
+            # Anthropic reports output tokens cumulatively, not per event.
+            self._output_tokens = output
+
+
+def _chunk_prefix(message_id: str, model: str, created: int) -> bytes:
+    """Everything of a chunk before its choices, the same for every chunk of one answer."""
+    return b'{"id":%b,"object":"chat.completion.chunk","created":%d,"model":%b,"choices":[' % (
+        orjson.dumps(message_id),
+        created,
+        orjson.dumps(model),
+    )
+
+
+def mid_stream_error(provider: str, payload: bytes) -> ByoError:
+    """The error for an `event: error` after the answer started (e.g. Anthropic overloaded)."""
+    message, _, _ = upstream_message(payload)
+    suffix = f": {message}" if message else "."
+    try:
+        kind = orjson.loads(payload)["error"]["type"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        kind = None
+    if kind == "overloaded_error":
+        return ByoError(
+            502,
+            "upstream_overloaded",
+            f"The {provider} provider became overloaded in the middle of the answer{suffix}",
+        )
+    return ByoError(
+        502,
+        "upstream_error",
+        f"The {provider} provider reported an error in the middle of the answer{suffix}",
+    )

@@ -1,0 +1,88 @@
+"""The upstream HTTP calls every provider makes: post a chat request, get a model list.
+
+Both go through the router's one pooled session (`upstream.py`) and never follow redirects: a
+redirect could lead to an address the SSRF guard never saw. What an upstream's error means is
+the provider's to say, so a non-2xx answer is handed to the provider's `StatusError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from byorouter_common.errors import ByoError
+from byorouter_router.providers.errors import MAX_ERROR_BODY
+
+# The headers of a call that sends JSON and wants JSON back, or an event stream.
+JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
+SSE_HEADERS: Final = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+MODELS_TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
+# A model list longer than this is cut off (and then fails to parse as one).
+MAX_MODEL_LIST: Final = 8 * 1024 * 1024
+
+# The provider's error for a non-2xx answer: (status, first bytes of the body, headers).
+StatusError = Callable[[int, bytes, CIMultiDictProxy[str]], ByoError]
+
+
+async def post_chat(
+    session: aiohttp.ClientSession,
+    url: URL,
+    data: bytes,
+    headers: Mapping[str, str],
+    *,
+    stream: bool,
+    on_status: StatusError,
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """POST a chat request; a non-2xx answer raises `on_status(...)`.
+
+    A streamed answer comes back open for the caller to relay (and close); a non-streamed one is
+    read whole and released to the pool.
+    """
+    response = await session.post(url, data=data, headers=headers, allow_redirects=False)
+    if response.status >= 300:
+        try:
+            raw = await read_at_most(response, MAX_ERROR_BODY)
+        finally:
+            response.close()
+        raise on_status(response.status, raw, response.headers)
+    if stream:
+        return response, b""
+    try:
+        return response, await response.read()
+    finally:
+        response.release()
+
+
+async def get_model_list(
+    session: aiohttp.ClientSession,
+    url: URL,
+    headers: Mapping[str, str],
+    *,
+    on_status: StatusError,
+    client_timeout: aiohttp.ClientTimeout = MODELS_TIMEOUT,
+) -> bytes:
+    """GET a model list and return its body; a non-2xx answer raises `on_status(...)`."""
+    async with session.get(
+        url, headers=headers, timeout=client_timeout, allow_redirects=False
+    ) as response:
+        raw = await read_at_most(response, MAX_MODEL_LIST)
+        if response.status >= 300:
+            raise on_status(response.status, raw, response.headers)
+    return raw
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first `limit` bytes when it is longer."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        data = await response.content.read(limit - size)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts)
