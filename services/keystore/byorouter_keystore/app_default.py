@@ -8,42 +8,41 @@ copied between apps, or between an app default and a connection's credential, do
 from __future__ import annotations
 
 import logging
-from typing import cast
 
-import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from byorouter_common import errors
-from byorouter_common.contracts.keystore import AppDefaultSet, ProviderName
+from byorouter_common.bus import serve
+from byorouter_common.contracts import events
+from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
-from byorouter_keystore import repository as repo
-from byorouter_keystore.app_default_models import AppDefaultProvider, app_default_owner
-from byorouter_keystore.crypto import (
-    KeyringStore,
-    SealedSecret,
-    UnknownKekVersion,
-    seal,
-    undecryptable,
-    unseal,
+from byorouter_keystore.crypto import KeyringStore, SealedSecret, UnknownKekVersion, undecryptable
+from byorouter_keystore.shared import (
+    KEY_REQUIRED,
+    Handlers,
+    audit,
+    get_app,
+    is_plain_http_url,
+    open_api_key,
+    provider_name,
+    rowcount,
+    seal_api_key,
 )
-from byorouter_keystore.models import App
+from byorouter_keystore.tables import App, AppDefaultProvider, app_default_owner
 
 log = logging.getLogger(__name__)
 
-# Providers that cannot be called without a key; a self-hosted server may need none.
-_KEY_REQUIRED: frozenset[str] = frozenset({"openai", "anthropic", "openrouter"})
 
-
-def validate(request: AppDefaultSet) -> None:
+def validate(request: ks.AppDefaultSet) -> None:
     """Refuse a default that could never work; messages name the field, never the value."""
     key = request.api_key.get_secret_value().strip() if request.api_key is not None else ""
-    if request.provider in _KEY_REQUIRED and not key:
+    if request.provider in KEY_REQUIRED and not key:
         raise errors.bad_request(f"api_key is required for {request.provider}.", param="api_key")
     if request.provider == "selfhosted" and not request.base_url:
         raise errors.bad_request("base_url is required for selfhosted.", param="base_url")
-    if request.base_url is not None and not repo._is_plain_http_url(request.base_url):
+    if request.base_url is not None and not is_plain_http_url(request.base_url):
         raise errors.bad_request(
             "base_url must be an absolute http(s) URL without user or password.",
             param="base_url",
@@ -53,19 +52,14 @@ def validate(request: AppDefaultSet) -> None:
 
 
 async def set_default(
-    session: AsyncSession, keyring: KeyringStore, request: AppDefaultSet
+    session: AsyncSession, keyring: KeyringStore, request: ks.AppDefaultSet
 ) -> tuple[App, AppDefaultProvider]:
     """Store (or replace) the app's default provider, its key sealed under a fresh data key."""
     validate(request)
-    app = await repo.get_app(session, request.client_id)
+    app = await get_app(session, request.client_id)
     key = request.api_key.get_secret_value().strip() if request.api_key is not None else ""
     owner_row = await session.get(AppDefaultProvider, app.id, with_for_update=True)
-    sealed = seal(
-        keyring.current,
-        repo._secret_document(key or None),
-        app_default_owner(app.id),
-        request.provider,
-    )
+    sealed = seal_api_key(keyring, key or None, app_default_owner(app.id), request.provider)
     row = owner_row or AppDefaultProvider(app_id=app.id)
     row.provider = request.provider
     row.base_url = request.base_url
@@ -78,19 +72,19 @@ async def set_default(
         session.add(row)
     await session.flush()
     await session.refresh(row)
-    repo._audit(session, "app_default.set", app.id, app.id, provider=request.provider)
+    audit(session, "app_default.set", app.id, app.id, provider=request.provider)
     return app, row
 
 
 async def clear_default(session: AsyncSession, client_id: str) -> tuple[App, bool]:
     """Erase the app's default provider; True if it had one (clearing twice is fine)."""
-    app = await repo.get_app(session, client_id)
+    app = await get_app(session, client_id)
     erased = await session.execute(
         delete(AppDefaultProvider).where(AppDefaultProvider.app_id == app.id)
     )
-    cleared = repo._rowcount(erased) > 0
+    cleared = rowcount(erased) > 0
     if cleared:
-        repo._audit(session, "app_default.cleared", app.id, app.id)
+        audit(session, "app_default.cleared", app.id, app.id)
     return app, cleared
 
 
@@ -100,16 +94,16 @@ async def default_of(session: AsyncSession, app_id: str) -> AppDefaultProvider |
     )
 
 
+async def offers_default_provider(session: AsyncSession, app: App) -> bool:
+    """The app runs an AI of its own that a connection may fall back to."""
+    return await default_of(session, app.id) is not None
+
+
 def open_default(keyring: KeyringStore, row: AppDefaultProvider) -> str | None:
     """The default's API key (None when it has none); a 500 if the row will not decrypt."""
     sealed = SealedSecret(row.kek_version, row.wrapped_dek, row.ciphertext)
     try:
-        try:
-            plaintext = unseal(keyring.current, sealed, row.owner, row.provider)
-        except UnknownKekVersion:
-            # Another copy rotated and we have not seen its event yet: read the file, retry once.
-            keyring.reload()
-            plaintext = unseal(keyring.current, sealed, row.owner, row.provider)
+        return open_api_key(keyring, sealed, row.owner, row.provider)
     except (UnknownKekVersion, ByoError) as exc:
         # Tampered with, copied from another app, or outlived its KEK: the log names the app,
         # never anything of the row's contents.
@@ -118,10 +112,45 @@ def open_default(keyring: KeyringStore, row: AppDefaultProvider) -> str | None:
             extra={"app_id": row.app_id, "reason": type(exc).__name__},
         )
         raise undecryptable() from None
-    api_key = orjson.loads(plaintext).get("api_key")
-    return api_key if isinstance(api_key, str) else None
 
 
-def provider_name(row: AppDefaultProvider) -> ProviderName:
-    """The stored provider as the contract's literal type (the column only ever holds these)."""
-    return cast(ProviderName, row.provider)
+def app_default_info(app: App, default: AppDefaultProvider) -> ks.AppDefaultInfo:
+    return ks.AppDefaultInfo(
+        client_id=app.client_id,
+        provider=provider_name(default),
+        label=default.label,
+        base_url=default.base_url,
+        model=default.model,
+        updated_at=default.updated_at,
+    )
+
+
+# --- bus handlers -------------------------------------------------------------------------------
+
+
+class AppDefaultHandlers(Handlers):
+    """The operator's endpoints to set and clear an app's default provider."""
+
+    def register(self) -> None:
+        broker, discovery = self.runtime.broker, self.runtime.discovery
+        serve(broker, ks.APP_DEFAULT_SET, self.app_default_set, discovery=discovery)
+        serve(broker, ks.APP_DEFAULT_CLEAR, self.app_default_clear, discovery=discovery)
+
+    async def app_default_set(self, request: ks.AppDefaultSet) -> ks.AppDefaultInfo:
+        async with self.sessions.begin() as session:
+            app, default = await set_default(session, self.keyring, request)
+        await self._app_default_changed(app.id)
+        return app_default_info(app, default)
+
+    async def app_default_clear(self, request: ks.AppDefaultClear) -> ks.AppDefaultCleared:
+        async with self.sessions.begin() as session:
+            app, cleared = await clear_default(session, request.client_id)
+        if cleared:
+            await self._app_default_changed(app.id)
+        return ks.AppDefaultCleared(client_id=app.client_id, cleared=cleared)
+
+    async def _app_default_changed(self, app_id: str) -> None:
+        # Every connection of the app resolves differently now: routers drop them all.
+        await self.runtime.bus.publish_event(
+            events.APP_DEFAULT_CHANGED, events.AppDefaultChangedEvent(app_id=app_id)
+        )

@@ -9,12 +9,17 @@ from sqlalchemy import exc as sa_exc
 
 from byorouter_common.bus import map_dependency_errors
 from byorouter_common.service import Service, ServiceRuntime
+from byorouter_keystore.app_default import AppDefaultHandlers
+from byorouter_keystore.apps import AppHandlers
 from byorouter_keystore.commands import COMMANDS, load_keyring
-from byorouter_keystore.connect_handlers import ConnectFlowHandlers
+from byorouter_keystore.connect_flow.consent import ConsentHandlers
+from byorouter_keystore.connect_flow.manage import ManageHandlers
+from byorouter_keystore.connections import ConnectionHandlers
 from byorouter_keystore.crypto import KeyringError
 from byorouter_keystore.db import create_engine, safe_url, session_factory
-from byorouter_keystore.handlers import KeystoreHandlers
+from byorouter_keystore.keys import KeyHandlers
 from byorouter_keystore.settings import KeystoreSettings
+from byorouter_keystore.usage import UsageHandlers
 
 log = logging.getLogger("byorouter_keystore")
 
@@ -34,8 +39,13 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
     engine = create_engine(settings.database_url)
     runtime.on_stop(engine.dispose)
     sessions = session_factory(engine)
-    KeystoreHandlers(runtime, sessions, keyring, settings.rewrap_batch_size).register()
-    ConnectFlowHandlers(runtime, sessions, keyring).register()
+    AppHandlers(runtime, sessions, keyring).register()
+    AppDefaultHandlers(runtime, sessions, keyring).register()
+    ConnectionHandlers(runtime, sessions, keyring).register()
+    UsageHandlers(runtime, sessions, keyring).register()
+    KeyHandlers(runtime, sessions, keyring, settings.rewrap_batch_size).register()
+    ConsentHandlers(runtime, sessions, keyring).register()
+    ManageHandlers(runtime, sessions, keyring).register()
 
     async def serving() -> None:
         log.info(

@@ -9,8 +9,8 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from byorouter_keystore.models import Base
 from byorouter_keystore.settings import KeystoreSettings
+from byorouter_keystore.tables import Base
 
 # Any constant works; it only keeps two keystore copies from migrating at the same moment.
 _MIGRATION_LOCK_ID = 0x6279_6F6B_6579

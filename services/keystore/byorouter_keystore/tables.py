@@ -1,0 +1,226 @@
+"""Every keystore table as a SQLAlchemy ORM class; the schema itself is made by Alembic migrations.
+
+Every one-time secret of the Connect flow is stored only as its SHA-256 (`*_hash`), so a database
+dump hands out nothing an attacker could redeem.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    # Fetch server-made values (timestamps) with RETURNING, so async code never lazy-loads them.
+    __mapper_args__ = {"eager_defaults": True}
+
+
+# --- apps, connections, their credentials, the audit log and usage (migrations 0001, 0002) -----
+
+
+class App(Base):
+    __tablename__ = "apps"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Kept exactly as registered: redirect URIs are matched byte for byte.
+    redirect_uris: Mapped[list[str]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AppKey(Base):
+    __tablename__ = "app_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    # sha256 of the full key string; the key itself is never stored.
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    label: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Connection(Base):
+    __tablename__ = "connections"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'revoked')", name="ck_connections_status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), server_default="active")
+    fallback_to_default: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Credential(Base):
+    """One provider of a connection; the secret is envelope-encrypted (see `crypto`)."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "provider", name="uq_credentials_connection_id"),
+        CheckConstraint("status IN ('ok', 'failing')", name="ck_credentials_status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[int] = mapped_column(Integer)
+    base_url: Mapped[str | None] = mapped_column(Text)
+    preferred_model: Mapped[str | None] = mapped_column(String(200))
+    # Masked, e.g. 'sk-...AbCd'; None when the provider needs no key.
+    label: Mapped[str | None] = mapped_column(String(64))
+    kek_version: Mapped[int] = mapped_column(Integer, index=True)
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), server_default="ok")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class AuditEntry(Base):
+    """Who did what to which app or connection; `detail` never holds a secret."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    action: Mapped[str] = mapped_column(String(64))
+    app_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    subject_id: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+
+class UsageDaily(Base):
+    """A connection's requests and tokens on one provider and model on one day (UTC)."""
+
+    __tablename__ = "usage_daily"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64))
+    requests: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    total_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+# --- the Connect flow (migration 0003) ---------------------------------------------------------
+
+
+class AuthorizationCode(Base):
+    """A code issued to an app's redirect URI, bound to the app, that URI and a PKCE challenge."""
+
+    __tablename__ = "auth_codes"
+
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    # The connection the code grants; created (with the keys) when the person said yes.
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # Set by the one exchange that wins; a later attempt finds it set and revokes the connection.
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ManageLink(Base):
+    """A short-lived, single-use link an app hands its user to manage one connection."""
+
+    __tablename__ = "manage_links"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    return_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ManageSession(Base):
+    """The browser session a redeemed manage link became (its token lives in a cookie)."""
+
+    __tablename__ = "manage_sessions"
+
+    session_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    return_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+# --- apps' own default providers (migration 0004) ----------------------------------------------
+
+# What the envelope's associated data names as the owner of an app default. A connection id
+# ("conn_...") can never take this form, so neither kind of row decrypts in the other's place.
+_OWNER_PREFIX = "app-default:"
+
+
+def app_default_owner(app_id: str) -> str:
+    """The owner an app default's secret is sealed to (in place of a connection id)."""
+    return _OWNER_PREFIX + app_id
+
+
+class AppDefaultProvider(Base):
+    """The provider an operator set for an app: serves `default/<model>` and last fallbacks."""
+
+    __tablename__ = "app_default_providers"
+
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    base_url: Mapped[str | None] = mapped_column(Text)
+    # The model `default` alone asks for, and the one a fallback to the default uses.
+    model: Mapped[str | None] = mapped_column(String(200))
+    # Masked, e.g. 'sk-...AbCd'; None when the provider needs no key.
+    label: Mapped[str | None] = mapped_column(String(64))
+    kek_version: Mapped[int] = mapped_column(Integer, index=True)
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    @property
+    def owner(self) -> str:
+        return app_default_owner(self.app_id)
