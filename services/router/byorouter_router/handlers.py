@@ -1,8 +1,8 @@
-"""Wires the router onto the bus: the chat hot path, the model list, cancels and cache events.
+"""Wires the router onto the bus: chat, cancels, the model list, key checks and cache events.
 
-The model list is a plain FastStream endpoint; chat and cancel use nats-py directly (see
-`chat.py`). `register` subscribes before the broker starts; the upstream pool and the chat
-subscriptions start once the bus is connected and stop before it closes.
+The model list and the key check are plain FastStream endpoints; chat and cancel use nats-py
+directly (see `chat.py`). `register` subscribes before the broker starts; the upstream pool and
+the chat subscriptions start once the bus is connected and stop before it closes.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from byorouter_common.contracts import router as contract
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
 from byorouter_common.contracts.router import ModelList
 from byorouter_common.service import Service, ServiceRuntime
+from byorouter_router.catalog import ModelCatalog
 from byorouter_router.chat import ChatRouter
+from byorouter_router.credential_check import CredentialChecker
 from byorouter_router.credentials import CredentialCache
 from byorouter_router.fallback import RetryPolicy
-from byorouter_router.models import ModelCatalog
-from byorouter_router.provider_test import ProviderTester
 from byorouter_router.providers.anthropic.provider import AnthropicProvider
 from byorouter_router.providers.base import Provider
 from byorouter_router.providers.errors import Timeouts
@@ -43,7 +43,7 @@ class RouterHandlers:
             self._resolve_credentials, settings.credential_cache_ttl_s
         )
         self.keepalive = KeepAliveTicker(settings.keepalive_interval_s)
-        self.tester = ProviderTester(
+        self.credential_checker = CredentialChecker(
             settings.allow_private_upstreams,
             Timeouts(
                 settings.upstream_connect_timeout_s,
@@ -72,7 +72,12 @@ class RouterHandlers:
             self.runtime.broker, events.APP_DEFAULT_CHANGED, self.credentials.on_app_default_changed
         )
         discovery = self.runtime.discovery
-        serve(self.runtime.broker, cn.PROVIDER_TEST, self.tester.test, discovery=discovery)
+        serve(
+            self.runtime.broker,
+            cn.PROVIDER_TEST,
+            self.credential_checker.check,
+            discovery=discovery,
+        )
 
     def _providers(self, session: aiohttp.ClientSession) -> dict[str, Provider]:
         s = self.settings
@@ -106,7 +111,7 @@ class RouterHandlers:
         """The upstream pool and the chat subscriptions; after `runtime.start()`."""
         self._session = create_session(self.settings)
         providers = self._providers(self._session)
-        self.tester.attach(self._session, providers)
+        self.credential_checker.attach(self._session, providers)
         self._catalog = ModelCatalog(self.credentials, providers, self.settings.model_cache_ttl_s)
         self._chat = ChatRouter(
             self.runtime.bus.nc,

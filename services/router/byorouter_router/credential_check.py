@@ -1,15 +1,17 @@
-"""Trying a key before it is saved: list the provider's models and say in plain words how it went.
+"""Checking a key before it is saved: list the provider's models and say in plain words how it went.
 
-Connect's "Test" buttons land here. A provider the router already speaks lists its models itself
-(same pool, same SSRF guard); OpenRouter, and Anthropic on a router without its provider, are
-asked directly with their own auth header. The answer is a sentence for a person ("Key works —
-42 models available", "OpenAI rejected this key (401)", "Could not reach http://10.0.0.5:8000
-(connection refused)"), never the key, and the URL shown is only the base URL's origin.
+Connect's "Test" buttons land here (`PROVIDER_TEST`). A provider the router already speaks
+lists its models itself (same pool, same SSRF guard); OpenRouter, and Anthropic on a router
+without its provider, are asked directly with their own auth header. The answer is a sentence
+for a person ("Key works — 42 models available", "OpenAI rejected this key (401)", "Could not
+reach http://10.0.0.5:8000 (connection refused)"), never the key, and the URL shown is only the
+base URL's origin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import socket
 import ssl
@@ -23,9 +25,10 @@ from yarl import URL
 from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
+from byorouter_router.providers.anthropic.provider import ANTHROPIC_VERSION
 from byorouter_router.providers.base import Provider, ProviderCredential
 from byorouter_router.providers.errors import Timeouts, status_error, transport_error
-from byorouter_router.providers.http import MAX_MODEL_LIST, read_at_most
+from byorouter_router.providers.http import get_model_list
 from byorouter_router.upstream import endpoints_for
 
 DISPLAY_NAMES: Final = {
@@ -34,8 +37,8 @@ DISPLAY_NAMES: Final = {
     "openrouter": "OpenRouter",
     "selfhosted": "Your server",
 }
-# A test answers well within Connect's wait for it, whatever the provider does.
-TEST_TIMEOUT_S: Final = 10.0
+# A check answers well within Connect's wait for it, whatever the provider does.
+CHECK_TIMEOUT_S: Final = 10.0
 # Enough for a picker; OpenRouter lists a few hundred.
 MAX_LISTED_MODELS: Final = 2000
 _STATUS_IN_MESSAGE: Final = re.compile(r"\((\d{3})\)")
@@ -65,7 +68,7 @@ DIRECT: Final = {
         "/v1",
         "x-api-key",
         "",
-        (("anthropic-version", "2023-06-01"),),
+        (("anthropic-version", ANTHROPIC_VERSION),),
     ),
 }
 DEFAULT_HOSTS: Final = {
@@ -141,7 +144,7 @@ def _success(provider: str, models: list[str]) -> cn.ProviderTestResult:
     )
 
 
-class ProviderTester:
+class CredentialChecker:
     """Answers `PROVIDER_TEST` with the router's providers once they exist (after `attach`)."""
 
     def __init__(self, allow_private: bool, timeouts: Timeouts) -> None:
@@ -154,7 +157,7 @@ class ProviderTester:
         self._session = session
         self._providers = providers
 
-    async def test(self, request: cn.ProviderTest) -> cn.ProviderTestResult:
+    async def check(self, request: cn.ProviderTest) -> cn.ProviderTestResult:
         key = request.api_key.get_secret_value().strip() if request.api_key is not None else ""
         base_url = (request.base_url or "").strip() or None
         if request.provider != "selfhosted" and not key:
@@ -165,7 +168,7 @@ class ProviderTester:
             request.provider, request.api_key if key else None, base_url
         )
         try:
-            async with asyncio.timeout(TEST_TIMEOUT_S):
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
                 models = await self._list(credential)
         except ByoError as exc:
             return cn.ProviderTestResult(
@@ -194,16 +197,13 @@ class ProviderTester:
         headers = {"Accept": "application/json", spec.key_header: spec.key_prefix + key}
         headers.update(dict(spec.extra_headers))
         try:
-            async with self._session.get(
+            raw = await get_model_list(
+                self._session,
                 url,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=TEST_TIMEOUT_S),
-                # No redirects: a redirect could lead to an address the SSRF guard never saw.
-                allow_redirects=False,
-            ) as response:
-                raw = await read_at_most(response, MAX_MODEL_LIST)
-                if response.status >= 300:
-                    raise status_error(credential.provider, response.status, raw, response.headers)
+                headers,
+                on_status=functools.partial(status_error, credential.provider),
+                client_timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT_S),
+            )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise transport_error(
                 exc, credential.provider, started=False, timeouts=self._timeouts
