@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# A session token this close to its expiry is not offered: it could lapse in flight.
+# A session token this close to its expiry (or a tenth of its life, if shorter) is not offered:
+# it could lapse in flight.
 _EXPIRY_MARGIN_S = 5.0
 
 
@@ -20,11 +21,11 @@ class Credentials:
     token: str = field(repr=False)
     clock: Callable[[], float] = time.monotonic
     _session: str | None = field(default=None, repr=False)
-    _session_expires: float = 0.0
+    _session_usable_until: float = 0.0
 
     def hello_fields(self) -> dict[str, str]:
         """The `hello` frame's secret: {"session": ...} or {"token": ...}."""
-        if self._session is not None and self.clock() < self._session_expires - _EXPIRY_MARGIN_S:
+        if self._session is not None and self.clock() < self._session_usable_until:
             return {"session": self._session}
         return {"token": self.token}
 
@@ -35,9 +36,9 @@ class Credentials:
     def got_session(self, session: str, ttl_s: float) -> None:
         """From a `welcome` or a `session` frame."""
         self._session = session
-        self._session_expires = self.clock() + ttl_s
+        self._session_usable_until = self.clock() + ttl_s - min(_EXPIRY_MARGIN_S, ttl_s / 10)
 
     def forget_session(self) -> None:
         """The service no longer knows the session (restart, revocation): use the token."""
         self._session = None
-        self._session_expires = 0.0
+        self._session_usable_until = 0.0
