@@ -16,13 +16,14 @@ import logging
 from typing import Final
 
 import nats.errors
-import orjson
 from nats.aio.client import Client as NatsClient
+from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from byorouter_common.bus import CHUNK, DONE, KEEPALIVE, RESULT, START, ReplyStream
 from byorouter_common.contracts import router
+from byorouter_common.contracts.router import StreamStart
 from byorouter_common.errors import ByoError
 from byorouter_gateway.errors import JSON, error_headers
 
@@ -58,12 +59,10 @@ def _unexpected(kind: str) -> ByoError:
 
 def _start_headers(start: bytes) -> list[tuple[bytes, bytes]]:
     try:
-        info = orjson.loads(start)
-        provider = str(info["provider"]).encode()
-        attempts = str(int(info.get("attempts", 1))).encode()
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        info = StreamStart.model_validate_json(start)
+    except ValidationError:
         return []
-    return [(_PROVIDER, provider), (_ATTEMPTS, attempts)]
+    return [(_PROVIDER, info.provider.encode()), (_ATTEMPTS, str(info.attempts).encode())]
 
 
 class ChatRelay(Response):

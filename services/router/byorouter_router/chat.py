@@ -22,17 +22,22 @@ from collections.abc import Coroutine
 from typing import Any, Final
 
 import nats.errors
-import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import ValidationError
 
 from byorouter_common import errors
 from byorouter_common.bus import Discovery, KeepAliveTicker, StreamWriter
 from byorouter_common.contracts import HDR_REQUEST_ID, events
-from byorouter_common.contracts.router import CANCEL_PREFIX, CHAT
+from byorouter_common.contracts.router import (
+    CHAT,
+    ChatRequest,
+    cancel_wildcard,
+    request_id_of_cancel,
+)
 from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import extract_context
 from byorouter_router.credentials import ConnectionCredentials, CredentialCache
@@ -102,7 +107,7 @@ class ChatRouter:
             CHAT.subject, queue=CHAT.service, cb=self.on_request
         )
         # No queue group: only the copy holding the request acts on its cancel.
-        self._cancels = await self._nc.subscribe(f"{CANCEL_PREFIX}.*", cb=self.on_cancel)
+        self._cancels = await self._nc.subscribe(cancel_wildcard(), cb=self.on_cancel)
 
     async def stop(self, grace_s: float) -> None:
         """Take no new requests, let in-flight ones finish for `grace_s`, cancel the rest."""
@@ -138,35 +143,28 @@ class ChatRouter:
             del self._tasks[request_id]
 
     async def on_cancel(self, msg: Msg) -> None:
-        task = self._tasks.get(msg.subject[len(CANCEL_PREFIX) + 1 :])
+        task = self._tasks.get(request_id_of_cancel(msg.subject))
         if task is not None:
             task.cancel()
 
     def _accept(self, msg: Msg) -> tuple[str, Coroutine[Any, Any, None]]:
-        """The request id and the coroutine that answers `msg`, parsing its JSON once."""
-        headers = msg.headers or {}
+        """The request id and the coroutine that answers `msg`, parsing its JSON once.
+
+        The contract model checks the envelope; the OpenAI body inside stays a plain dict.
+        """
         try:
-            request = orjson.loads(msg.data)
-            request_id = request["request_id"]
-            app_id = request["app_id"]
-            connection_id = request["connection_id"]
-            body = request["body"]
-            if not (
-                type(request_id) is str
-                and type(app_id) is str
-                and type(connection_id) is str
-                and type(body) is dict
-            ):
-                raise TypeError
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            request_id = headers.get(HDR_REQUEST_ID) or msg.reply
+            request = ChatRequest.model_validate_json(msg.data)
+        except ValidationError:
+            request_id = (msg.headers or {}).get(HDR_REQUEST_ID) or msg.reply
             return request_id, self._refuse(
                 msg,
                 errors.bad_request(
                     "Invalid chat request: expected request_id, app_id, connection_id and body."
                 ),
             )
-        return request_id, self._answer(msg, request_id, app_id, connection_id, body)
+        return request.request_id, self._answer(
+            msg, request.request_id, request.app_id, request.connection_id, request.body
+        )
 
     async def _refuse(self, msg: Msg, error: ByoError) -> None:
         if msg.reply:
@@ -323,7 +321,7 @@ class ChatRouter:
         reply: BusReply,
     ) -> None:
         event = usage_event(request_id, connection, served, reply.reported_usage())
-        await self._publish(events.USAGE.subject, event)
+        await self._publish(events.USAGE.subject, event.model_dump_json().encode())
 
     async def _publish_credential_status(
         self,

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from byorouter_common.bus import CHUNK, DONE, RESULT, START, StreamWriter
+from byorouter_common.contracts.router import StreamDone, StreamStart
 from byorouter_router.usage import without_usage
 
 
@@ -33,7 +34,11 @@ class BusReply:
         strip_usage: bool = False,
     ) -> None:
         self._writer = writer
-        self._start = orjson.dumps({"provider": provider, "model": model, "attempts": attempts})
+        self._start = (
+            StreamStart(provider=provider, model=model, attempts=attempts)
+            .model_dump_json()
+            .encode()
+        )
         self._strip_usage = strip_usage
         self.started = False
         self.usage: dict[str, Any] | None = None
@@ -52,12 +57,10 @@ class BusReply:
 
     async def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
         self.usage = usage
-        # orjson rather than StreamDone.model_dump_json: same JSON, a fraction of the cost.
         # Usage here is for BYORouter's side (the gateway never relays it); a client sees usage
         # only in chunks, and only when it asked.
-        await self._writer.send(
-            DONE, orjson.dumps({"finish_reason": finish_reason, "usage": usage})
-        )
+        done = StreamDone(finish_reason=finish_reason, usage=usage)
+        await self._writer.send(DONE, done.model_dump_json().encode())
 
     async def result(self, body: bytes) -> None:
         # Its usage is read after the answer is on its way (`reported_usage`), not before.

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import orjson
 
+from byorouter_common.contracts.events import UsageEvent
 from byorouter_router.credentials import ConnectionCredentials
 from byorouter_router.fallback import Candidate
 
@@ -67,20 +68,19 @@ def usage_event(
     connection: ConnectionCredentials,
     served: Candidate,
     usage: dict[str, Any] | None,
-) -> bytes:
-    """The `UsageEvent` JSON for a finished request; counts the upstream did not report are 0."""
-    event = {
-        "request_id": request_id,
-        "app_id": connection.app_id,
-        "connection_id": connection.connection_id,
-        "provider": served.provider,
-        "model": served.model,
-        "prompt_tokens": _tokens(usage, "prompt_tokens"),
-        "completion_tokens": _tokens(usage, "completion_tokens"),
-        "total_tokens": _tokens(usage, "total_tokens"),
-        "at": datetime.now(UTC),
-    }
-    return orjson.dumps(event)
+) -> UsageEvent:
+    """The `UsageEvent` for a finished request; counts the upstream did not report are 0."""
+    return UsageEvent(
+        request_id=request_id,
+        app_id=connection.app_id,
+        connection_id=connection.connection_id,
+        provider=served.provider,
+        model=served.model,
+        prompt_tokens=_tokens(usage, "prompt_tokens"),
+        completion_tokens=_tokens(usage, "completion_tokens"),
+        total_tokens=_tokens(usage, "total_tokens"),
+        at=datetime.now(UTC),
+    )
 
 
 def _tokens(usage: dict[str, Any] | None, name: str) -> int:
