@@ -29,9 +29,9 @@ PREFIX: Final = "byorouter.tunnel"
 # sealed request is too large for one bus message, how many messages carry it.
 HDR_STREAM: Final = "Byo-Stream"
 HDR_PARTS: Final = "Byo-Parts"
-# Reply kind asking for the rest of a request sent in parts, with the subject to send them to.
+# Reply kind asking for the rest of a request sent in parts; its body is the subject to send
+# them to.
 MORE: Final = "more"
-HDR_UPLOAD: Final = "Byo-Upload"
 
 
 def http_subject(tunnel_id: str) -> str:
