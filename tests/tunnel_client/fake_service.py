@@ -52,7 +52,7 @@ class FakeTunnelService:
         return f"ws://127.0.0.1:{port}/tunnel"
 
     async def start(self) -> None:
-        self._server = await serve(self._handle, "127.0.0.1", 0, compression=None)
+        self._server = await serve(self.handle, "127.0.0.1", 0, compression=None)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -70,7 +70,7 @@ class FakeTunnelService:
         async with asyncio.timeout(timeout_s), self.connected:
             await self.connected.wait_for(lambda: len(self.hellos) >= count)
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: ServerConnection) -> None:
         raw = await ws.recv()
         assert isinstance(raw, bytes)
         hello, _ = protocol.decode(raw)

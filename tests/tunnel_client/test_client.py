@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from byorouter_fakes.openai import MODELS, FakeOpenAI
 from byorouter_tunnel_client import __version__, e2e, protocol
@@ -326,3 +328,21 @@ def test_a_session_token_is_not_offered_when_about_to_expire() -> None:
     assert credentials.hello_fields() == {"session": "sess"}
     now[0] += 6
     assert credentials.hello_fields() == {"token": "tok"}
+
+
+async def test_a_5xx_at_the_upgrade_is_retried(
+    service: FakeTunnelService, make_client: Callable[..., TunnelClient]
+) -> None:
+    rejections = iter([503, 502])
+
+    def gate(connection: ServerConnection, request: Request) -> Response | None:
+        status = next(rejections, None)
+        return None if status is None else connection.respond(status, "starting up\n")
+
+    async with serve(service.handle, "127.0.0.1", 0, process_request=gate) as gated:
+        port = gated.sockets[0].getsockname()[1]
+        client = make_client(url=f"ws://127.0.0.1:{port}/tunnel")
+        async with running(client):
+            await client.wait_connected(5)
+    assert client.state.reconnects == 2
+    assert client.state.last_error == "HTTP 502 at the WebSocket upgrade"
