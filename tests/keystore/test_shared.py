@@ -1,0 +1,70 @@
+"""The helpers every keystore resource shares, without a bus or a database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from byorouter_common.errors import ByoError
+from byorouter_keystore.connect_flow.consent import s256
+from byorouter_keystore.crypto import Keyring, KeyringStore, write_keyring_file
+from byorouter_keystore.shared import is_plain_http_url, open_api_key, seal_api_key
+from byorouter_keystore.tables import app_default_owner
+
+API_KEY = "sk-proj-unit-test-secret-0123456789"
+
+
+def test_a_sealed_api_key_opens_only_for_the_owner_it_was_sealed_to() -> None:
+    keyring = KeyringStore(Keyring.generate(), None)
+    sealed = seal_api_key(keyring, API_KEY, "conn_a", "openai")
+
+    assert open_api_key(keyring, sealed, "conn_a", "openai") == API_KEY
+    # An app default is sealed to its app, so a credential row copied there does not open.
+    with pytest.raises(ByoError) as err:
+        open_api_key(keyring, sealed, app_default_owner("app_a"), "openai")
+    assert err.value.code == "credential_undecryptable"
+
+
+def test_a_provider_without_a_key_opens_as_none() -> None:
+    keyring = KeyringStore(Keyring.generate(), None)
+    sealed = seal_api_key(keyring, None, "conn_a", "selfhosted")
+
+    assert open_api_key(keyring, sealed, "conn_a", "selfhosted") is None
+
+
+def test_a_key_sealed_after_another_copy_rotated_opens_after_one_reload(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    old = Keyring.generate()
+    write_keyring_file(path, old)
+    stale = KeyringStore.from_file(path)
+    rotated = old.with_new_version()
+    write_keyring_file(path, rotated)
+    sealed = seal_api_key(KeyringStore(rotated, None), API_KEY, "conn_a", "openai")
+
+    assert open_api_key(stale, sealed, "conn_a", "openai") == API_KEY
+    assert stale.current.active == rotated.active
+
+
+@pytest.mark.parametrize(
+    ("url", "plain"),
+    [
+        ("https://api.example.com/v1", True),
+        ("http://localhost:11434", True),
+        ("ftp://files.example.com", False),
+        ("https://user:password@api.example.com", False),
+        ("https://api.example.com:port", False),
+        ("/v1/chat/completions", False),
+        ("https://api.example.com/v1\n", False),
+    ],
+)
+def test_base_urls_must_be_absolute_http_without_credentials(url: str, plain: bool) -> None:
+    assert is_plain_http_url(url) is plain
+
+
+def test_the_pkce_challenge_matches_rfc_7636() -> None:
+    # RFC 7636, appendix B.
+    assert (
+        s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+        == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    )
