@@ -58,6 +58,8 @@ class ConnectionCredentials:
                 api_key=p.api_key,
                 base_url=p.base_url,
                 preferred_model=p.preferred_model,
+                tunnel_id=p.tunnel_id,
+                tunnel_public_key=p.tunnel_public_key,
             )
             targets[p.provider] = FallbackTarget(p.preferred_model, p.status == "failing")
         default = resolved.app_default

@@ -24,6 +24,8 @@ from byorouter_common.errors import ByoError
 _MISCONFIGURED: Final = frozenset(
     {"provider_misconfigured", "upstream_not_allowed", "provider_not_supported"}
 )
+# No tunnel client is connected: asking again in a moment rarely helps; the next provider may.
+_OFFLINE: Final = frozenset({"tunnel_offline"})
 # The provider rejected the user's key: asking it again gives the same answer.
 KEY_REJECTED: Final = "provider_auth_failed"
 # The name the app's own default provider goes by in model ids, headers and usage.
@@ -112,7 +114,7 @@ class Verdict(enum.Enum):
 
 def classify(error: ByoError) -> Verdict:
     """What a provider's failure (before its answer started) means for the rest of the request."""
-    if error.code == KEY_REJECTED or error.code in _MISCONFIGURED:
+    if error.code == KEY_REJECTED or error.code in _MISCONFIGURED or error.code in _OFFLINE:
         return Verdict.FALL_BACK
     if error.status == 429 or error.status >= 500:
         return Verdict.RETRY

@@ -31,6 +31,7 @@ from byorouter_router.providers.openai_compat import (
     SelfHostedProvider,
 )
 from byorouter_router.providers.openrouter import OpenRouterProvider
+from byorouter_router.providers.tunnel import TunnelTransport
 from byorouter_router.settings import RouterSettings
 from byorouter_router.upstream import create_session
 
@@ -93,7 +94,10 @@ class RouterHandlers:
                 allow_private=s.allow_private_upstreams,
             ),
             "selfhosted": SelfHostedProvider(
-                session, timeouts, allow_private=s.allow_private_upstreams
+                session,
+                timeouts,
+                allow_private=s.allow_private_upstreams,
+                tunnels=TunnelTransport(lambda: self.runtime.bus),
             ),
             "anthropic": AnthropicProvider(
                 session, timeouts, allow_private=s.allow_private_upstreams

@@ -23,6 +23,9 @@ class ProviderCredential:
     api_key: SecretStr | None = field(repr=False)
     base_url: str | None
     preferred_model: str | None = None
+    # selfhosted through a tunnel (`base_url` is then the direct route while it is offline).
+    tunnel_id: str | None = None
+    tunnel_public_key: str | None = None
 
     def authorization(self) -> str | None:
         """The `Authorization` header value for this credential, or None when it has no key."""

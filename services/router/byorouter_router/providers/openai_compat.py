@@ -35,6 +35,7 @@ from byorouter_common.errors import ByoError
 from byorouter_common.redact import redact
 from byorouter_router.providers.base import ChatReply, ProviderCredential
 from byorouter_router.providers.errors import (
+    MAX_ERROR_BODY,
     Timeouts,
     status_error,
     transport_error,
@@ -42,9 +43,12 @@ from byorouter_router.providers.errors import (
 )
 from byorouter_router.providers.http import JSON_HEADERS, SSE_HEADERS, get_model_list, post_chat
 from byorouter_router.providers.sse import OversizedEvent, SseDecoder
+from byorouter_router.providers.tunnel import TunnelOffline, TunnelResponse, TunnelTransport
 from byorouter_router.upstream import UpstreamEndpoints, endpoints_for
 
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
+# What a chat answer is read from: the direct route's HTTP response or the tunnel's.
+UpstreamResponse = aiohttp.ClientResponse | TunnelResponse
 _DONE: Final = b"[DONE]"
 # A quote inside a JSON string is escaped, so these bytes occur only as the key itself (or the
 # rare value "reasoning"), never inside text and never as part of "reasoning_content".
@@ -112,7 +116,6 @@ class OpenAICompatProvider:
         reply: ChatReply,
         deadline: float,
     ) -> None:
-        url = self._endpoints(credential).chat
         stream = body.get("stream") is True
         body["model"] = self._upstream_model(credential, model)
         data = orjson.dumps(body)
@@ -120,9 +123,7 @@ class OpenAICompatProvider:
         started = False
         try:
             async with asyncio.timeout_at(deadline):
-                response, answer = await post_chat(
-                    self._session, url, data, headers, stream=stream, on_status=self._status_error
-                )
+                response, answer = await self._post_chat(credential, data, headers, stream=stream)
             if not stream:
                 answer = _check_completion(self.name, answer, self.renames_reasoning)
                 await reply.start()
@@ -142,7 +143,16 @@ class OpenAICompatProvider:
                 exc, self.name, started=started, timeouts=self._timeouts
             ) from None
 
-    async def _relay(self, response: aiohttp.ClientResponse, reply: ChatReply) -> None:
+    async def _post_chat(
+        self, credential: ProviderCredential, data: bytes, headers: dict[str, str], *, stream: bool
+    ) -> tuple[UpstreamResponse, bytes]:
+        """The upstream's answer to a chat request: open if streamed, else read whole."""
+        url = self._endpoints(credential).chat
+        return await post_chat(
+            self._session, url, data, headers, stream=stream, on_status=self._status_error
+        )
+
+    async def _relay(self, response: UpstreamResponse, reply: ChatReply) -> None:
         """Pass every complete SSE event on as it arrives; end with `done` or raise."""
         content = response.content
         events = SseDecoder()
@@ -249,6 +259,10 @@ class OpenAICompatProvider:
             raw = await get_model_list(self._session, url, headers, on_status=self._status_error)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise transport_error(exc, self.name, started=False, timeouts=self._timeouts) from None
+        return self._model_cards(raw)
+
+    def _model_cards(self, raw: bytes) -> list[ModelCard]:
+        """An OpenAI model list's entries, ids prefixed with this provider's name."""
         try:
             listing = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -316,16 +330,89 @@ def _check_completion(provider: str, answer: bytes, renames_reasoning: bool = Fa
 
 
 class SelfHostedProvider(OpenAICompatProvider):
-    """A server the user runs (vLLM, Ollama, llama.cpp, LM Studio), reached by its base URL."""
+    """A server the user runs (vLLM, Ollama, llama.cpp, LM Studio), reached through its tunnel
+    or by its base URL: the tunnel when it has one, the URL while the tunnel is offline."""
 
     renames_reasoning = True
 
     def __init__(
-        self, session: aiohttp.ClientSession, timeouts: Timeouts, *, allow_private: bool
+        self,
+        session: aiohttp.ClientSession,
+        timeouts: Timeouts,
+        *,
+        allow_private: bool,
+        tunnels: TunnelTransport | None = None,
     ) -> None:
         super().__init__(
             "selfhosted", session, timeouts, default_base_url=None, allow_private=allow_private
         )
+        self._tunnels = tunnels
+
+    async def _post_chat(
+        self, credential: ProviderCredential, data: bytes, headers: dict[str, str], *, stream: bool
+    ) -> tuple[UpstreamResponse, bytes]:
+        if credential.tunnel_id is None or self._tunnels is None:
+            return await super()._post_chat(credential, data, headers, stream=stream)
+        try:
+            response = await self._through_tunnel(
+                credential, "POST", "/chat/completions", data, stream=stream
+            )
+        except TunnelOffline:
+            if credential.base_url:
+                return await super()._post_chat(credential, data, headers, stream=stream)
+            raise
+        if response.status >= 300:
+            raw = await response.read()
+            response.close()
+            raise self._status_error(response.status, raw[:MAX_ERROR_BODY], response.headers)
+        if stream:
+            return response, b""
+        try:
+            return response, await response.read()
+        finally:
+            response.release()
+
+    async def _through_tunnel(
+        self,
+        credential: ProviderCredential,
+        method: str,
+        path: str,
+        data: bytes,
+        *,
+        stream: bool = False,
+    ) -> TunnelResponse:
+        assert self._tunnels is not None
+        assert credential.tunnel_id is not None
+        if credential.tunnel_public_key is None:
+            # Bound at the client's first connect: a tunnel never connected is offline.
+            raise TunnelOffline()
+        key = credential.api_key.get_secret_value() if credential.api_key else None
+        return await self._tunnels.call(
+            credential.tunnel_id,
+            credential.tunnel_public_key,
+            method,
+            path,
+            data,
+            stream=stream,
+            upstream_key=key or None,
+        )
+
+    async def list_models(self, credential: ProviderCredential) -> list[ModelCard]:
+        if credential.tunnel_id is None or self._tunnels is None:
+            return await super().list_models(credential)
+        try:
+            response = await self._through_tunnel(credential, "GET", "/models", b"")
+        except TunnelOffline:
+            if credential.base_url:
+                return await super().list_models(credential)
+            return []  # an offline tunnel offers no models now
+        try:
+            raw = await response.read()
+        finally:
+            response.close()
+        if response.status >= 300:
+            raise self._status_error(response.status, raw[:MAX_ERROR_BODY], response.headers)
+        return self._model_cards(raw)
 
     def _status_error(self, status: int, raw: bytes, headers: CIMultiDictProxy[str]) -> ByoError:
         if status == 403 and not raw.strip():
