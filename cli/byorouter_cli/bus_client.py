@@ -10,13 +10,14 @@ from typing import Any, TypeVar
 
 import nats.errors
 
+from byorouter_cli.dev.state import DEFAULT_STATE_DIR, DEV_FILE_NAME
 from byorouter_common.bus import Bus, connect
 from byorouter_common.errors import ByoError
 from byorouter_common.settings import ServiceSettings
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 # Written by `byorouter dev` so the CLI in the same directory finds the NATS it started.
-DEV_FILE = Path(".byorouter") / "dev.json"
+DEV_FILE = DEFAULT_STATE_DIR / DEV_FILE_NAME
 
 T = TypeVar("T")
 

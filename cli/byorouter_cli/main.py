@@ -374,7 +374,8 @@ def dev(
     json_mode: JsonFlag = False,
 ) -> None:
     """Run the whole stack on this machine (NATS, PostgreSQL, five services, a demo app)."""
-    from byorouter_cli.devstack import Ports, run_dev
+    from byorouter_cli.dev.ports import Ports
+    from byorouter_cli.dev.run import run_dev
 
     code = run_dev(
         state_dir,

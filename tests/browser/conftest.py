@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, async_playwright
 
-from byorouter_cli.devstack import DemoFacts, Stack
+from byorouter_cli.dev.demo import DemoFacts
+from byorouter_cli.dev.stack import Stack
 from byorouter_fakes.anthropic import FakeAnthropic
 from byorouter_fakes.openrouter import FakeOpenRouter
 from tests.conftest import create_database, drop_database

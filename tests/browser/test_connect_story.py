@@ -16,7 +16,8 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
-from byorouter_cli.devstack import DemoFacts, Stack
+from byorouter_cli.dev.demo import DemoFacts
+from byorouter_cli.dev.stack import Stack
 from byorouter_fakes.openrouter import FakeOpenRouter
 
 pytestmark = pytest.mark.slow

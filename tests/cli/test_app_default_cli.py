@@ -6,7 +6,7 @@ import secrets
 
 import httpx
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from tests.cli.test_cli import byorouter, create_app, create_connection
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 
-from byorouter_cli.devstack import DemoFacts, Stack, free_ports
+from byorouter_cli.dev.demo import DemoFacts
+from byorouter_cli.dev.ports import free_ports
+from byorouter_cli.dev.stack import Stack
 
 # The installed entry point, as an operator runs it (`make install` puts it next to python).
 _SCRIPT = Path(sys.executable).with_name("byorouter")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from byorouter_cli.devstack import free_ports
+from byorouter_cli.dev.ports import free_ports
 
 _SCRIPT = Path(sys.executable).with_name("byorouter")
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "byorouter_cli.main"]

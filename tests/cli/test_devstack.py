@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from byorouter_cli.devstack import Ports, Stack, StackError
+from byorouter_cli.dev.errors import StackError
+from byorouter_cli.dev.ports import Ports
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import connect
 
 

@@ -22,7 +22,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from byorouter_cli.devstack import Stack, free_ports
+from byorouter_cli.dev.ports import free_ports
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus, connect
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.settings import ServiceSettings

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ByoError

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from tests.connect.conftest import (
     Pkce,

@@ -7,7 +7,7 @@ import secrets
 import httpx
 from pydantic import SecretStr
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
 from tests.connect.conftest import (

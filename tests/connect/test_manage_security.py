@@ -7,7 +7,7 @@ import secrets
 
 import httpx
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from tests.connect.conftest import (
     RegisteredApp,

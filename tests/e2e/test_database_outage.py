@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus, connect
 from tests.e2e.conftest import create_app_with_connection
 

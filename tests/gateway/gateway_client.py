@@ -17,7 +17,7 @@ import httpx
 import orjson
 from nats.aio.client import Client as NatsClient
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
 from tests.e2e.conftest import create_app_with_connection

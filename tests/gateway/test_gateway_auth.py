@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
 from tests.gateway.gateway_client import (

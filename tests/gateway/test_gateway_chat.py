@@ -16,7 +16,7 @@ import orjson
 import pytest
 from nats.aio.msg import Msg
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import router as rt
 from tests.e2e.conftest import upstream_requests

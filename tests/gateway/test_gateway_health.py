@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 
 
 async def test_healthz_answers(http: httpx.AsyncClient) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from tests.gateway.gateway_client import Tenant
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import orjson
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from tests.gateway.gateway_client import chat_body, forged_key, new_tenant, sse_events
 

@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus, connect_options
 from byorouter_common.contracts import keystore as ks
 from tests.conftest import create_database, drop_database

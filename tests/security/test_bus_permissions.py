@@ -22,7 +22,7 @@ import openai
 import pytest
 from nats.aio.msg import Msg
 
-from byorouter_cli.devstack import Stack
+from byorouter_cli.dev.stack import Stack
 from byorouter_common.contracts import Empty, events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt

@@ -1,0 +1,1 @@
+"""`byorouter dev` and the `Stack` behind it: the whole of BYORouter on one machine."""
