@@ -18,7 +18,7 @@ TUNNEL_PATH = "/tunnel"
 def create_app(runtime: ServiceRuntime[TunnelSettings], hub: Hub) -> FastAPI:
     app = FastAPI(title="BYORouter Tunnel", docs_url=None, redoc_url=None, openapi_url=None)
     # Ready means the bus answers: a tunnel that cannot reach NATS cannot bridge anything.
-    app.include_router(health_router(lambda: runtime.bus, dependencies=("keystore",)))
+    app.include_router(health_router(lambda: runtime.bus))
 
     @app.websocket(TUNNEL_PATH)
     async def tunnel_socket(ws: WebSocket) -> None:
