@@ -129,6 +129,17 @@ class ClientSocket:
         if header.get("end"):
             del self.streams[stream.stream_id]
             self.keepalive.discard(stream.writer)
+            if header.get("error") == "decrypt":
+                # The one unsealed answer: the client could not open the request at all.
+                await stream.writer.error(
+                    ByoError(
+                        502,
+                        "tunnel_key_mismatch",
+                        "The tunnel client could not open the request: its key is not the one "
+                        "bound to this tunnel.",
+                    )
+                )
+                return
             await stream.writer.send(DONE, payload)
         else:
             await stream.writer.send(CHUNK, payload)

@@ -85,7 +85,13 @@ class TunnelResponse:
         while not self._ended:
             kind, sealed = await self._replies.next()
             if kind == CHUNK:
-                data = self._keys.open(protocol.DATA, sealed)
+                try:
+                    data = self._keys.open(protocol.DATA, sealed)
+                except e2e.DecryptError:
+                    self.close()
+                    raise ByoError(
+                        502, "upstream_error", "The tunnel client's answer does not open."
+                    ) from None
                 if data:
                     return data
             elif kind == DONE:
@@ -116,7 +122,11 @@ def _finish(keys: e2e.RouterStream, sealed: bytes) -> None:
         keys.open(protocol.END, sealed)
         return
     except e2e.DecryptError:
+        pass
+    try:
         failure = keys.open(protocol.FAIL, sealed)
+    except e2e.DecryptError:
+        raise ByoError(502, "upstream_error", "The tunnel client's answer does not open.") from None
     raise _failure(failure)
 
 
