@@ -17,7 +17,12 @@ COPY pyproject.toml ./
 COPY libs ./libs
 COPY cli ./cli
 COPY services ./services
-RUN pip install --no-deps . && rm -rf build
+COPY clients ./clients
+# The tunnel client is installed (the services use its protocol) and built as a wheel that the
+# tunnel service serves at /client.
+RUN pip install --no-deps . ./clients/tunnel \
+    && pip wheel --no-deps -w /app/clients/tunnel/dist ./clients/tunnel \
+    && rm -rf build clients/tunnel/build
 
 # Services never need root. The keyring lives on a volume only keystore and the setup job mount.
 RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent byorouter \
@@ -25,6 +30,7 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent byorou
     && chown byorouter /var/lib/byorouter \
     && chmod 700 /var/lib/byorouter
 USER byorouter
-ENV BYOROUTER_KEYRING_FILE=/var/lib/byorouter/keyring.json
+ENV BYOROUTER_KEYRING_FILE=/var/lib/byorouter/keyring.json \
+    BYOROUTER_CLIENT_DIST_DIR=/app/clients/tunnel/dist
 
 CMD ["python", "-m", "byorouter_gateway"]

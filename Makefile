@@ -37,6 +37,10 @@ $(BIN)/python:
 $(STAMP): requirements.lock pyproject.toml clients/tunnel/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e . -e clients/tunnel
+	@# The tunnel service serves this wheel at /client, so users install the client from here.
+	rm -rf clients/tunnel/dist
+	$(BIN)/python -m pip wheel --disable-pip-version-check -q --no-deps -w clients/tunnel/dist ./clients/tunnel
+	rm -rf clients/tunnel/build
 	@touch $@
 
 $(JS_STAMP): $(JS_DIR)/package-lock.json

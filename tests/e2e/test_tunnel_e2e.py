@@ -9,6 +9,7 @@ service -> WebSocket -> client -> fake upstream and back, sealed end to end.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import secrets
 import shutil
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +267,16 @@ async def test_offline_tunnel_without_another_provider_is_a_503_tunnel_offline(
             )
     assert raised.value.status_code == 503
     assert raised.value.code == "tunnel_offline"
+
+
+async def test_the_client_can_be_installed_from_the_deployment(stack: Any) -> None:
+    async with httpx.AsyncClient(base_url=stack.tunnel_url) as http:
+        page = await http.get("/client")
+        assert page.status_code == 200
+        url = next(word for word in page.text.split() if word.endswith(".whl"))
+        wheel = await http.get(url)
+    assert wheel.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(wheel.content)) as archive:
+        names = archive.namelist()
+    assert "byorouter_tunnel_client/cli.py" in names
+    assert any(name.endswith("entry_points.txt") for name in names)

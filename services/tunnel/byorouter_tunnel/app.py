@@ -8,6 +8,7 @@ from byorouter_common.bus import subscribe_event
 from byorouter_common.contracts import events
 from byorouter_common.health import health_router
 from byorouter_common.service import Service, ServiceRuntime
+from byorouter_tunnel.downloads import default_dist_dir, downloads_router
 from byorouter_tunnel.hub import Hub
 from byorouter_tunnel.settings import TunnelSettings
 
@@ -19,6 +20,7 @@ def create_app(runtime: ServiceRuntime[TunnelSettings], hub: Hub) -> FastAPI:
     app = FastAPI(title="BYORouter Tunnel", docs_url=None, redoc_url=None, openapi_url=None)
     # Ready means the bus answers: a tunnel that cannot reach NATS cannot bridge anything.
     app.include_router(health_router(lambda: runtime.bus))
+    app.include_router(downloads_router(runtime.settings.client_dist_dir or default_dist_dir()))
 
     @app.websocket(TUNNEL_PATH)
     async def tunnel_socket(ws: WebSocket) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 
 from byorouter_common.settings import ServiceSettings
@@ -24,3 +26,5 @@ class TunnelSettings(ServiceSettings):
     drain_grace_s: float = 30.0
     # Keep-alives to the router while a client's model is silent.
     keepalive_interval_s: float = 5.0
+    # The client wheels served at /client (default: where `make install` builds them).
+    client_dist_dir: Path | None = None
