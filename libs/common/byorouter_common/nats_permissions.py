@@ -23,6 +23,7 @@ from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
+from byorouter_common.contracts import tunnel as tn
 from byorouter_common.contracts.base import Endpoint, Event, service_wildcard
 
 ADMIN: Final = "admin"
@@ -55,6 +56,10 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
         rt.CHAT,
         rt.MODELS,
         *_GATEWAY_FLOW,
+        ks.TUNNEL_REGISTER,
+        ks.TUNNEL_GET,
+        ks.TUNNEL_ROTATE,
+        ks.TUNNEL_REVOKE,
     ),
     # Connect changes connections only through a consent or a live manage session. (It may
     # still read one, masked: tests/security uses that as its example of an allowed call.)
@@ -63,11 +68,17 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
         cn.PROVIDER_TEST,
         ks.CONNECTION_GET,
     ),
-    "tunnel": (),
+    # The tunnel service checks its clients and reports them; nothing it calls returns a key.
+    "tunnel": (ks.TUNNEL_AUTHENTICATE, ks.TUNNEL_SESSION_REFRESH, ks.TUNNEL_PRESENCE),
 }
-# Fire-and-forget subjects besides calls and events: the gateway tells the router a client
-# went away. (The router's usage and rejected-key reports are events: see `ANNOUNCES`.)
-NOTIFIES: Final[Mapping[str, tuple[str, ...]]] = {"gateway": (rt.cancel_wildcard(),)}
+# Subjects besides contract calls and events: the gateway tells the router a client went away
+# and asks tunnels who is connected; the router calls tunnels (requests, their cancels and the
+# parts of a large request). (The router's usage and rejected-key reports are events: see
+# `ANNOUNCES`.)
+NOTIFIES: Final[Mapping[str, tuple[str, ...]]] = {
+    "gateway": (rt.cancel_wildcard(), tn.status_wildcard()),
+    "router": (tn.http_wildcard(), tn.cancel_wildcard(), tn.upload_wildcard()),
+}
 # Who may announce what. Only keystore knows when apps, keys and connections change: a forged
 # `app_key.revoked` from anyone else would lock an app out of every gateway. Only the router
 # sees usage and rejected keys.

@@ -18,6 +18,7 @@ from byorouter_common import errors
 from byorouter_common.bus import consume_event, serve
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts.tunnel import is_tunnel_id
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
 from byorouter_keystore import ids
@@ -37,7 +38,8 @@ from byorouter_keystore.shared import (
     rowcount,
     seal_api_key,
 )
-from byorouter_keystore.tables import App, AppDefaultProvider, Connection, Credential
+from byorouter_keystore.tables import App, AppDefaultProvider, Connection, Credential, Tunnel
+from byorouter_keystore.tunnels import revoke_tunnels_of_connection, routable_tunnels
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,18 @@ def validate_providers(providers: Sequence[ks.ProviderCredentialInput]) -> None:
             raise errors.bad_request(
                 f"{field}.api_key is required for {p.provider}.", param=f"{field}.api_key"
             )
-        if p.provider == "selfhosted" and not p.base_url:
+        if p.tunnel_id is not None and (
+            p.provider != "selfhosted" or not is_tunnel_id(p.tunnel_id)
+        ):
             raise errors.bad_request(
-                f"{field}.base_url is required for selfhosted.", param=f"{field}.base_url"
+                f"{field}.tunnel_id must be a tunnel id (tun_...), for selfhosted only.",
+                param=f"{field}.tunnel_id",
+            )
+        # A tunnel is a destination of its own: the direct URL is then only its fallback.
+        if p.provider == "selfhosted" and not p.base_url and p.tunnel_id is None:
+            raise errors.bad_request(
+                f"{field}.base_url is required for selfhosted without a tunnel.",
+                param=f"{field}.base_url",
             )
         if p.base_url is not None and not is_plain_http_url(p.base_url):
             raise errors.bad_request(
@@ -80,6 +91,14 @@ async def create_connection(
     fallback_to_default: bool,
 ) -> tuple[Connection, list[Credential]]:
     validate_providers(providers)
+    for index, p in enumerate(providers):
+        if p.tunnel_id is not None:
+            # A tunnel belongs to one existing connection: it is made by `tunnel.register`.
+            raise errors.bad_request(
+                f"providers[{index}].tunnel_id: register a tunnel for the connection once it "
+                "exists (POST /api/tunnel/register).",
+                param=f"providers[{index}].tunnel_id",
+            )
     if await session.get(App, app_id) is None:
         raise app_not_found()
     connection = Connection(
@@ -127,20 +146,34 @@ async def get_connection(
     return connection, await credentials_of(session, connection.id)
 
 
-async def delete_connection(session: AsyncSession, app_id: str, connection_id: str) -> None:
-    """Revoke the connection and erase the user's keys; a second delete is a 404."""
+async def delete_connection(session: AsyncSession, app_id: str, connection_id: str) -> list[Tunnel]:
+    """Revoke the connection and its tunnels and erase the user's keys; a second delete is a 404.
+
+    Returns the tunnels it revoked, for the caller to announce once committed.
+    """
     connection = await owned_connection(session, app_id, connection_id, for_update=True)
     connection.status = "revoked"
     erased = await session.execute(
         delete(Credential).where(Credential.connection_id == connection.id)
     )
-    audit(session, "connection.deleted", app_id, connection.id, credentials_erased=rowcount(erased))
+    tunnels = await revoke_tunnels_of_connection(session, connection.id)
+    audit(
+        session,
+        "connection.deleted",
+        app_id,
+        connection.id,
+        credentials_erased=rowcount(erased),
+        tunnels_revoked=[t.id for t in tunnels],
+    )
+    return tunnels
 
 
 @dataclass(frozen=True)
 class ResolvedCredential:
     credential: Credential
     api_key: str | None
+    # The active tunnel the credential routes through, if any.
+    tunnel: Tunnel | None = None
 
 
 def _unseal(keyring: KeyringStore, credential: Credential) -> str | None:
@@ -165,7 +198,13 @@ async def resolve_credentials(
     session: AsyncSession, keyring: KeyringStore, app_id: str, connection_id: str
 ) -> tuple[Connection, list[ResolvedCredential]]:
     connection, credentials = await get_connection(session, app_id, connection_id)
-    resolved = [ResolvedCredential(c, _unseal(keyring, c)) for c in credentials]
+    tunnels = await routable_tunnels(session, credentials)
+    resolved = [
+        ResolvedCredential(
+            c, _unseal(keyring, c), tunnels.get(c.tunnel_id) if c.tunnel_id else None
+        )
+        for c in credentials
+    ]
     return connection, resolved
 
 
@@ -232,7 +271,8 @@ class ConnectionHandlers(Handlers):
 
     async def connection_delete(self, request: ks.ConnectionRef) -> ks.ConnectionDeleted:
         async with self.sessions.begin() as session:
-            await delete_connection(session, request.app_id, request.connection_id)
+            tunnels = await delete_connection(session, request.app_id, request.connection_id)
+        await self.tunnels_revoked(tunnels)
         await self.connection_changed(request.connection_id, request.app_id, deleted=True)
         return ks.ConnectionDeleted(connection_id=request.connection_id)
 
@@ -257,6 +297,10 @@ class ConnectionHandlers(Handlers):
                     preferred_model=r.credential.preferred_model,
                     priority=r.credential.priority,
                     status="failing" if r.credential.status == "failing" else "ok",
+                    # A revoked (or never registered) tunnel is no tunnel: the router uses the
+                    # direct URL, or falls back.
+                    tunnel_id=r.tunnel.id if r.tunnel is not None else None,
+                    tunnel_public_key=r.tunnel.public_key if r.tunnel is not None else None,
                 )
                 for r in resolved
             ],

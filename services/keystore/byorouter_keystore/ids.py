@@ -39,6 +39,11 @@ def new_credential_id() -> str:
     return "cred_" + _random(_LOWER_ALNUM, 24)
 
 
+def new_tunnel_id() -> str:
+    # 22 URL-safe characters (128 bits): tunnel ids go into subjects, see `tn.is_tunnel_id`.
+    return "tun_" + secrets.token_urlsafe(16)
+
+
 def new_app_key() -> tuple[str, str]:
     """A fresh app API key: (key_id, full key string). The full key is shown once, never stored."""
     key_id = _random(_LOWER_ALNUM, KEY_ID_LENGTH)

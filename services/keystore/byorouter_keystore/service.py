@@ -19,6 +19,7 @@ from byorouter_keystore.crypto import KeyringError
 from byorouter_keystore.db import create_engine, safe_url, session_factory
 from byorouter_keystore.keys import KeyHandlers
 from byorouter_keystore.settings import KeystoreSettings
+from byorouter_keystore.tunnels import TunnelHandlers
 from byorouter_keystore.usage import UsageHandlers
 
 log = logging.getLogger("byorouter_keystore")
@@ -46,6 +47,7 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
     KeyHandlers(runtime, sessions, keyring, settings.rewrap_batch_size).register()
     ConsentHandlers(runtime, sessions, keyring).register()
     ManageHandlers(runtime, sessions, keyring).register()
+    TunnelHandlers(runtime, sessions, keyring).register()
 
     async def serving() -> None:
         log.info(

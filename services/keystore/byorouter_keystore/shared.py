@@ -23,7 +23,14 @@ from byorouter_common.errors import ByoError
 from byorouter_common.service import ServiceRuntime
 from byorouter_keystore.crypto import KeyringStore, SealedSecret, UnknownKekVersion, seal, unseal
 from byorouter_keystore.settings import KeystoreSettings
-from byorouter_keystore.tables import App, AppDefaultProvider, AuditEntry, Connection, Credential
+from byorouter_keystore.tables import (
+    App,
+    AppDefaultProvider,
+    AuditEntry,
+    Connection,
+    Credential,
+    Tunnel,
+)
 
 # Providers that cannot be called without a key; a self-hosted server may need none.
 KEY_REQUIRED: frozenset[str] = frozenset({"openai", "anthropic", "openrouter"})
@@ -156,6 +163,7 @@ def connection_info(connection: Connection, credentials: list[Credential]) -> ks
                 status="failing" if c.status == "failing" else "ok",
                 last_error=c.last_error,
                 updated_at=c.updated_at,
+                tunnel_id=c.tunnel_id,
             )
             for c in credentials
         ],
@@ -188,3 +196,20 @@ class Handlers:
                 connection_id=connection_id, app_id=app_id, deleted=deleted
             ),
         )
+
+    async def tunnel_changed(self, tunnel: Tunnel, *, revoked: bool) -> None:
+        """Tell every tunnel copy a tunnel was rotated or revoked (it closes a revoked one's
+        sockets at once)."""
+        await self.runtime.bus.publish_event(
+            events.TUNNEL_CHANGED,
+            events.TunnelChangedEvent(
+                tunnel_id=tunnel.id,
+                connection_id=tunnel.connection_id,
+                app_id=tunnel.app_id,
+                revoked=revoked,
+            ),
+        )
+
+    async def tunnels_revoked(self, tunnels: list[Tunnel]) -> None:
+        for tunnel in tunnels:
+            await self.tunnel_changed(tunnel, revoked=True)

@@ -99,6 +99,11 @@ class Credential(Base):
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(16), server_default="ok")
     last_error: Mapped[str | None] = mapped_column(Text)
+    # selfhosted only: the tunnel to the user's server (migration 0005); `base_url`, if set, is
+    # then the direct address used while the tunnel is offline.
+    tunnel_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tunnels.id", ondelete="SET NULL", name="fk_credentials_tunnel_id")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -224,3 +229,44 @@ class AppDefaultProvider(Base):
     @property
     def owner(self) -> str:
         return app_default_owner(self.app_id)
+
+
+# --- tunnels to users' own model servers (migration 0005) --------------------------------------
+
+
+class Tunnel(Base):
+    """A tunnel of one connection's self-hosted provider; its tokens are stored as SHA-256 hex."""
+
+    __tablename__ = "tunnels"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str | None] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    # After a rotation: the old token's hash, which opens new sockets until `previous_valid_until`.
+    previous_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    previous_valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The client's X25519 public key (base64url), bound at its first connect.
+    public_key: Mapped[str | None] = mapped_column(String(64))
+    # What the app said the server has, and what the client last reported it has.
+    declared_models: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
+    models: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
+    client_version: Mapped[str | None] = mapped_column(String(64))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TunnelSession(Base):
+    """A short-lived session a tunnel client reconnects with instead of its long-lived token."""
+
+    __tablename__ = "tunnel_sessions"
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tunnel_id: Mapped[str] = mapped_column(ForeignKey("tunnels.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -15,6 +15,9 @@ such copy (no queue group).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from datetime import datetime
 from typing import Final
 
@@ -58,6 +61,45 @@ def queue_group(tunnel_id: str) -> str:
 def all_tunnels_wildcard() -> str:
     """Every tunnel subject, for NATS permissions."""
     return f"{PREFIX}.>"
+
+
+def status_wildcard() -> str:
+    """Every tunnel's `.status`, for NATS permissions (the gateway asks it)."""
+    return f"{PREFIX}.*.status"
+
+
+def http_wildcard() -> str:
+    """Every tunnel's `.http`, for NATS permissions (the router calls it)."""
+    return f"{PREFIX}.*.http"
+
+
+def cancel_wildcard() -> str:
+    """Every tunnel's `.cancel`, for NATS permissions (the router sends it)."""
+    return f"{PREFIX}.*.cancel"
+
+
+def upload_wildcard() -> str:
+    """Every tunnel's `.upload.<stream_id>`, for NATS permissions (the router sends parts)."""
+    return f"{PREFIX}.*.upload.*"
+
+
+def public_key_bytes(public_key: str) -> bytes | None:
+    """The 32 raw bytes of an X25519 public key as clients send it (base64url), or None."""
+    try:
+        raw = base64.urlsafe_b64decode(public_key + "=" * (-len(public_key) % 4))
+    except (ValueError, binascii.Error):
+        return None
+    # Canonical only: the decoder skips stray characters, and the stored text must be the key.
+    canonical = base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == public_key.rstrip("=")
+    return raw if len(raw) == 32 and canonical else None
+
+
+def public_key_fingerprint(public_key: str) -> str:
+    """A short, human-comparable name for a public key: the same as the tunnel client shows
+    (`byorouter_tunnel_client.e2e.fingerprint`), so a person can compare the two."""
+    raw = base64.urlsafe_b64decode(public_key + "=" * (-len(public_key) % 4))
+    digest = hashlib.sha256(raw).hexdigest()
+    return ":".join(digest[i : i + 4] for i in range(0, 16, 4))
 
 
 def is_tunnel_id(value: str) -> bool:

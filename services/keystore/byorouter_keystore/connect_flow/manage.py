@@ -39,7 +39,15 @@ from byorouter_keystore.shared import (
     owned_connection,
     seal_api_key,
 )
-from byorouter_keystore.tables import App, Connection, Credential, ManageLink, ManageSession
+from byorouter_keystore.tables import (
+    App,
+    Connection,
+    Credential,
+    ManageLink,
+    ManageSession,
+    Tunnel,
+)
+from byorouter_keystore.tunnels import check_tunnel_of
 
 
 def session_expired() -> ByoError:
@@ -184,10 +192,18 @@ async def manage_context(
 async def set_provider(
     session: AsyncSession, keyring: KeyringStore, context: ManageContext, p: ProviderCredentialInput
 ) -> None:
-    """Add a provider, or replace one: a new data key seals the new key; the id stays."""
-    validate_providers([p])
+    """Add a provider, or replace one: a new data key seals the new key; the id stays.
+
+    A self-hosted provider keeps its tunnel unless another tunnel of this connection is named.
+    """
     connection = context.connection
     existing = {c.provider: c for c in await credentials_of(session, connection.id)}
+    kept = existing.get(p.provider)
+    if p.tunnel_id is None and kept is not None and kept.tunnel_id is not None:
+        p = p.model_copy(update={"tunnel_id": kept.tunnel_id})
+    validate_providers([p])
+    if p.tunnel_id is not None and (kept is None or p.tunnel_id != kept.tunnel_id):
+        await check_tunnel_of(session, connection.id, p.tunnel_id)
     key = p.api_key.get_secret_value().strip() if p.api_key is not None else ""
     sealed = seal_api_key(keyring, key or None, connection.id, p.provider)
     current = existing.get(p.provider)
@@ -205,11 +221,13 @@ async def set_provider(
                 wrapped_dek=sealed.wrapped_dek,
                 ciphertext=sealed.ciphertext,
                 status="ok",
+                tunnel_id=p.tunnel_id,
             )
         )
         action = "provider.added"
     else:
         current.base_url = p.base_url
+        current.tunnel_id = p.tunnel_id
         if p.preferred_model is not None:
             current.preferred_model = p.preferred_model
         current.label = mask_key(key) if key else None
@@ -272,14 +290,18 @@ async def set_preferences(
     audit(session, "connection.preferences_changed", context.app.id, connection.id)
 
 
-async def disconnect(session: AsyncSession, context: ManageContext) -> None:
-    """Revoke the connection and erase its keys; the session stays only to show the done page."""
-    await delete_connection(session, context.app.id, context.connection.id)
+async def disconnect(session: AsyncSession, context: ManageContext) -> list[Tunnel]:
+    """Revoke the connection and erase its keys; the session stays only to show the done page.
+
+    Returns the tunnels revoked with it, to announce once committed.
+    """
+    tunnels = await delete_connection(session, context.app.id, context.connection.id)
     await session.execute(
         update(ManageLink)
         .where(ManageLink.connection_id == context.connection.id, ManageLink.used_at.is_(None))
         .values(used_at=func.now())
     )
+    return tunnels
 
 
 # --- bus handlers -------------------------------------------------------------------------------
@@ -365,4 +387,11 @@ class ManageHandlers(Handlers):
         return await self._change(request.session, change)
 
     async def manage_disconnect(self, request: cn.ManageDisconnect) -> cn.ManageView:
-        return await self._change(request.session, disconnect)
+        revoked: list[Tunnel] = []
+
+        async def change(session: AsyncSession, context: ManageContext) -> None:
+            revoked.extend(await disconnect(session, context))
+
+        view = await self._change(request.session, change)
+        await self.tunnels_revoked(revoked)
+        return view
