@@ -4,7 +4,9 @@
 Protocol (ARCHITECTURE.md, "Streaming replies"):
   start -> chunk* -> done | error     each with Byo-Seq 0,1,2,...; keepalive may appear anywhere;
   result                              the single reply of a non-streamed chat request.
-A gap in Byo-Seq or silence longer than the idle timeout is an error for the caller.
+A gap in Byo-Seq or silence longer than the idle timeout is an error for the caller. A message
+larger than the bus carries goes as several pieces of the same kind, every one but the last
+marked `Byo-More`; the caller sees the one message they make up, never a cut.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from nats.aio.msg import Msg
 
 from byorouter_common import errors
 from byorouter_common.bus.failures import bus_error
-from byorouter_common.contracts import HDR_KIND, HDR_SEQ
+from byorouter_common.contracts import HDR_KIND, HDR_MORE, HDR_SEQ
 from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import inject_headers
 
@@ -30,6 +32,8 @@ ERROR: Final = "error"
 KEEPALIVE: Final = "keepalive"
 RESULT: Final = "result"
 TERMINAL: Final = frozenset((DONE, ERROR, RESULT))
+# Room left in a bus message for its subject and headers when a reply is split into pieces.
+_HEADROOM = 4096
 _STATUS_HEADER = "Status"
 _NO_RESPONDERS = "503"
 
@@ -42,6 +46,7 @@ class ReplyStream:
         "_idle",
         "_inbox",
         "_mux",
+        "_pieces",
         "_queue",
         "_what",
         "finished",
@@ -57,6 +62,7 @@ class ReplyStream:
         self._idle = idle
         self._expected = 0
         self._what = what
+        self._pieces: list[bytes] = []
         self.finished = False
         # A caller relaying to a client that needs its own keep-alives (SSE) turns this on.
         self.pass_keepalives = False
@@ -93,12 +99,20 @@ class ReplyStream:
                 if self.pass_keepalives:
                     return kind, b""
                 continue
+            data = msg.data
+            if HDR_MORE in headers:
+                self._pieces.append(data)
+                continue
+            if self._pieces:
+                self._pieces.append(data)
+                data = b"".join(self._pieces)
+                self._pieces = []
             if kind == ERROR:
                 self.finished = True
-                raise ByoError.from_json(msg.data)
+                raise ByoError.from_json(data)
             if kind in TERMINAL:
                 self.finished = True
-            return kind, msg.data
+            return kind, data
 
     def close(self) -> None:
         self._mux.forget(self._inbox)
@@ -161,16 +175,28 @@ class StreamWriter:
     async def send(self, kind: str, data: bytes = b"") -> None:
         if self.closed:
             return
-        headers = {HDR_KIND: kind, HDR_SEQ: str(self._seq)}
-        self._seq += 1
-        self.last_sent = time.monotonic()
+        limit = self._nc.max_payload - _HEADROOM
+        while len(data) > limit:
+            if not await self._publish(kind, data[:limit], more=True):
+                return
+            data = data[limit:]
         if kind in TERMINAL:
             self.closed = True
+        await self._publish(kind, data)
+
+    async def _publish(self, kind: str, data: bytes, *, more: bool = False) -> bool:
+        headers = {HDR_KIND: kind, HDR_SEQ: str(self._seq)}
+        if more:
+            headers[HDR_MORE] = "1"
+        self._seq += 1
+        self.last_sent = time.monotonic()
         try:
             await self._nc.publish(self._reply, data, headers=headers)
         except (nats.errors.Error, OSError):
             # The caller is gone or the bus is down; nothing left to tell anyone.
             self.closed = True
+            return False
+        return True
 
     async def error(self, error: ByoError) -> None:
         await self.send(ERROR, error.to_json())

@@ -10,9 +10,12 @@ from byorouter_common.contracts.base import Contract, Empty, Endpoint, Event
 HDR_KIND = "Byo-Kind"
 HDR_SEQ = "Byo-Seq"
 HDR_REQUEST_ID = "Byo-Request-Id"
+# Set on every piece but the last of a reply message too large for one bus message.
+HDR_MORE = "Byo-More"
 
 __all__ = [
     "HDR_KIND",
+    "HDR_MORE",
     "HDR_REQUEST_ID",
     "HDR_SEQ",
     "Contract",
