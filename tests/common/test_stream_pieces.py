@@ -77,7 +77,7 @@ async def test_a_message_within_the_limit_is_sent_as_one(nc: NatsClient) -> None
 
     await nc.subscribe(inbox, cb=record)
     writer = StreamWriter(nc, inbox)
-    await writer.send(RESULT, b"x" * (nc.max_payload // 2))
+    await writer.send(CHUNK, b"x" * (nc.max_payload // 2))
     await writer.send(DONE, b"end")
     for _ in range(200):
         if len(seen) >= 2:
