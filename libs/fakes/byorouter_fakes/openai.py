@@ -19,6 +19,7 @@ tests running in parallel never disturb each other:
     usage-never         no usage in a stream even when the request asked for it
     ollama-host         Ollama bound to localhost behind a tunnel: a bare 403 unless the Host
                         header names localhost
+    repeat-<n>          success, echoing the last user message n times (a large answer)
     anything else       success: the reply echoes the last user message
 
 Every request is recorded (headers, body) under a tag, the `x-test-tag` header or else the body's
@@ -51,7 +52,7 @@ _SSE_HEADERS: Final = {
     "Cache-Control": "no-cache",
 }
 _BEHAVIOUR = re.compile(
-    r"^(fail|busy|flat|slow|drip|cut-after|stall-after|error-after|garbage-after|reasoning)"
+    r"^(fail|busy|flat|slow|drip|cut-after|stall-after|error-after|garbage-after|reasoning|repeat)"
     r"-(\d+)$|^(hang|usage-always|usage-never|ollama-host)$"
 )
 _WORD = re.compile(r"\S+\s*")
@@ -146,6 +147,17 @@ def _reply_words(body: dict[str, Any]) -> tuple[list[str], int]:
                 last_user = text
     words = _WORD.findall(last_user.strip()) or ["Hello ", "from ", "the ", "fake ", "upstream."]
     return words, prompt_words
+
+
+def _repeated(body: dict[str, Any], times: int) -> dict[str, Any]:
+    """`body` with its last user message said `times` times over."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user":
+            text = _text_of(messages[i].get("content"))
+            messages[i] = {**messages[i], "content": " ".join([text] * times)}
+            break
+    return {**body, "messages": messages}
 
 
 def _limit(body: dict[str, Any]) -> int | None:
@@ -273,6 +285,8 @@ class FakeOpenAI(FakeUpstream):
         if kind == "slow":
             await asyncio.sleep(arg / 1000)
         reasoning = arg if kind == "reasoning" else 0
+        if kind == "repeat":
+            body = _repeated(body, arg)
         if body.get("stream") is True:
             return await self._stream(request, body, model, kind, arg)
         return web.Response(body=self._completion(body, model, reasoning), content_type=_JSON)
