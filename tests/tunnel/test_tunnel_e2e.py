@@ -1,0 +1,169 @@
+"""A model on the user's own box, through the tunnel: the whole stack, the real `byorouter-tunnel`
+client as a process, the fake OpenAI upstream as the home server, the official `openai` SDK.
+
+The tunnel is registered through the gateway's seed-002 API, the client gets its token from the
+environment (never an argument), and every request below travels router -> NATS -> tunnel
+service -> WebSocket -> client -> fake upstream and back, sealed end to end.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from nats.aio.msg import Msg
+
+from byorouter_cli.dev.stack import Stack
+from byorouter_common.bus import Bus
+from tests.tunnel.tunnel_client import TunnelApi, TunnelClientProcess
+
+Online = tuple[dict[str, Any], TunnelClientProcess]
+
+
+@pytest.fixture
+async def online(api: TunnelApi, client_dir: Path) -> AsyncIterator[Online]:
+    registered, client = await api.online_client(client_dir)
+    try:
+        yield registered, client
+    finally:
+        client.stop()
+
+
+async def test_register_gives_the_token_once_and_the_command_passes_it_by_environment(
+    api: TunnelApi,
+) -> None:
+    registered = await api.register()
+    assert registered["tunnel_id"].startswith("tun_")
+    assert registered["connect_url"].endswith("/tunnel")
+    assert f"BYOROUTER_TUNNEL_TOKEN={registered['token']}" in registered["command"]
+    assert "--token " not in registered["command"]
+    status = await api.status(registered["tunnel_id"])
+    assert status["state"] == "offline"
+    assert registered["token"] not in str(status)
+
+
+async def test_client_goes_online_and_its_models_are_listed_as_selfhosted(
+    api: TunnelApi, online: Online
+) -> None:
+    registered, _ = online
+    status = await api.status(registered["tunnel_id"])
+    assert status["state"] == "online"
+    assert len(status["clients"]) == 1
+    assert status["clients"][0]["client_version"]
+    assert "gpt-4o-mini" in status["models"]
+    async with api.sdk() as sdk:
+        models = [m.id async for m in sdk.models.list()]
+    assert "selfhosted/gpt-4o-mini" in models
+
+
+async def test_openai_sdk_streams_and_answers_through_the_tunnel(
+    api: TunnelApi, online: Online
+) -> None:
+    prompt = "tunnel words " + secrets.token_hex(6)
+    async with api.sdk() as sdk:
+        answer = await sdk.chat.completions.create(
+            model="selfhosted/gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+        )
+        assert answer.choices[0].message.content is not None
+        assert prompt in answer.choices[0].message.content
+        pieces = []
+        async for chunk in await sdk.chat.completions.create(
+            model="selfhosted/gpt-4o-mini",
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+    # The fake echoes the prompt: the streamed pieces add up to the same answer.
+    assert "".join(pieces) == answer.choices[0].message.content
+
+
+async def test_streamed_bytes_through_the_tunnel_equal_the_direct_route(
+    tunnel_stack: Stack, api: TunnelApi, online: Online
+) -> None:
+    """Byte for byte: the same request straight to the upstream and through the tunnel."""
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": "exactly these words please"}],
+    }
+    async with httpx.AsyncClient() as direct:
+        upstream = await direct.post(
+            tunnel_stack.upstream_base_url + "/chat/completions", json=body
+        )
+    async with api.http() as http:
+        tunneled = await http.post(
+            "/v1/chat/completions", json={**body, "model": "selfhosted/gpt-4o-mini"}
+        )
+    assert tunneled.status_code == 200
+    assert tunneled.headers["x-byorouter-provider"] == "selfhosted"
+
+    def contents(text: str) -> list[str]:
+        import json
+
+        out = []
+        for line in text.splitlines():
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                out += [c["delta"].get("content") or "" for c in event.get("choices", [])]
+        return out
+
+    assert contents(tunneled.text) == contents(upstream.text)
+    assert tunneled.text.rstrip().endswith("data: [DONE]")
+
+
+async def test_the_bus_never_carries_the_prompt_or_the_answer_through_the_tunnel(
+    tunnel_bus: Bus, api: TunnelApi, online: Online
+) -> None:
+    canary = "canary-" + secrets.token_hex(8)
+    seen: list[bytes] = []
+
+    async def sniff(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    # The admin user may listen to the tunnel subjects, as an operator (or an intruder) could.
+    sub = await tunnel_bus.nc.subscribe("byorouter.tunnel.>", cb=sniff)
+    try:
+        async with api.sdk() as sdk:
+            answer = await sdk.chat.completions.create(
+                model="selfhosted/gpt-4o-mini", messages=[{"role": "user", "content": canary}]
+            )
+        assert canary in (answer.choices[0].message.content or "")
+    finally:
+        await sub.unsubscribe()
+    assert seen, "the request did not cross the tunnel subjects"
+    assert not any(canary.encode() in data for data in seen)
+
+
+async def test_offline_tunnel_with_no_other_provider_is_a_503_tunnel_offline(
+    api: TunnelApi,
+) -> None:
+    await api.register()
+    async with api.sdk() as sdk:
+        with pytest.raises(openai.APIStatusError) as raised:
+            await sdk.chat.completions.create(
+                model="selfhosted/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+    assert raised.value.status_code == 503
+    assert raised.value.code == "tunnel_offline"
+
+
+async def test_the_client_can_be_installed_from_the_deployment(tunnel_stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=tunnel_stack.tunnel_url) as http:
+        page = await http.get("/client")
+        assert page.status_code == 200
+        url = next(word for word in page.text.split() if word.endswith(".whl"))
+        wheel = await http.get(url)
+    assert wheel.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(wheel.content)) as archive:
+        names = archive.namelist()
+    assert "byorouter_tunnel_client/cli.py" in names
+    assert any(name.endswith("entry_points.txt") for name in names)
