@@ -11,7 +11,14 @@ from byorouter_common.bus import Bus, subscribe_event
 from byorouter_common.contracts import events
 from byorouter_common.health import health_router
 from byorouter_common.service import Service, ServiceRuntime
-from byorouter_gateway.api.routes import chat, connect_sessions, connections, models, oauth
+from byorouter_gateway.api.routes import (
+    chat,
+    connect_sessions,
+    connections,
+    models,
+    oauth,
+    tunnels,
+)
 from byorouter_gateway.auth import AppKeyAuth
 from byorouter_gateway.deps import Gateway
 from byorouter_gateway.errors import install_error_handlers
@@ -53,7 +60,7 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
     install_error_handlers(app)
 
     # Routes spell their full paths: the route template is what spans and access lines show.
-    for resource in (chat, models, connections, connect_sessions):
+    for resource in (chat, models, connections, connect_sessions, tunnels):
         app.include_router(resource.router)
     app.include_router(
         health_router(bus_provider, dependencies=DEPENDENCIES, timeout_s=settings.ready_timeout_s)

@@ -41,6 +41,12 @@ class GatewaySettings(ServiceSettings):
         default="http://127.0.0.1:8080",
         validation_alias=AliasChoices("BYOROUTER_CONNECT_PUBLIC_URL"),
     )
+    # Where tunnel clients on users' machines dial in (the tunnel service's WebSocket); the
+    # command POST /api/tunnel/register hands out points here. wss:// in production.
+    tunnel_public_url: str = Field(
+        default="ws://127.0.0.1:4001/tunnel",
+        validation_alias=AliasChoices("BYOROUTER_TUNNEL_PUBLIC_URL"),
+    )
     # Failed code exchanges (POST /v1/oauth/token) allowed per minute, per app and per client
     # IP, per gateway copy; beyond that every attempt is refused with 429 until the budget refills.
     oauth_failures_per_app_per_min: int = Field(default=10, ge=1)

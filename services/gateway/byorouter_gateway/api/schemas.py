@@ -165,6 +165,93 @@ class UsageList(BaseModel):
     data: list[UsageView]
 
 
+class TunnelModelInfo(BaseModel):
+    """A model the user's server has, as seed 002 declares it (`modelInfo`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=200)
+    capabilities: list[str] = Field(default_factory=list, max_length=32)
+
+
+class TunnelRegisterRequest(BaseModel):
+    """Seed 002's body; every field is optional. `userId` is accepted and ignored: the
+    `X-Byorouter-Connection` header says whose tunnel it is."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    user_id: str | None = Field(default=None, alias="userId", max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    model_info: TunnelModelInfo | list[TunnelModelInfo] | None = Field(
+        default=None, alias="modelInfo"
+    )
+
+    def declared_models(self) -> list[ks.DeclaredModel]:
+        infos = self.model_info if isinstance(self.model_info, list) else [self.model_info]
+        return [
+            ks.DeclaredModel(name=m.name, capabilities=m.capabilities)
+            for m in infos
+            if m is not None
+        ]
+
+
+class TunnelRotateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    # How long the old token still opens new sockets; sockets already up are never cut.
+    overlap_seconds: int = Field(default=300, ge=0, le=7 * 24 * 3600)
+
+
+class TunnelRegistered(BaseModel):
+    """The token is shown once: only its hash is stored."""
+
+    tunnel_id: str
+    token: str
+    connect_url: str
+    command: str
+
+
+class TunnelRotated(BaseModel):
+    tunnel_id: str
+    token: str
+    previous_valid_until: datetime | None
+    command: str
+
+
+class TunnelRevokedView(BaseModel):
+    tunnel_id: str
+    revoked: bool = True
+
+
+class TunnelClientView(BaseModel):
+    connected_since: datetime
+    rtt_ms: float | None
+    client_version: str
+    in_flight: int
+    max_concurrency: int
+    public_key_fingerprint: str
+
+
+class DeclaredModelView(BaseModel):
+    name: str
+    capabilities: list[str]
+
+
+class TunnelStatusView(BaseModel):
+    tunnel_id: str
+    connection_id: str
+    state: Literal["online", "offline"]
+    # `revoked` tunnels are always offline and refuse every client.
+    status: Literal["active", "revoked"]
+    clients: list[TunnelClientView]
+    # When a client was last connected (as keystore recorded it).
+    last_seen: datetime | None
+    # Live from the connected clients when online; otherwise what a client last reported.
+    models: list[str]
+    requests_in_flight: int
+    declared_models: list[DeclaredModelView]
+
+
 _ERROR = {"model": ErrorEnvelope}
 # The error statuses every authenticated route may answer, for the OpenAPI document.
 APP_ERRORS: dict[int | str, dict[str, Any]] = {
