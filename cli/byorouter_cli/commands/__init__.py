@@ -1,0 +1,1 @@
+"""The `byorouter` subcommands, one module per resource they manage."""

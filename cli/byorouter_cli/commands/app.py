@@ -1,0 +1,158 @@
+"""`byorouter app ...`: register apps, issue and revoke their API keys, set their own provider."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+from pydantic import SecretStr
+
+from byorouter_cli.commands.shared import (
+    ApiKeyStdinFlag,
+    BaseUrlOption,
+    ClientIdOption,
+    JsonFlag,
+    Provider,
+    read_provider_key,
+    run_on_bus,
+)
+from byorouter_common.bus import Bus
+from byorouter_common.contracts import keystore as ks
+
+app_cli = typer.Typer(help="Apps: who may call the gateway.", no_args_is_help=True)
+app_key_cli = typer.Typer(help="An app's API keys.", no_args_is_help=True)
+app_cli.add_typer(app_key_cli, name="key")
+
+
+@app_cli.command("create")
+def app_create(
+    name: Annotated[str, typer.Option("--name", help="Shown to people on the consent page.")],
+    redirect_uri: Annotated[
+        list[str],
+        typer.Option("--redirect-uri", help="Exact callback URL; repeat for several."),
+    ],
+    json_mode: JsonFlag = False,
+) -> None:
+    """Register an app; prints its client id and its first API key (shown once)."""
+    request = ks.AppCreate(name=name, redirect_uris=redirect_uri)
+
+    async def work(bus: Bus) -> ks.AppCreated:
+        return await bus.request(ks.APP_CREATE, request)
+
+    def render(created: ks.AppCreated) -> tuple[Mapping[str, Any], str]:
+        key = created.app_api_key.get_secret_value()
+        return (
+            {
+                "app_id": created.app_id,
+                "client_id": created.client_id,
+                "app_api_key": key,
+                "key_id": created.key_id,
+            },
+            f"Created app {created.name!r}\n"
+            f"  client id:    {created.client_id}\n"
+            f"  app id:       {created.app_id}\n"
+            f"  API key id:   {created.key_id}\n"
+            f"  API key:      {key}\n"
+            "Store the API key now: it is shown only once.",
+        )
+
+    run_on_bus(json_mode, work, render)
+
+
+@app_key_cli.command("create")
+def app_key_create(client_id: ClientIdOption, json_mode: JsonFlag = False) -> None:
+    """Issue another API key for an app (shown once), e.g. before revoking the old one."""
+
+    async def work(bus: Bus) -> ks.AppKeyCreated:
+        return await bus.request(ks.APP_KEY_CREATE, ks.AppKeyCreate(client_id=client_id))
+
+    def render(created: ks.AppKeyCreated) -> tuple[Mapping[str, Any], str]:
+        key = created.app_api_key.get_secret_value()
+        return (
+            {"client_id": created.client_id, "key_id": created.key_id, "app_api_key": key},
+            f"New API key {created.key_id} for {created.client_id}\n"
+            f"  API key:      {key}\n"
+            "Store it now: it is shown only once.",
+        )
+
+    run_on_bus(json_mode, work, render)
+
+
+@app_key_cli.command("revoke")
+def app_key_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (not the key itself).")],
+    json_mode: JsonFlag = False,
+) -> None:
+    """Revoke an app API key; every gateway refuses it at once."""
+
+    async def work(bus: Bus) -> ks.AppKeyRevoked:
+        return await bus.request(ks.APP_KEY_REVOKE, ks.AppKeyRevoke(key_id=key_id))
+
+    def render(revoked: ks.AppKeyRevoked) -> tuple[Mapping[str, Any], str]:
+        return (
+            {"key_id": revoked.key_id, "app_id": revoked.app_id, "revoked": True},
+            f"Revoked API key {revoked.key_id}.",
+        )
+
+    run_on_bus(json_mode, work, render)
+
+
+# --- the app's own default provider -------------------------------------------------------------
+
+
+@app_cli.command("set-default")
+def app_set_default(
+    client_id: ClientIdOption,
+    provider: Annotated[
+        Provider, typer.Option("--provider", help="Which provider the app's key belongs to.")
+    ],
+    api_key_stdin: ApiKeyStdinFlag = False,
+    base_url: BaseUrlOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model for `default` alone and for fallbacks to it."),
+    ] = None,
+    json_mode: JsonFlag = False,
+) -> None:
+    """Set the app's own provider: it serves default/<model> and is the last fallback of
+    connections that allow it. Replaces the app's previous default."""
+    api_key = read_provider_key(json_mode, provider, api_key_stdin=api_key_stdin, base_url=base_url)
+    request = ks.AppDefaultSet(
+        client_id=client_id,
+        provider=provider.value,
+        api_key=SecretStr(api_key) if api_key else None,
+        base_url=base_url,
+        model=model,
+    )
+
+    async def work(bus: Bus) -> ks.AppDefaultInfo:
+        return await bus.request(ks.APP_DEFAULT_SET, request)
+
+    def render(default: ks.AppDefaultInfo) -> tuple[Mapping[str, Any], str]:
+        label = f" ({default.label})" if default.label else ""
+        model_note = f", model {default.model}" if default.model else ""
+        return (
+            {"client_id": default.client_id, "provider": default.provider, "label": default.label},
+            f"Default provider of {default.client_id}: {default.provider}{label}{model_note}",
+        )
+
+    run_on_bus(json_mode, work, render)
+
+
+@app_cli.command("clear-default")
+def app_clear_default(client_id: ClientIdOption, json_mode: JsonFlag = False) -> None:
+    """Remove the app's default provider and erase its key; default/... then answers 404."""
+
+    async def work(bus: Bus) -> ks.AppDefaultCleared:
+        return await bus.request(ks.APP_DEFAULT_CLEAR, ks.AppDefaultClear(client_id=client_id))
+
+    def render(cleared: ks.AppDefaultCleared) -> tuple[Mapping[str, Any], str]:
+        return (
+            {"client_id": cleared.client_id, "cleared": cleared.cleared},
+            f"Cleared the default provider of {cleared.client_id}."
+            if cleared.cleared
+            else f"{cleared.client_id} had no default provider.",
+        )
+
+    run_on_bus(json_mode, work, render)
