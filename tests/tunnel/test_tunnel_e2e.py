@@ -21,7 +21,8 @@ import pytest
 from nats.aio.msg import Msg
 
 from byorouter_cli.dev.stack import Stack
-from byorouter_common.bus import Bus
+from byorouter_common.bus import connect
+from byorouter_common.nats_permissions import inbox_prefix
 from tests.tunnel.tunnel_client import TunnelApi, TunnelClientProcess
 
 Online = tuple[dict[str, Any], TunnelClientProcess]
@@ -121,7 +122,7 @@ async def test_streamed_bytes_through_the_tunnel_equal_the_direct_route(
 
 
 async def test_the_bus_never_carries_the_prompt_or_the_answer_through_the_tunnel(
-    tunnel_bus: Bus, api: TunnelApi, online: Online
+    tunnel_stack: Stack, api: TunnelApi, online: Online
 ) -> None:
     canary = "canary-" + secrets.token_hex(8)
     seen: list[bytes] = []
@@ -129,8 +130,13 @@ async def test_the_bus_never_carries_the_prompt_or_the_answer_through_the_tunnel
     async def sniff(msg: Msg) -> None:
         seen.append(msg.data)
 
-    # The admin user may listen to the tunnel subjects, as an operator (or an intruder) could.
-    sub = await tunnel_bus.nc.subscribe("byorouter.tunnel.>", cb=sniff)
+    # With the relay's own credentials, as an operator of the tunnel service (or an intruder on
+    # it) would have them: every request to every tunnel, and the replies on the way back.
+    relay = await connect(tunnel_stack.nats_settings(user="tunnel"), "sniffer")
+    sub = await relay.subscribe("byorouter.tunnel.>", cb=sniff)
+    # And the router's inbox, where the sealed answer frames come back.
+    router = await connect(tunnel_stack.nats_settings(user="router"), "sniffer")
+    replies = await router.subscribe(inbox_prefix("router") + ".>", cb=sniff)
     try:
         async with api.sdk() as sdk:
             answer = await sdk.chat.completions.create(
@@ -139,6 +145,9 @@ async def test_the_bus_never_carries_the_prompt_or_the_answer_through_the_tunnel
         assert canary in (answer.choices[0].message.content or "")
     finally:
         await sub.unsubscribe()
+        await replies.unsubscribe()
+        await relay.close()
+        await router.close()
     assert seen, "the request did not cross the tunnel subjects"
     assert not any(canary.encode() in data for data in seen)
 

@@ -94,22 +94,25 @@ class Hub:
                 "max_frame": protocol.MAX_FRAME_PAYLOAD,
             }
         )
-        await client.start()
-        self.sockets.setdefault(client.tunnel_id, set()).add(client)
-        self._websockets[id(client)] = ws
-        await self._presence(client, online=True)
-        log.info(
-            "tunnel client connected",
-            extra={"tunnel_id": client.tunnel_id, "client_version": client.client_version},
-        )
-        reader = asyncio.create_task(self._read(ws, client), name="tunnel-read")
-        beats = asyncio.create_task(self._heartbeat(ws, client), name="tunnel-heartbeat")
+        reader: asyncio.Task[None] | None = None
+        beats: asyncio.Task[None] | None = None
         try:
+            await client.start()
+            self.sockets.setdefault(client.tunnel_id, set()).add(client)
+            self._websockets[id(client)] = ws
+            await self._presence(client, online=True)
+            log.info(
+                "tunnel client connected",
+                extra={"tunnel_id": client.tunnel_id, "client_version": client.client_version},
+            )
+            reader = asyncio.create_task(self._read(ws, client), name="tunnel-read")
+            beats = asyncio.create_task(self._heartbeat(ws, client), name="tunnel-heartbeat")
             await asyncio.wait({reader, beats}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, beats):
+            tasks = [task for task in (reader, beats) if task is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, beats, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._forget(client)
             await self._close(ws, CLOSE_DEAD)
 

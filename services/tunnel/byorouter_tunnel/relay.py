@@ -66,7 +66,7 @@ class Stream:
     writer: StreamWriter
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each socket is its own, and lives in sets
 class ClientSocket:
     """One authenticated client: its frames out (bounded queue), its streams, its liveness."""
 
