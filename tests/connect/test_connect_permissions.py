@@ -20,6 +20,7 @@ from tests.connect.conftest import (
     form_with_action,
     openai_fields,
     post_form,
+    query_of,
     register_app,
 )
 
@@ -85,6 +86,58 @@ async def test_the_whole_flow_works_with_least_privilege_on_the_bus(
         await post_form(browser, form_with_action(confirm.text, "/manage/disconnect"), {})
         gone = await api.get(f"/v1/connections/{connection_id}", headers=app.auth)
         assert gone.status_code == 404
+
+    stack.flush_logs()
+    for log_file in stack.log_files():
+        text = log_file.read_text(errors="replace").lower()
+        assert "permissions violation" not in text, log_file.name
+
+
+async def test_the_tunnel_option_works_with_least_privilege_on_the_bus(
+    secured_stack: Stack, admin_bus: Bus
+) -> None:
+    """Connect registers, reads, rotates and revokes a tunnel and asks its `.status` as the
+    `connect` user (needs TUNNEL_REGISTER/GET/ROTATE/REVOKE and `byorouter.tunnel.*.status`)."""
+    stack = secured_stack
+    app = await register_app(admin_bus)
+    pkce = Pkce.new()
+    async with (
+        httpx.AsyncClient(base_url=stack.connect_url, timeout=30) as browser,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as api,
+    ):
+        page = await browser.get(
+            f"/authorize?client_id={app.client_id}&redirect_uri={app.redirect_uris[0]}"
+            f"&code_challenge={pkce.challenge}&code_challenge_method=S256"
+        )
+        setup = await post_form(
+            browser, form_with_action(page.text, "/authorize"), {"selfhosted_tunnel": "on"}
+        )
+        assert setup.status_code == 200, setup.text
+        assert "BYOROUTER_TUNNEL_TOKEN=byo_tun_" in setup.text
+        status_form = form_with_action(setup.text, "/authorize/tunnel/status")
+        status = await post_form(browser, status_form, {}, Accept="application/json")
+        assert status.json()["state"] == "offline", status.text
+        back = await post_form(browser, form_with_action(setup.text, "/authorize/continue"), {})
+        code = query_of(back.headers["location"])["code"][0]
+        token = await exchange(api, app, code, pkce.verifier)
+        connection_id = token.json()["connection_id"]
+
+        link = await api.post(
+            "/v1/connect/sessions", json={"connection_id": connection_id}, headers=app.auth
+        )
+        await browser.get(httpx.URL(link.json()["url"]).raw_path.decode())
+        manage = await browser.get("/manage")
+        rotated = await post_form(
+            browser, form_with_action(manage.text, "/manage/tunnel/rotate"), {}
+        )
+        assert rotated.status_code == 200, rotated.text
+        confirm = await browser.get("/manage/tunnel/revoke")
+        revoked = await post_form(
+            browser, form_with_action(confirm.text, "/manage/tunnel/revoke"), {}
+        )
+        assert revoked.status_code == 303
+        gone = await browser.get("/manage/tunnel/status", headers={"Accept": "application/json"})
+        assert gone.json()["state"] == "revoked"
 
     stack.flush_logs()
     for log_file in stack.log_files():

@@ -1,29 +1,38 @@
 """The consent page: `/authorize`, where a person connects their own AI keys to an app.
 
-RFC 9700 throughout: a bad `client_id` or `redirect_uri` gets an error page and never a redirect
-(the redirect URI is not trusted until it matches a registered one exactly); any other problem
-goes back to the app as `error=...` with its `state`. `state` is returned byte for byte: it is
-read from the raw query string, carried through the form base64url-encoded, and percent-encoded
-again from the same bytes. PKCE S256 is required.
+The request is checked by `authorization` (RFC 9700); here are the page, its Test buttons, and
+Connect, which stores the keys through keystore and sends the browser back with a code (303).
+With the tunnel option the 303 waits: the page first shows the tunnel's token and command
+(once) and its live status, and its "Continue" form carries the code back for the redirect.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Final
-from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, Request
 from pydantic import SecretStr
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from byorouter_common.contracts import connect as cn
+from byorouter_common.contracts import tunnel as tn
 from byorouter_common.contracts.keystore import PROVIDERS, ProviderName
 from byorouter_common.errors import ByoError
+from byorouter_connect import tunnels
+from byorouter_connect.authorization import (
+    Authorization,
+    ErrorRedirect,
+    back_to_app,
+    check_authorization,
+    checked_post,
+    error_redirect,
+    query_params,
+    unavailable,
+    well_formed_code,
+)
 from byorouter_connect.deps import bus_of, settings_of
 from byorouter_connect.forms import ProviderValues, all_provider_values, problems_of
 from byorouter_connect.pages import PROVIDER_FORMS, PageError, render
@@ -31,179 +40,14 @@ from byorouter_connect.security import (
     CSRF_COOKIE,
     CSRF_FIELD,
     consent_csrf_token,
-    content_security_policy,
-    read_form,
     set_cookie,
-    tokens_match,
 )
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-MAX_STATE_BYTES: Final = 2048
-_Params = Mapping[str, list[bytes]]
-
-
-class ErrorRedirect(Exception):
-    """An authorization problem the app should hear about: 303 to its redirect URI."""
-
-    def __init__(self, authorization: Authorization, error: str, description: str) -> None:
-        super().__init__(description)
-        self.url = authorization.redirect_url(error=error, error_description=description)
-        self.csp = authorization.csp
-
-
-@dataclass(frozen=True)
-class Authorization:
-    """A checked authorization request: the app, where to send the answer, and PKCE."""
-
-    app: cn.ConsentApp
-    redirect_uri: str
-    state: bytes | None
-    code_challenge: str = ""
-
-    def redirect_url(self, **params: str) -> str:
-        """The redirect URI with `params` and the original state appended (RFC 6749 4.1.2)."""
-        pairs = [f"{name}={quote(value, safe='')}" for name, value in params.items()]
-        if self.state is not None:
-            pairs.append(f"state={quote(self.state, safe='')}")
-        separator = "&" if "?" in self.redirect_uri else "?"
-        return self.redirect_uri + separator + "&".join(pairs)
-
-    @property
-    def csp(self) -> str:
-        # Chrome applies form-action to where a form's POST redirects: the app's origin too.
-        return content_security_policy([cn.origin_of(self.redirect_uri)])
-
-    def hidden_fields(self) -> dict[str, str]:
-        """What the page's forms carry back (the state base64url-encoded, byte for byte)."""
-        fields = {
-            "client_id": self.app.client_id,
-            "redirect_uri": self.redirect_uri,
-            "code_challenge": self.code_challenge,
-            "code_challenge_method": "S256",
-        }
-        if self.state is not None:
-            fields["state_b64"] = base64.urlsafe_b64encode(self.state).decode()
-        return fields
-
-
-def _query_params(request: Request) -> dict[str, list[bytes]]:
-    """The raw query string as bytes per name: percent-decoding only, no charset guessing."""
-    raw = request.scope.get("query_string", b"").decode("latin-1")
-    params: dict[str, list[bytes]] = {}
-    try:
-        pairs = parse_qsl(raw, keep_blank_values=True, encoding="latin-1", max_num_fields=50)
-    except ValueError:
-        pairs = []
-    for name, value in pairs:
-        params.setdefault(name, []).append(value.encode("latin-1"))
-    return params
-
-
-def _form_params(form: Mapping[str, str]) -> dict[str, list[bytes]]:
-    params = {
-        name: [form[name].encode()]
-        for name in ("client_id", "redirect_uri", "code_challenge", "code_challenge_method")
-        if name in form
-    }
-    if "state_b64" in form:
-        try:
-            params["state"] = [base64.urlsafe_b64decode(form["state_b64"].encode())]
-        except (binascii.Error, ValueError):
-            params["state"] = []
-    return params
-
-
-def _single_text(params: _Params, name: str) -> str | None:
-    values = params.get(name, [])
-    if len(values) != 1:
-        return None
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _unknown_app() -> PageError:
-    return PageError(
-        400,
-        "Unknown app",
-        "The app that sent you here is not registered with this BYORouter, so nothing was "
-        "shared. Go back to the app and try again, or tell its developers.",
-    )
-
-
-def _bad_redirect_uri() -> PageError:
-    return PageError(
-        400,
-        "This link cannot be used",
-        "The app that sent you here asked to send you back to an address it has not "
-        "registered. To keep your keys safe, BYORouter will not send you there. Go back to the "
-        "app and try again, or tell its developers.",
-    )
-
-
-def unavailable(exc: ByoError) -> PageError:
-    log.warning("keystore call failed", extra={"code": exc.code, "status": exc.status})
-    return PageError(
-        503,
-        "Connect is not available right now",
-        "BYORouter could not reach its key store. Nothing was saved; please try again in a minute.",
-    )
-
-
-async def check_authorization(request: Request, params: _Params) -> Authorization:
-    """The request's app and redirect URI (else `PageError`), then the rest (else redirect)."""
-    client_id = _single_text(params, "client_id")
-    if not client_id or len(client_id) > 200:
-        raise _unknown_app()
-    try:
-        app = await bus_of(request).request(
-            cn.CONSENT_APP_GET, cn.ConsentAppGet(client_id=client_id)
-        )
-    except ByoError as exc:
-        if exc.status == 404:
-            raise _unknown_app() from None
-        raise unavailable(exc) from None
-    redirect_uri = _single_text(params, "redirect_uri")
-    # A plain string compare: no normalising of case, slashes, ports or escapes.
-    if (
-        redirect_uri is None
-        or redirect_uri not in app.redirect_uris
-        or cn.redirect_uri_problem(redirect_uri) is not None
-    ):
-        raise _bad_redirect_uri()
-    states = params.get("state", [])
-    authorization = Authorization(app, redirect_uri, states[0] if len(states) == 1 else None)
-    if len(states) > 1 or any(len(values) > 1 for values in params.values()):
-        raise ErrorRedirect(authorization, "invalid_request", "A parameter was given twice.")
-    if authorization.state is not None and len(authorization.state) > MAX_STATE_BYTES:
-        raise ErrorRedirect(authorization, "invalid_request", "state is too long.")
-    response_type = _single_text(params, "response_type")
-    if "response_type" in params and response_type != "code":
-        raise ErrorRedirect(
-            authorization, "unsupported_response_type", "Only response_type=code is supported."
-        )
-    challenge = _single_text(params, "code_challenge")
-    method = _single_text(params, "code_challenge_method")
-    if not challenge:
-        raise ErrorRedirect(
-            authorization, "invalid_request", "PKCE is required: send code_challenge (S256)."
-        )
-    if method != "S256":
-        raise ErrorRedirect(authorization, "invalid_request", "code_challenge_method must be S256.")
-    if len(challenge) != 43 or not set(challenge) <= _BASE64URL:
-        raise ErrorRedirect(
-            authorization,
-            "invalid_request",
-            "code_challenge must be the base64url SHA-256 of the code verifier (43 characters).",
-        )
-    return Authorization(app, redirect_uri, authorization.state, challenge)
-
-
-_BASE64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+__all__ = ["router", "run_test", "unavailable"]
 
 
 def consent_page(
@@ -244,30 +88,13 @@ def consent_page(
     return response
 
 
-def _error_redirect(exc: ErrorRedirect) -> Response:
-    return RedirectResponse(exc.url, status_code=303, headers={"Content-Security-Policy": exc.csp})
-
-
 @router.get("/authorize")
 async def authorize(request: Request) -> Response:
     try:
-        authorization = await check_authorization(request, _query_params(request))
+        authorization = await check_authorization(request, query_params(request))
     except ErrorRedirect as exc:
-        return _error_redirect(exc)
+        return error_redirect(exc)
     return consent_page(request, authorization)
-
-
-async def _checked_post(request: Request) -> tuple[dict[str, str], Authorization]:
-    """The form (CSRF-checked) and its authorization request, checked again from scratch."""
-    form = await read_form(request)
-    if not tokens_match(request.cookies.get(CSRF_COOKIE), form.get(CSRF_FIELD)):
-        raise PageError(
-            403,
-            "This form has expired",
-            "For your safety this form could not be accepted (its security token is missing "
-            "or wrong). Go back to the app and start again.",
-        )
-    return form, await check_authorization(request, _form_params(form))
 
 
 def _fallback(form: Mapping[str, str], authorization: Authorization) -> bool:
@@ -278,9 +105,9 @@ def _fallback(form: Mapping[str, str], authorization: Authorization) -> bool:
 async def test_provider(request: Request) -> Response:
     """A Test button: try one provider's key and show the answer (JSON for the page's script)."""
     try:
-        form, authorization = await _checked_post(request)
+        form, authorization = await checked_post(request)
     except ErrorRedirect as exc:
-        return _error_redirect(exc)
+        return error_redirect(exc)
     values = all_provider_values(form)
     provider = form.get("test", "")
     result = await run_test(request, chosen_provider(values, provider))
@@ -332,9 +159,9 @@ async def run_test(request: Request, values: ProviderValues | None) -> cn.Provid
 async def connect(request: Request) -> Response:
     """Connect: store the keys, issue a code, and send the browser back to the app (303)."""
     try:
-        form, authorization = await _checked_post(request)
+        form, authorization = await checked_post(request)
     except ErrorRedirect as exc:
-        return _error_redirect(exc)
+        return error_redirect(exc)
     values = all_provider_values(form)
     fallback = _fallback(form, authorization)
     chosen = sorted(
@@ -353,6 +180,7 @@ async def connect(request: Request) -> Response:
             problems=problems,
             fallback_to_default=fallback,
         )
+    tunnel = values["selfhosted"].filled and values["selfhosted"].tunnel
     try:
         issued = await bus_of(request).request(
             cn.AUTHORIZE,
@@ -363,6 +191,7 @@ async def connect(request: Request) -> Response:
                 providers=[v.credential() for v in chosen],
                 fallback_to_default=fallback,
                 code_ttl_s=settings_of(request).code_ttl_s,
+                selfhosted_tunnel=tunnel,
             ),
         )
     except ByoError as exc:
@@ -376,21 +205,136 @@ async def connect(request: Request) -> Response:
                 fallback_to_default=fallback,
             )
         raise unavailable(exc) from None
-    # 303, never 307/308: the browser must not re-send the form (and its keys) to the app.
-    return RedirectResponse(
-        authorization.redirect_url(code=issued.code.get_secret_value()),
-        status_code=303,
-        headers={"Content-Security-Policy": authorization.csp},
-    )
+    if tunnel:
+        return await _tunnel_setup(request, authorization, issued)
+    return back_to_app(authorization, issued.code.get_secret_value())
 
 
 @router.post("/authorize/cancel")
 async def cancel(request: Request) -> Response:
     """Cancel: back to the app with error=access_denied and its state; nothing is stored."""
     try:
-        _, authorization = await _checked_post(request)
+        _, authorization = await checked_post(request)
     except ErrorRedirect as exc:
-        return _error_redirect(exc)
-    return _error_redirect(
+        return error_redirect(exc)
+    return error_redirect(
         ErrorRedirect(authorization, "access_denied", "The user did not connect their keys.")
     )
+
+
+# --- the tunnel option: the token page, its status, and the way back to the app ----------------
+
+# A consent page's status check answers only while its code could still be waiting: after that
+# the person sees their tunnel on the manage page.
+_STATUS_WINDOW: Final = timedelta(seconds=cn.MAX_CODE_TTL_S + 300)
+
+
+def _code_expiry(raw: str | None) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(raw or "")
+    except ValueError:
+        return datetime.now(UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _tunnel_forms(
+    request: Request, authorization: Authorization, code: str, expires_at: datetime, tunnel_id: str
+) -> tuple[tunnels.StatusSource, tunnels.ContinueForm]:
+    carried = {**authorization.hidden_fields(), CSRF_FIELD: consent_csrf_token(request)[0]}
+    carried["code"] = code
+    status_fields = {**carried, "tunnel_id": tunnel_id, "code_expires_at": expires_at.isoformat()}
+    return (
+        tunnels.StatusSource("/authorize/tunnel/status", "post", status_fields),
+        tunnels.ContinueForm(authorization.app.name, carried, expires_at),
+    )
+
+
+async def _tunnel_setup(
+    request: Request, authorization: Authorization, issued: cn.AuthorizationCode
+) -> Response:
+    """The connection exists and its code is issued: register its tunnel, show the token once."""
+    code = issued.code.get_secret_value()
+    registered = None
+    problems = []
+    if issued.connection_id is None:
+        problems = [
+            "The tunnel could not be set up right now. Continue, then set it up from "
+            "Manage API Keys in the app."
+        ]
+    else:
+        try:
+            registered = await tunnels.register(
+                request, authorization.app.app_id, issued.connection_id
+            )
+        except ByoError as exc:
+            problems = [
+                tunnels.failure(exc) + " Continue, then set up the tunnel from Manage "
+                "API Keys in the app."
+            ]
+    tunnel_id = registered.tunnel_id if registered is not None else ""
+    source, back = _tunnel_forms(request, authorization, code, issued.expires_at, tunnel_id)
+    return tunnels.token_page(
+        request,
+        page_title="Run this on your server",
+        tunnel_id=tunnel_id,
+        token=registered.token.get_secret_value() if registered is not None else None,
+        status=tunnels.offline_status(tunnel_id),
+        source=source,
+        headers={"Content-Security-Policy": authorization.csp},
+        continue_form=back,
+        problems=problems,
+    )
+
+
+@router.post("/authorize/tunnel/status")
+async def consent_tunnel_status(request: Request) -> Response:
+    """The token page's status: JSON for its script, the page again (without the token) for
+    the "Check status" button."""
+    try:
+        form, authorization = await checked_post(request)
+    except ErrorRedirect as exc:
+        return error_redirect(exc)
+    wants_json = "application/json" in request.headers.get("accept", "")
+    tunnel_id = form.get("tunnel_id", "")
+    code = well_formed_code(form.get("code"))
+    if code is None or not tn.is_tunnel_id(tunnel_id):
+        raise PageError(400, "This page has expired", "Go back to the app and start again.")
+    expired = "This page is no longer current: open Manage API Keys in the app to see your tunnel."
+    try:
+        info = await tunnels.tunnel_info(request, authorization.app.app_id, tunnel_id)
+    except ByoError as exc:
+        if wants_json:
+            return JSONResponse({"error": tunnels.failure(exc)}, status_code=exc.status)
+        raise unavailable(exc) from None
+    if datetime.now(UTC) - info.created_at > _STATUS_WINDOW:
+        if wants_json:
+            return JSONResponse({"error": expired}, status_code=410)
+        raise PageError(410, "This page has expired", expired)
+    status = await tunnels.tunnel_status(request, info)
+    if wants_json:
+        return JSONResponse(status.model_dump(mode="json"), headers=tunnels.NO_STORE)
+    expires_at = _code_expiry(form.get("code_expires_at"))
+    source, back = _tunnel_forms(request, authorization, code, expires_at, tunnel_id)
+    return tunnels.token_page(
+        request,
+        page_title="Run this on your server",
+        tunnel_id=tunnel_id,
+        token=None,
+        status=status,
+        source=source,
+        headers={"Content-Security-Policy": authorization.csp},
+        continue_form=back,
+    )
+
+
+@router.post("/authorize/continue")
+async def continue_to_app(request: Request) -> Response:
+    """ "Continue to <app>" on the token page: the 303 with the code the connect step issued."""
+    try:
+        form, authorization = await checked_post(request)
+    except ErrorRedirect as exc:
+        return error_redirect(exc)
+    code = well_formed_code(form.get("code"))
+    if code is None:
+        raise PageError(400, "This page has expired", "Go back to the app and start again.")
+    return back_to_app(authorization, code)

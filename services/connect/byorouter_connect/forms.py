@@ -1,8 +1,10 @@
 """Reading the provider fields of Connect's forms, and checking them without echoing a key.
 
 Field names are `<provider>_api_key`, `<provider>_base_url`, `<provider>_model` and
-`<provider>_priority` (1 is tried first). Keys live only in `ProviderValues.api_key` on their way
-to keystore or a test: templates never receive them.
+`<provider>_priority` (1 is tried first), and `selfhosted_tunnel` ("on": the person's own server,
+through a secure tunnel; its base URL is then only the direct address used while it is offline).
+Keys live only in `ProviderValues.api_key` on their way to keystore or a test: templates never
+receive them.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ class ProviderValues:
     base_url: str = ""
     model: str = ""
     priority: int = 0
+    # selfhosted only: reached through a secure tunnel (a direct base URL is then optional).
+    tunnel: bool = False
 
     @property
     def filled(self) -> bool:
-        """The person entered something for this provider (a key, or a server URL)."""
-        return bool(self.api_key or self.base_url)
+        """The person entered something for this provider (a key, a server URL, or a tunnel)."""
+        return bool(self.api_key or self.base_url or self.tunnel)
 
     def shown(self) -> dict[str, str | int]:
         """What a re-rendered page may put back into the form: everything but the key.
@@ -43,7 +47,12 @@ class ProviderValues:
         A base URL that is not one is left out too: it may be a key pasted into the wrong box.
         """
         base_url = self.base_url if is_http_url(self.base_url) else ""
-        return {"base_url": base_url, "model": self.model, "priority": self.priority}
+        return {
+            "base_url": base_url,
+            "model": self.model,
+            "priority": self.priority,
+            "tunnel": int(self.tunnel),
+        }
 
     def credential(self) -> ProviderCredentialInput:
         return ProviderCredentialInput(
@@ -67,6 +76,7 @@ def provider_values(form: Mapping[str, str], provider: ProviderName) -> Provider
         base_url=form.get(f"{name}_base_url", "").strip(),
         model=form.get(f"{name}_model", "").strip(),
         priority=_priority(form.get(f"{name}_priority", ""), PROVIDERS.index(provider) + 1),
+        tunnel=provider == "selfhosted" and form.get(f"{name}_tunnel") == "on",
     )
 
 
@@ -95,7 +105,7 @@ def problems_of(values: ProviderValues, *, key_required: bool | None = None) -> 
         problems.append(f"Enter your {form.title} key.")
     if len(values.api_key) > MAX_KEY:
         problems.append(f"That {form.title} key is too long to be a key.")
-    if form.base_url_required and not values.base_url:
+    if form.base_url_required and not values.base_url and not values.tunnel:
         problems.append("Enter your server's base URL.")
     too_long = len(values.base_url) > MAX_BASE_URL
     if values.base_url and (too_long or not is_http_url(values.base_url)):

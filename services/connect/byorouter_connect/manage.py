@@ -3,7 +3,8 @@
 `/manage/start?token=...` spends the single-use link token for a browser session of our own
 (an HttpOnly cookie) and redirects to the clean `/manage` at once, so the token neither stays in
 the address bar nor reaches anyone as a referrer. Every change is one form, CSRF-protected with a
-token bound to that session, answered with 303 back to `/manage` (or `/manage/done`).
+token bound to that session, answered with 303 back to `/manage` (or `/manage/done`), except
+setting up or rotating a tunnel: that answer is the page showing the new token, once.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from pydantic import SecretStr
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from byorouter_common.contracts import connect as cn
+from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.base import Endpoint, Req
 from byorouter_common.contracts.keystore import PROVIDERS, ProviderInfo, ProviderName
 from byorouter_common.errors import ByoError
+from byorouter_connect import tunnels
 from byorouter_connect.consent import run_test, unavailable
 from byorouter_connect.deps import bus_of, settings_of
 from byorouter_connect.forms import ProviderValues, problems_of, provider_values
@@ -46,6 +49,7 @@ _NOTICES: Final = {
     "added": "{title} added.",
     "removed": "{title} removed.",
     "preferences": "Preferences saved.",
+    "tunnel_revoked": "Tunnel revoked: its clients were disconnected and its tokens refused.",
 }
 
 
@@ -114,6 +118,7 @@ def manage_page(
     problems: list[str] | None = None,
     results: Mapping[str, cn.ProviderTestResult] | None = None,
     typed: Mapping[str, ProviderValues] | None = None,
+    tunnel: tunnels.TunnelStatus | None = None,
 ) -> Response:
     connected = _sorted(view.connection.providers)
     connected_names = {p.provider for p in connected}
@@ -131,6 +136,10 @@ def manage_page(
         results=results or {},
         typed={name: values.shown() for name, values in (typed or {}).items()},
         priorities=range(1, len(connected) + 1),
+        tunnel_id=_tunnel_id(view),
+        tunnel=tunnel,
+        tunnel_overlap_minutes=tunnels.ROTATION_OVERLAP_S // 60,
+        tunnel_source=tunnels.StatusSource("/manage/tunnel/status", "get"),
     )
 
 
@@ -185,7 +194,9 @@ async def manage(request: Request) -> Response:
     provider = _provider(request.query_params.get("provider", ""))
     if done in _NOTICES:
         notice = _NOTICES[done].format(title=title_of(provider) if provider else "")
-    return manage_page(request, session, view, notice=notice)
+    return manage_page(
+        request, session, view, notice=notice, tunnel=await _tunnel_status(request, view)
+    )
 
 
 def _submitted_provider(form: Mapping[str, str]) -> ProviderValues | None:
@@ -245,6 +256,7 @@ async def _with_problems(
         status=400,
         problems=problems,
         typed={form_id: values} if values is not None else None,
+        tunnel=await _tunnel_status(request, view),
     )
 
 
@@ -260,10 +272,12 @@ async def set_provider(request: Request) -> Response:
     values = _submitted_provider(form)
     if values is None:
         return await _with_problems(request, session, ["Choose a provider."], form)
+    view = await _view(request, session)
+    # A self-hosted server with a tunnel needs no direct URL (keystore keeps its tunnel).
+    values.tunnel = _tunnel_id(view) is not None and values.provider == "selfhosted"
     problems = problems_of(values)
     if problems:
         return await _with_problems(request, session, problems, form)
-    view = await _view(request, session)
     existed = any(p.provider == values.provider for p in view.connection.providers)
     changed = await _change(
         request,
@@ -361,3 +375,115 @@ async def done(request: Request) -> Response:
     if view.connection.status == "active":
         return RedirectResponse("/manage", status_code=303)
     return render("done.html", page_title="Disconnected", view=view)
+
+
+# --- the tunnel to the person's own server ----------------------------------------------------
+
+
+def _tunnel_id(view: cn.ManageView) -> str | None:
+    """The connection's tunnel, from keystore's view of it (never from the browser)."""
+    return next((p.tunnel_id for p in view.connection.providers if p.tunnel_id), None)
+
+
+async def _tunnel_status(request: Request, view: cn.ManageView) -> tunnels.TunnelStatus | None:
+    tunnel_id = _tunnel_id(view)
+    if tunnel_id is None:
+        return None
+    try:
+        info = await tunnels.tunnel_info(request, view.connection.app_id, tunnel_id)
+    except ByoError as exc:
+        tunnels.failure(exc)
+        return None
+    return await tunnels.tunnel_status(request, info)
+
+
+def _token_page(
+    request: Request,
+    view: cn.ManageView,
+    issued: ks.TunnelToken,
+    *,
+    page_title: str,
+) -> Response:
+    return tunnels.token_page(
+        request,
+        page_title=page_title,
+        tunnel_id=issued.tunnel_id,
+        token=issued.token.get_secret_value(),
+        status=tunnels.offline_status(issued.tunnel_id),
+        source=tunnels.StatusSource("/manage/tunnel/status", "get"),
+        previous_valid_until=issued.previous_valid_until,
+        back_to_manage=view.app_name,
+    )
+
+
+@router.post("/manage/tunnel")
+async def set_up_tunnel(request: Request) -> Response:
+    """A tunnel for the self-hosted provider (created if there is none); a tunnel it had before
+    is revoked. The answer shows the token once."""
+    _, session = await _checked_form(request)
+    view = await _view(request, session)
+    if view.connection.status != "active":
+        return RedirectResponse("/manage/done", status_code=303)
+    try:
+        issued = await tunnels.register(
+            request, view.connection.app_id, view.connection.connection_id
+        )
+    except ByoError as exc:
+        return await _with_problems(request, session, [tunnels.failure(exc)], {})
+    return _token_page(request, view, issued, page_title="Run this on your server")
+
+
+@router.post("/manage/tunnel/rotate")
+async def rotate_tunnel_token(request: Request) -> Response:
+    """A new token, shown once; the old one opens new sockets for a few more minutes and the
+    clients already connected stay up."""
+    _, session = await _checked_form(request)
+    view = await _view(request, session)
+    tunnel_id = _tunnel_id(view)
+    if tunnel_id is None:
+        return await _with_problems(request, session, ["This connection has no tunnel."], {})
+    try:
+        issued = await tunnels.rotate(request, view.connection.app_id, tunnel_id)
+    except ByoError as exc:
+        return await _with_problems(request, session, [tunnels.failure(exc)], {})
+    return _token_page(request, view, issued, page_title="Your new tunnel token")
+
+
+@router.get("/manage/tunnel/status")
+async def tunnel_status(request: Request) -> Response:
+    """The tunnel's status as JSON, for the page's script (polled every 2 s)."""
+    session = _session(request)
+    view = await _view(request, session)
+    status = await _tunnel_status(request, view)
+    if status is None:
+        return JSONResponse({"error": "This connection has no tunnel."}, status_code=404)
+    return JSONResponse(status.model_dump(mode="json"), headers=tunnels.NO_STORE)
+
+
+@router.get("/manage/tunnel/revoke")
+async def confirm_revoke_tunnel(request: Request) -> Response:
+    session = _session(request)
+    view = await _view(request, session)
+    if _tunnel_id(view) is None:
+        return RedirectResponse("/manage", status_code=303)
+    return render(
+        "revoke_tunnel.html",
+        page_title="Revoke your tunnel?",
+        view=view,
+        csrf_token=session_csrf_token(session),
+    )
+
+
+@router.post("/manage/tunnel/revoke")
+async def revoke_tunnel(request: Request) -> Response:
+    """Revoke now: every token and session refused, every connected client closed."""
+    _, session = await _checked_form(request)
+    view = await _view(request, session)
+    tunnel_id = _tunnel_id(view)
+    if tunnel_id is None:
+        return RedirectResponse("/manage", status_code=303)
+    try:
+        await tunnels.revoke(request, view.connection.app_id, tunnel_id)
+    except ByoError as exc:
+        return await _with_problems(request, session, [tunnels.failure(exc)], {})
+    return _back("tunnel_revoked")

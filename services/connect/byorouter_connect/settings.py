@@ -1,4 +1,5 @@
-"""Connect's settings: where its HTTP server listens and how long its one-time things live."""
+"""Connect's settings: where its HTTP server listens, how long its one-time things live, and
+where tunnel clients dial in."""
 
 from __future__ import annotations
 
@@ -23,3 +24,6 @@ class ConnectSettings(ServiceSettings):
     # Cookies are Secure unless the page is served to a loopback host over plain http; set
     # BYOROUTER_COOKIE_SECURE=true to force them Secure everywhere.
     cookie_secure: bool = False
+    # BYOROUTER_TUNNEL_PUBLIC_URL: where a person's `byorouter-tunnel` dials in (the tunnel
+    # service's WebSocket, wss:// in production), shown in the command the tunnel pages give.
+    tunnel_public_url: str = "ws://127.0.0.1:4001/tunnel"

@@ -13,12 +13,14 @@ One module per job; this package's names are the API services import:
   streams      the streaming protocol's two ends and the keep-alive ticker
   serving      endpoints and event subscribers, the error envelope on every failure
   discovery    the NATS micro protocol ($SRV.PING/INFO/STATS)
+  gather       scatter-gather: one question, every copy's answer (a tunnel's `.status`)
 """
 
 from byorouter_common.bus.calls import Bus
 from byorouter_common.bus.connection import connect, connect_options, make_broker
 from byorouter_common.bus.discovery import Discovery
 from byorouter_common.bus.failures import bus_error
+from byorouter_common.bus.gather import gather_replies
 from byorouter_common.bus.serving import (
     consume_event,
     map_dependency_errors,
@@ -57,6 +59,7 @@ __all__ = [
     "connect",
     "connect_options",
     "consume_event",
+    "gather_replies",
     "make_broker",
     "map_dependency_errors",
     "serve",

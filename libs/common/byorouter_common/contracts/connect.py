@@ -116,12 +116,19 @@ class AuthorizationGrant(Contract):
     providers: list[ProviderCredentialInput] = Field(min_length=1, max_length=8)
     fallback_to_default: bool = False
     code_ttl_s: int = Field(default=300, ge=10, le=MAX_CODE_TTL_S)
+    # The person chose "my own server, through a secure tunnel": Connect registers the tunnel
+    # (TUNNEL_REGISTER) right after, so the self-hosted provider's base_url, then only the
+    # direct address used while the tunnel is offline, may be empty.
+    selfhosted_tunnel: bool = False
 
 
 class AuthorizationCode(Contract):
     # Shown once, in the redirect to the app; only its SHA-256 is stored.
     code: SecretStr
     expires_at: datetime
+    # The connection the code grants, for Connect's own next step (registering a tunnel); the
+    # browser never sees it.
+    connection_id: str | None = None
 
     @field_serializer("code", when_used="json")
     def _reveal(self, value: SecretStr) -> str:

@@ -1,6 +1,8 @@
 // BYORouter Connect: small enhancements only; every page works without this script.
 // A Test button asks for the result as JSON and shows it in place, so the keys the person
-// typed stay in the form instead of the page reloading.
+// typed stay in the form instead of the page reloading. On the tunnel pages: the model server
+// picker rewrites the command, a Copy button copies it, and the status refreshes every 2 s
+// (without the script, "Check status" reloads it).
 "use strict";
 
 (function () {
@@ -52,4 +54,96 @@
       button.textContent = label;
     });
   });
+
+  // --- the tunnel pages ----------------------------------------------------------------------
+
+  var POLL_MS = 2000;
+  var POLL_FOR_MS = 15 * 60 * 1000;
+
+  function setUpCommand() {
+    var picker = document.getElementById("tunnel_upstream");
+    var upstream = document.getElementById("tunnel-command-upstream");
+    var command = document.getElementById("tunnel-command");
+    if (!picker || !upstream || !command) { return; }
+    picker.addEventListener("change", function () { upstream.textContent = picker.value; });
+    if (!navigator.clipboard) { return; }
+    var copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "secondary";
+    copy.textContent = "Copy command";
+    copy.addEventListener("click", function () {
+      navigator.clipboard.writeText(command.textContent).then(function () {
+        copy.textContent = "Copied";
+      }, function () {
+        copy.textContent = "Select the command and copy it";
+      });
+    });
+    command.parentNode.insertAdjacentElement("afterend", copy);
+  }
+
+  function showStatus(status) {
+    var state = document.getElementById("tunnel-state");
+    state.textContent = "";
+    var span = document.createElement("span");
+    span.className = "state state-" + status.state;
+    span.textContent = status.summary;
+    state.appendChild(span);
+    document.getElementById("tunnel-clients").textContent = String(status.clients);
+    document.getElementById("tunnel-last-seen").textContent = status.last_seen;
+    var list = document.getElementById("tunnel-models");
+    list.textContent = "";
+    var models = status.models.length ? status.models : [null];
+    models.forEach(function (model) {
+      var item = document.createElement("li");
+      if (model === null) { item.className = "none"; }
+      item.textContent = model === null ? "none yet" : model;
+      list.appendChild(item);
+    });
+  }
+
+  function showStopped(message) {
+    var state = document.getElementById("tunnel-state");
+    state.textContent = "";
+    var span = document.createElement("span");
+    span.className = "result-fail";
+    span.textContent = message;
+    state.appendChild(span);
+  }
+
+  function pollStatus() {
+    var box = document.getElementById("tunnel-status");
+    if (!box || !window.fetch || !window.URLSearchParams) { return; }
+    var url = box.getAttribute("data-status-url");
+    var formId = box.getAttribute("data-status-form");
+    var form = formId ? document.getElementById(formId) : null;
+    var started = Date.now();
+    var timer = null;
+
+    function ask() {
+      if (Date.now() - started > POLL_FOR_MS) { return; }
+      if (document.hidden) { timer = setTimeout(ask, POLL_MS); return; }
+      var options = { credentials: "same-origin", headers: { "Accept": "application/json" } };
+      if (form) {
+        options.method = "POST";
+        options.body = new URLSearchParams(new FormData(form));
+      }
+      fetch(url, options).then(function (response) {
+        return response.json().then(function (body) { return { ok: response.ok, body: body }; });
+      }).then(function (answer) {
+        if (!answer.ok) {
+          showStopped(answer.body.error || "The status could not be read.");
+          return;
+        }
+        showStatus(answer.body);
+        timer = setTimeout(ask, POLL_MS);
+      }).catch(function () {
+        timer = setTimeout(ask, POLL_MS * 2);
+      });
+    }
+    timer = setTimeout(ask, POLL_MS);
+    window.addEventListener("pagehide", function () { clearTimeout(timer); });
+  }
+
+  setUpCommand();
+  pollStatus();
 })();
