@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from byorouter_cli.dev.stack import Stack
-from byorouter_common.bus import Bus
+from byorouter_common.bus import Bus, connect
 from byorouter_common.contracts import keystore as ks
 from tests.e2e.conftest import AppWithConnection
 from tests.tunnel.tunnel_client import HEARTBEAT_S, TunnelApi, TunnelClientProcess
@@ -272,3 +272,95 @@ async def test_an_answer_over_a_mib_arrives_whole(api: TunnelApi, online: Online
     content = response.json()["choices"][0]["message"]["content"]
     assert len(content) > 1024 * 1024
     assert content.split() == words.split() * 8
+
+
+async def test_a_request_as_large_as_the_bus_carries_crosses_the_tunnel_whole(
+    api: TunnelApi, online: Online, tunnel_bus: Bus
+) -> None:
+    # Just under what the gateway and one bus message accept: sealed for the tunnel (with the
+    # model server's request around it) it no longer fits one message and goes in parts, and
+    # the echoed answer back is past the limit too.
+    limit = tunnel_bus.nc.max_payload
+    content = "x" * (limit - 3000)
+    async with api.http(timeout_s=60) as http:
+        response = await http.post(
+            "/v1/chat/completions", json=_body("selfhosted/gpt-4o-mini", content, stream=False)
+        )
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["choices"][0]["message"]["content"] == content
+
+
+async def _selfhosted_tenant(
+    tunnel_bus: Bus, tunnel_stack: Stack, *, base_url: str | None, key: str | None
+) -> TunnelApi:
+    app = await tunnel_bus.request(ks.APP_CREATE, ks.AppCreate(name="selfhosted settings"))
+    conn = await tunnel_bus.request(
+        ks.CONNECTION_CREATE,
+        ks.ConnectionCreate(
+            app_id=app.app_id,
+            providers=[
+                ks.ProviderCredentialInput(
+                    provider="selfhosted",
+                    base_url=base_url,
+                    api_key=SecretStr(key) if key else None,
+                )
+            ],
+        ),
+    )
+    tenant = AppWithConnection(
+        app.client_id, app.app_id, app.app_api_key.get_secret_value(), conn.connection_id, ""
+    )
+    return TunnelApi(tunnel_stack, tenant)
+
+
+async def test_the_direct_url_serves_while_the_tunnel_is_offline(
+    tunnel_bus: Bus, tunnel_stack: Stack
+) -> None:
+    api = await _selfhosted_tenant(
+        tunnel_bus, tunnel_stack, base_url=tunnel_stack.upstream_base_url, key=None
+    )
+    await api.register()  # the tunnel exists; no client runs it
+    async with api.http() as http:
+        response = await http.post(
+            "/v1/chat/completions", json=_body("selfhosted/gpt-4o-mini", "direct", stream=False)
+        )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-byorouter-provider"] == "selfhosted"
+
+
+async def test_the_model_servers_key_reaches_it_inside_the_sealed_request(
+    tunnel_bus: Bus, tunnel_stack: Stack, client_dir: Path
+) -> None:
+    server_key = "sk-home-" + secrets.token_hex(12)
+    # A direct URL nobody answers on: with the tunnel online, the tunnel is the route.
+    api = await _selfhosted_tenant(
+        tunnel_bus, tunnel_stack, base_url="http://127.0.0.1:9/v1", key=server_key
+    )
+    registered, client = await api.online_client(client_dir)
+    tag = "key-" + secrets.token_hex(4)
+    seen: list[bytes] = []
+
+    async def sniff(msg: Any) -> None:
+        seen.append(msg.data)
+
+    relay = await connect(tunnel_stack.nats_settings(user="tunnel"), "sniffer")
+    sub = await relay.subscribe("byorouter.tunnel.>", cb=sniff)
+    try:
+        async with api.http() as http:
+            response = await http.post(
+                "/v1/chat/completions",
+                json=_body("selfhosted/gpt-4o-mini", "keyed", stream=False, user=tag),
+            )
+        assert response.status_code == 200, response.text
+    finally:
+        await sub.unsubscribe()
+        await relay.close()
+        client.stop()
+    async with httpx.AsyncClient() as fake:
+        recorded = (
+            await fake.get(tunnel_stack.upstream_url + "/_fake/requests", params={"tag": tag})
+        ).json()
+    assert recorded[-1]["headers"]["Authorization"] == f"Bearer {server_key}"
+    assert seen
+    assert not any(server_key.encode() in data for data in seen)
+    assert registered["token"] not in client.log_text()

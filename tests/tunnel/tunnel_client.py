@@ -58,7 +58,8 @@ class TunnelClientProcess:
         )
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log.read_text(errors="replace")
 
     def freeze(self) -> None:
