@@ -275,19 +275,32 @@ async def test_an_answer_over_a_mib_arrives_whole(api: TunnelApi, online: Online
 
 
 async def test_a_request_as_large_as_the_bus_carries_crosses_the_tunnel_whole(
-    api: TunnelApi, online: Online, tunnel_bus: Bus
+    api: TunnelApi, online: Online, tunnel_bus: Bus, tunnel_stack: Stack
 ) -> None:
     # Just under what the gateway and one bus message accept: sealed for the tunnel (with the
     # model server's request around it) it no longer fits one message and goes in parts, and
     # the echoed answer back is past the limit too.
     limit = tunnel_bus.nc.max_payload
     content = "x" * (limit - 3000)
-    async with api.http(timeout_s=60) as http:
-        response = await http.post(
-            "/v1/chat/completions", json=_body("selfhosted/gpt-4o-mini", content, stream=False)
-        )
+    uploads: list[int] = []
+
+    async def count(msg: Any) -> None:
+        uploads.append(len(msg.data))
+
+    relay = await connect(tunnel_stack.nats_settings(user="tunnel"), "upload-watch")
+    sub = await relay.subscribe("byorouter.tunnel.*.upload.>", cb=count)
+    try:
+        async with api.http(timeout_s=60) as http:
+            response = await http.post(
+                "/v1/chat/completions",
+                json=_body("selfhosted/gpt-4o-mini", content, stream=False),
+            )
+    finally:
+        await sub.unsubscribe()
+        await relay.close()
     assert response.status_code == 200, response.text[:300]
     assert response.json()["choices"][0]["message"]["content"] == content
+    assert uploads, "the sealed request fit one message: this test no longer tests splitting"
 
 
 async def _selfhosted_tenant(

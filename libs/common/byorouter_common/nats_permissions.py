@@ -67,6 +67,11 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
         *(e for e in cn.KEYSTORE_ENDPOINTS if e not in _GATEWAY_FLOW),
         cn.PROVIDER_TEST,
         ks.CONNECTION_GET,
+        # The Connect page's tunnel option: set up, show, rotate and revoke the user's tunnel.
+        ks.TUNNEL_REGISTER,
+        ks.TUNNEL_GET,
+        ks.TUNNEL_ROTATE,
+        ks.TUNNEL_REVOKE,
     ),
     # The tunnel service checks its clients and reports them; nothing it calls returns a key.
     "tunnel": (ks.TUNNEL_AUTHENTICATE, ks.TUNNEL_SESSION_REFRESH, ks.TUNNEL_PRESENCE),
@@ -77,6 +82,7 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
 # `ANNOUNCES`.)
 NOTIFIES: Final[Mapping[str, tuple[str, ...]]] = {
     "gateway": (rt.cancel_wildcard(), tn.status_wildcard()),
+    "connect": (tn.status_wildcard(),),
     "router": (tn.http_wildcard(), tn.cancel_wildcard(), tn.upload_wildcard()),
 }
 # Who may announce what. Only keystore knows when apps, keys and connections change: a forged

@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 _MAX_LAST_ERROR = 500
 
 
-def validate_providers(providers: Sequence[ks.ProviderCredentialInput]) -> None:
+def validate_providers(
+    providers: Sequence[ks.ProviderCredentialInput], *, tunnel_pending: bool = False
+) -> None:
     """Refuse what could never work; messages name the field, never the value given."""
     seen: set[str] = set()
     for index, p in enumerate(providers):
@@ -71,7 +73,12 @@ def validate_providers(providers: Sequence[ks.ProviderCredentialInput]) -> None:
                 param=f"{field}.tunnel_id",
             )
         # A tunnel is a destination of its own: the direct URL is then only its fallback.
-        if p.provider == "selfhosted" and not p.base_url and p.tunnel_id is None:
+        if (
+            p.provider == "selfhosted"
+            and not p.base_url
+            and p.tunnel_id is None
+            and not tunnel_pending
+        ):
             raise errors.bad_request(
                 f"{field}.base_url is required for selfhosted without a tunnel.",
                 param=f"{field}.base_url",
@@ -89,8 +96,9 @@ async def create_connection(
     app_id: str,
     providers: Sequence[ks.ProviderCredentialInput],
     fallback_to_default: bool,
+    selfhosted_tunnel: bool = False,
 ) -> tuple[Connection, list[Credential]]:
-    validate_providers(providers)
+    validate_providers(providers, tunnel_pending=selfhosted_tunnel)
     for index, p in enumerate(providers):
         if p.tunnel_id is not None:
             # A tunnel belongs to one existing connection: it is made by `tunnel.register`.

@@ -72,7 +72,7 @@ async def issue_code(
         )
     fallback = grant.fallback_to_default and await offers_default_provider(session, app)
     connection, credentials = await create_connection(
-        session, keyring, app.id, grant.providers, fallback
+        session, keyring, app.id, grant.providers, fallback, grant.selfhosted_tunnel
     )
     await purge_expired(session)
     code = new_one_time_secret()
@@ -201,7 +201,11 @@ class ConsentHandlers(Handlers):
         async with self.sessions.begin() as session:
             issued = await issue_code(session, self.keyring, request)
         await self.connection_changed(issued.connection.id, issued.connection.app_id, deleted=False)
-        return cn.AuthorizationCode(code=SecretStr(issued.code), expires_at=issued.expires_at)
+        return cn.AuthorizationCode(
+            code=SecretStr(issued.code),
+            expires_at=issued.expires_at,
+            connection_id=issued.connection.id,
+        )
 
     async def code_exchange(self, request: cn.CodeExchange) -> ConnectionInfo:
         async with self.sessions.begin() as session:
