@@ -8,23 +8,19 @@ tunnel service copies holding its sockets, live, by one scatter-gather on its `.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shlex
-import time
 from typing import Final, TypeVar
 
-import nats.errors
 from fastapi import APIRouter, Request
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from byorouter_common import errors
+from byorouter_common.bus import gather_replies
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import tunnel as tn
-from byorouter_common.telemetry import inject_headers
 from byorouter_gateway.api.schemas import (
     APP_ERRORS,
     DeclaredModelView,
@@ -99,36 +95,17 @@ async def _live_clients(nc: NatsClient, tunnel_id: str) -> list[tn.TunnelClients
 
     No subscriber at all is NATS no-responders, at once: the tunnel is offline.
     """
-    answers: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def collect(msg: Msg) -> None:
-        answers.put_nowait(msg)
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=collect)
     found: list[tn.TunnelClients] = []
-    try:
-        await nc.publish(
-            tn.status_subject(tunnel_id), b"{}", reply=inbox, headers=inject_headers({})
-        )
-        deadline = time.monotonic() + _MAX_WAIT_S
-        wait_s = _FIRST_ANSWER_S
-        while (left := min(wait_s, deadline - time.monotonic())) > 0:
-            try:
-                msg = await asyncio.wait_for(answers.get(), left)
-            except TimeoutError:
-                break
-            status = (msg.headers or {}).get("Status")
-            if status == "503":
-                break  # no responders: nobody holds a socket of this tunnel
-            if status is not None and not msg.data:
-                continue
-            with contextlib.suppress(ValueError):
-                found.append(tn.TunnelClients.model_validate_json(msg.data))
-            wait_s = _SETTLE_S
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
+    for body in await gather_replies(
+        nc,
+        tn.status_subject(tunnel_id),
+        b"{}",
+        first_wait_s=_FIRST_ANSWER_S,
+        settle_s=_SETTLE_S,
+        max_wait_s=_MAX_WAIT_S,
+    ):
+        with contextlib.suppress(ValueError):
+            found.append(tn.TunnelClients.model_validate_json(body))
     return found
 
 
