@@ -8,10 +8,11 @@ from byorouter_cli.dev.demo import DemoFacts
 from byorouter_cli.dev.stack import Stack
 
 
-def ready_facts(stack: Stack, demo: DemoFacts) -> dict[str, Any]:
+def ready_facts(stack: Stack, demo: DemoFacts, tunnel_model: str | None = None) -> dict[str, Any]:
     """The `--json` output: the demo app's facts and where each front door is."""
     return {
         **demo,
+        "tunnel_model": tunnel_model,
         "connect_url": stack.connect_url,
         "tunnel_url": stack.tunnel_url,
         "nats_url": stack.nats_url,
@@ -20,7 +21,7 @@ def ready_facts(stack: Stack, demo: DemoFacts) -> dict[str, Any]:
     }
 
 
-def banner(stack: Stack, demo: DemoFacts) -> str:
+def banner(stack: Stack, demo: DemoFacts, tunnel_model: str | None = None) -> str:
     key, conn, api = demo["app_api_key"], demo["connection_id"], demo["api_url"]
     nats_login = (
         f" (log in as admin: password in {stack.nats_users_file})" if stack.nats_auth else ""
@@ -57,4 +58,14 @@ or with the openai Python SDK:
   reply = client.chat.completions.create(
       model="{demo["model"]}", messages=[{{"role": "user", "content": "Hello"}}])
   print(reply.choices[0].message.content)
+{_tunnel_lines(stack, tunnel_model)}"""
+
+
+def _tunnel_lines(stack: Stack, tunnel_model: str | None) -> str:
+    if tunnel_model is None:
+        return ""
+    return f"""
+Through a tunnel: a `byorouter-tunnel` client (log: {stack.log_file("tunnel-client")}) serves
+the same fake model as if it ran on a user's own machine. Ask for "{tunnel_model}" in either
+example above; the request is sealed end to end between the router and that client.
 """

@@ -24,6 +24,9 @@ from byorouter_common.settings import ServiceSettings
 
 DEMO_APP_NAME: Final = "BYORouter demo"
 DEMO_MODEL: Final = "openai/gpt-4o-mini"
+# The same fake upstream, reached as the user's own server through a tunnel client.
+DEMO_TUNNEL_MODEL: Final = "selfhosted/gpt-4o-mini"
+TUNNEL_CLIENT: Final = "tunnel-client"
 EXAMPLE_APP: Final = "example-app"
 EXAMPLE_APP_SCRIPT: Final = Path(__file__).resolve().parents[3] / "examples" / "chat-app" / "app.py"
 EXAMPLE_CALLBACK_PATH: Final = "/api/byorouter/callback"
@@ -175,3 +178,19 @@ async def _create_demo(target: DemoTarget) -> DemoFacts:
         connection_id=connection.connection_id,
         model=DEMO_MODEL,
     )
+
+
+async def register_demo_tunnel(admin: ServiceSettings, demo: DemoFacts) -> ks.TunnelToken:
+    """A new tunnel on the demo connection (registering replaces the one a previous run made)."""
+    nc = await connect_admin(admin)
+    try:
+        bus = Bus(nc, timeout_s=10.0)
+        app = await bus.request(ks.APP_GET, ks.AppGet(client_id=demo["client_id"]))
+        return await bus.request(
+            ks.TUNNEL_REGISTER,
+            ks.TunnelRegister(
+                app_id=app.app_id, connection_id=demo["connection_id"], name="make run demo"
+            ),
+        )
+    finally:
+        await nc.close()

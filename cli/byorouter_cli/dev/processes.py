@@ -50,7 +50,15 @@ class MicroReady:
     service: str
 
 
-Readiness = HttpReady | PortReady | MicroReady
+@dataclass(frozen=True)
+class AnswersOn:
+    """Ready when a request on the NATS `subject` gets an answer (a tunnel's `.status`: its
+    client is connected)."""
+
+    subject: str
+
+
+Readiness = HttpReady | PortReady | MicroReady | AnswersOn
 
 
 @dataclass(frozen=True)
@@ -275,8 +283,9 @@ async def _is_ready(ready: Readiness, http: httpx.AsyncClient, nc: NatsClient) -
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+    subject = ready.subject if isinstance(ready, AnswersOn) else f"$SRV.PING.{ready.service}"
     try:
-        await nc.request(f"$SRV.PING.{ready.service}", b"", timeout=0.5)
+        await nc.request(subject, b"{}", timeout=0.5)
     except (nats.errors.Error, TimeoutError):
         return False
     return True

@@ -51,10 +51,13 @@ def run_dev(
     try:
         stack.start()
         demo = stack.create_demo()
+        # The fake upstream again, as a user's own server behind NAT: `selfhosted/...` works at
+        # once, through a real tunnel client.
+        tunnel_model = stack.start_demo_tunnel(demo)
         if json_mode:
-            sys.stdout.write(json.dumps(ready_facts(stack, demo)) + "\n")
+            sys.stdout.write(json.dumps(ready_facts(stack, demo, tunnel_model)) + "\n")
         else:
-            sys.stdout.write(banner(stack, demo))
+            sys.stdout.write(banner(stack, demo, tunnel_model))
         sys.stdout.flush()
         dead = stack.wait()
         _report_failure(

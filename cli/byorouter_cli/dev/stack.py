@@ -24,19 +24,23 @@ from typing import IO, Final
 from nats.aio.client import Client as NatsClient
 
 from byorouter_cli.backends import EmbeddedPostgres, NatsServer
-from byorouter_cli.dev.admin_bus import connect_admin
+from byorouter_cli.dev.admin_bus import connect_admin, run_sync
 from byorouter_cli.dev.demo import (
+    DEMO_TUNNEL_MODEL,
     EXAMPLE_APP,
     EXAMPLE_APP_SCRIPT,
+    TUNNEL_CLIENT,
     DemoFacts,
     DemoTarget,
     ensure_demo,
     example_app_env,
+    register_demo_tunnel,
 )
 from byorouter_cli.dev.errors import StackError
 from byorouter_cli.dev.ports import Ports, port_is_free
 from byorouter_cli.dev.processes import (
     LOG_TAIL_LINES,
+    AnswersOn,
     ChildSpec,
     HttpReady,
     MicroReady,
@@ -46,6 +50,7 @@ from byorouter_cli.dev.processes import (
 )
 from byorouter_cli.dev.state import StateDir, write_nats_logins, write_private_json
 from byorouter_common import nats_permissions
+from byorouter_common.contracts import tunnel
 from byorouter_common.settings import ServiceSettings
 
 SERVICES: Final = ("keystore", "router", "gateway", "connect", "tunnel")
@@ -162,6 +167,11 @@ class Stack:
     @property
     def tunnel_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.tunnel}"
+
+    @property
+    def tunnel_ws_url(self) -> str:
+        """Where tunnel clients dial: the tunnel service's WebSocket endpoint."""
+        return f"ws://127.0.0.1:{self.ports.tunnel}/tunnel"
 
     @property
     def upstream_url(self) -> str:
@@ -386,6 +396,39 @@ class Stack:
                 ready = MicroReady(name)
         return ChildSpec(name, argv, self._env_for(name), self.log_file(name), ready)
 
+    def start_demo_tunnel(self, demo: DemoFacts) -> str:
+        """A tunnel client in front of the fake upstream, as a user's own server: registers a
+        tunnel on the demo connection, runs `byorouter-tunnel` for it, waits until it is online;
+        returns the model to ask for through it."""
+        registered = run_sync(lambda: register_demo_tunnel(self.nats_settings(), demo))
+        env = _inherited_env() | {
+            "PYTHONUNBUFFERED": "1",
+            # The token goes in the environment, never on the command line (`ps` shows that).
+            "BYOROUTER_TUNNEL_TOKEN": registered.token.get_secret_value(),
+        }
+        client = Path(sys.executable).with_name("byorouter-tunnel")
+        argv = (
+            [str(client)] if client.exists() else [sys.executable, "-m", "byorouter_tunnel_client"]
+        )
+        argv += [
+            "--url",
+            self.tunnel_ws_url,
+            "--upstream",
+            self.upstream_base_url,
+            "--key-file",
+            str(self.state_dir / "tunnel-client.key"),
+        ]
+        spec = ChildSpec(
+            TUNNEL_CLIENT,
+            argv,
+            env,
+            self.log_file(TUNNEL_CLIENT),
+            AnswersOn(tunnel.status_subject(registered.tunnel_id)),
+        )
+        self._children.launch(spec)
+        self._children.wait_ready([TUNNEL_CLIENT])
+        return DEMO_TUNNEL_MODEL
+
     def _start_example_app(self, demo: DemoFacts) -> None:
         """Run examples/chat-app as the demo app: its users connect their keys through Connect."""
         if not EXAMPLE_APP_SCRIPT.exists():
@@ -431,6 +474,9 @@ class Stack:
             if name == "gateway":
                 # Manage links the gateway hands out must point at this stack's Connect page.
                 env["BYOROUTER_CONNECT_PUBLIC_URL"] = self.connect_url
+            if name in ("gateway", "connect"):
+                # The command they show a user names this stack's tunnel endpoint.
+                env["BYOROUTER_TUNNEL_PUBLIC_URL"] = self.tunnel_ws_url
         env.update(self.service_env.get(name, {}))
         return env
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from byorouter_common.contracts import connect as cn
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
@@ -140,11 +140,12 @@ def service_permissions(service: str) -> Permissions:
 def admin_permissions() -> Permissions:
     """Operators may call every keystore and router endpoint except the secret ones.
 
-    Admin serves nothing, so it answers no inbox; it may listen to events and discovery.
+    Admin serves nothing, so it answers no inbox; it may listen to events and discovery, and
+    ask any tunnel's `.status` (who is connected: metadata, never a request).
     """
     secret = {endpoint.subject for endpoint in SECRET_ENDPOINTS}
     publish = [e.subject for e in (*ks.ENDPOINTS, *rt.ENDPOINTS) if e.subject not in secret]
-    publish += [rt.cancel_wildcard(), DISCOVERY]
+    publish += [rt.cancel_wildcard(), tn.status_wildcard(), DISCOVERY]
     subscribe = (f"{EVENTS_ROOT}.>", f"{inbox_prefix(ADMIN)}.>", DISCOVERY)
     return Permissions(tuple(publish), subscribe, _deny_secrets(ADMIN))
 
