@@ -9,6 +9,10 @@ The fallback scenario sends non-streamed requests to a connection whose first pr
 every request with 429 (no Retry-After) and whose second (a self-hosted server, with a preferred
 model) answers: the router retries the first once after its backoff, then falls back. Its rows
 say how much that adds to the normal path's p50.
+
+The tunnel scenario (`bench/tunnel.py`) reaches the same fake server by its direct URL and
+through a tunnel client: added time to first token and between chunks, 200 concurrent paced
+streams, and the time back after a tunnel service restart. `--tunnel-only` runs just that.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import uvloop
 from pydantic import SecretStr
 
 from bench.loadgen import LoadResult, run_load
+from bench.tunnel import measure_tunnel
 from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus, connect
 from byorouter_common.contracts import keystore as ks
@@ -90,7 +95,11 @@ def _row(name: str, result: LoadResult) -> dict[str, Any]:
     }
 
 
-async def _measure(stack: Stack, seconds: float) -> dict[str, Any]:
+async def _measure(
+    stack: Stack, seconds: float, state: Path, *, tunnel_only: bool = False
+) -> dict[str, Any]:
+    if tunnel_only:
+        return {"rows": await measure_tunnel(stack, state), "rss_mib": _memory(stack)}
     gateway_headers = _gateway_headers(*await _tenant(stack))
     upstream_headers = {"Authorization": "Bearer sk-bench-direct"}
     rows: list[dict[str, Any]] = []
@@ -124,11 +133,15 @@ async def _measure(stack: Stack, seconds: float) -> dict[str, Any]:
                 flush=True,
             )
     rows += await _measure_fallback(stack, seconds, rows)
-    memory = {
+    rows += await measure_tunnel(stack, state)
+    return {"rows": rows, "rss_mib": _memory(stack)}
+
+
+def _memory(stack: Stack) -> dict[str, float]:
+    return {
         name: round(psutil.Process(pid).memory_info().rss / 2**20, 1)
         for name, pid in stack.service_pids().items()
     }
-    return {"rows": rows, "rss_mib": memory}
 
 
 async def _measure_fallback(
@@ -163,17 +176,20 @@ async def _measure_fallback(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    parser.add_argument("--tunnel-only", action="store_true", help="only the tunnel scenario")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="byorouter-bench-"))
     env = {
         "BYOROUTER_LOG_LEVEL": "WARNING",
         "BYOROUTER_RATE_LIMIT_RPS": "0",
     }
-    stack = Stack(state, env_overrides=env, echo=False)
+    # One tunnel client carries the 200 concurrent streams of the tunnel scenario.
+    service_env = {"tunnel": {"BYOROUTER_MAX_CONCURRENCY": "256"}}
+    stack = Stack(state, env_overrides=env, service_env=service_env, echo=False)
     print(f"starting the stack in {state} ...", flush=True)
     stack.start()
     try:
-        report = uvloop.run(_measure(stack, args.seconds))
+        report = uvloop.run(_measure(stack, args.seconds, state, tunnel_only=args.tunnel_only))
     finally:
         stack.stop()
     report["machine"] = {
@@ -184,8 +200,9 @@ def main() -> None:
     }
     print("resident memory (MiB): " + ", ".join(f"{k} {v}" for k, v in report["rss_mib"].items()))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
-    print(f"written {RESULTS / 'latest.json'}")
+    out = RESULTS / ("tunnel.json" if args.tunnel_only else "latest.json")
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written {out}")
 
 
 if __name__ == "__main__":
