@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
 from byorouter_common.contracts import tunnel as tn
 from byorouter_common.contracts.base import Endpoint, Event, service_wildcard
+from byorouter_common.contracts.keystore import connect_flow as cn
 
 ADMIN: Final = "admin"
 SERVICE_USERS: Final = ("keystore", "router", "gateway", "connect", "tunnel")
@@ -65,7 +65,7 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
     # still read one, masked: tests/security uses that as its example of an allowed call.)
     "connect": (
         *(e for e in cn.KEYSTORE_ENDPOINTS if e not in _GATEWAY_FLOW),
-        cn.PROVIDER_TEST,
+        rt.PROVIDER_TEST,
         ks.CONNECTION_GET,
         # The Connect page's tunnel option: set up, show, rotate and revoke the user's tunnel.
         ks.TUNNEL_REGISTER,

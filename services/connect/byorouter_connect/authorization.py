@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, quote
 from fastapi import Request
 from starlette.responses import RedirectResponse, Response
 
-from byorouter_common.contracts import connect as cn
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
 from byorouter_connect.deps import bus_of
 from byorouter_connect.pages import PageError

@@ -17,9 +17,10 @@ from fastapi import APIRouter, Request
 from pydantic import SecretStr
 from starlette.responses import JSONResponse, Response
 
-from byorouter_common.contracts import connect as cn
+from byorouter_common.contracts import router as rt
 from byorouter_common.contracts import tunnel as tn
 from byorouter_common.contracts.keystore import PROVIDERS, ProviderName
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
 from byorouter_connect import tunnels
 from byorouter_connect.authorization import (
@@ -56,7 +57,7 @@ def consent_page(
     *,
     status: int = 200,
     values: Mapping[ProviderName, ProviderValues] | None = None,
-    results: Mapping[str, cn.ProviderTestResult] | None = None,
+    results: Mapping[str, rt.ProviderTestResult] | None = None,
     problems: list[str] | None = None,
     fallback_to_default: bool = False,
 ) -> Response:
@@ -131,17 +132,17 @@ def chosen_provider(
     return None
 
 
-async def run_test(request: Request, values: ProviderValues | None) -> cn.ProviderTestResult:
+async def run_test(request: Request, values: ProviderValues | None) -> rt.ProviderTestResult:
     """Ask the router to try the key; problems with the fields are answered without it."""
     if values is None:
-        return cn.ProviderTestResult(ok=False, message="Choose a provider to test.")
+        return rt.ProviderTestResult(ok=False, message="Choose a provider to test.")
     problems = problems_of(values)
     if problems:
-        return cn.ProviderTestResult(ok=False, message=" ".join(problems))
+        return rt.ProviderTestResult(ok=False, message=" ".join(problems))
     try:
         return await bus_of(request).request(
-            cn.PROVIDER_TEST,
-            cn.ProviderTest(
+            rt.PROVIDER_TEST,
+            rt.ProviderTest(
                 provider=values.provider,
                 api_key=SecretStr(values.api_key) if values.api_key else None,
                 base_url=values.base_url or None,
@@ -150,7 +151,7 @@ async def run_test(request: Request, values: ProviderValues | None) -> cn.Provid
         )
     except ByoError as exc:
         log.warning("provider test failed to run", extra={"code": exc.code})
-        return cn.ProviderTestResult(
+        return rt.ProviderTestResult(
             ok=False, message="The test could not run right now; try again in a minute."
         )
 

@@ -18,10 +18,11 @@ from fastapi import APIRouter, Request
 from pydantic import SecretStr
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts import router as rt
 from byorouter_common.contracts.base import Endpoint, Req
 from byorouter_common.contracts.keystore import PROVIDERS, ProviderInfo, ProviderName
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
 from byorouter_connect import tunnels
 from byorouter_connect.consent import run_test, unavailable
@@ -116,7 +117,7 @@ def manage_page(
     status: int = 200,
     notice: str | None = None,
     problems: list[str] | None = None,
-    results: Mapping[str, cn.ProviderTestResult] | None = None,
+    results: Mapping[str, rt.ProviderTestResult] | None = None,
     typed: Mapping[str, ProviderValues] | None = None,
     tunnel: tunnels.TunnelStatus | None = None,
 ) -> Response:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from byorouter_common.contracts.connect import is_loopback_host
+from byorouter_common.contracts.keystore.connect_flow import is_loopback_host
 
 CSRF_COOKIE: Final = "byo_csrf"
 SESSION_COOKIE: Final = "byo_manage"

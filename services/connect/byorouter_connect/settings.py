@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from byorouter_common.contracts.connect import MAX_CODE_TTL_S
+from byorouter_common.contracts.keystore.connect_flow import MAX_CODE_TTL_S
 from byorouter_common.settings import ServiceSettings
 
 

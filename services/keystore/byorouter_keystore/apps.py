@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from byorouter_common import errors
 from byorouter_common.bus import serve
-from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_keystore import ids
 from byorouter_keystore.app_default import default_of
 from byorouter_keystore.shared import Handlers, audit, get_app, provider_name, rowcount

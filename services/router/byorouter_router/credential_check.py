@@ -22,8 +22,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from byorouter_common.contracts import connect as cn
-from byorouter_common.contracts.router import ModelCard
+from byorouter_common.contracts.keystore import connect_flow as cn
+from byorouter_common.contracts.router import ModelCard, ProviderTest, ProviderTestResult
 from byorouter_common.errors import ByoError
 from byorouter_router.providers.anthropic.provider import ANTHROPIC_VERSION
 from byorouter_router.providers.base import Provider, ProviderCredential
@@ -132,11 +132,11 @@ def plain_words(provider: str, base_url: str | None, exc: ByoError) -> str:
     return f"{name} could not list its models: {exc.message}"
 
 
-def _success(provider: str, models: list[str]) -> cn.ProviderTestResult:
+def _success(provider: str, models: list[str]) -> ProviderTestResult:
     count = len(models)
     noun = "model" if count == 1 else "models"
     lead = "Connected" if provider == "selfhosted" else "Key works"
-    return cn.ProviderTestResult(
+    return ProviderTestResult(
         ok=True,
         message=f"{lead} — {count} {noun} available",
         model_count=count,
@@ -157,13 +157,13 @@ class CredentialChecker:
         self._session = session
         self._providers = providers
 
-    async def check(self, request: cn.ProviderTest) -> cn.ProviderTestResult:
+    async def check(self, request: ProviderTest) -> ProviderTestResult:
         key = request.api_key.get_secret_value().strip() if request.api_key is not None else ""
         base_url = (request.base_url or "").strip() or None
         if request.provider != "selfhosted" and not key:
-            return cn.ProviderTestResult(ok=False, message="Enter a key to test")
+            return ProviderTestResult(ok=False, message="Enter a key to test")
         if request.provider == "selfhosted" and not base_url:
-            return cn.ProviderTestResult(ok=False, message="Enter your server's base URL to test")
+            return ProviderTestResult(ok=False, message="Enter your server's base URL to test")
         credential = ProviderCredential(
             request.provider, request.api_key if key else None, base_url
         )
@@ -171,12 +171,12 @@ class CredentialChecker:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 models = await self._list(credential)
         except ByoError as exc:
-            return cn.ProviderTestResult(
+            return ProviderTestResult(
                 ok=False, message=plain_words(request.provider, base_url, exc)
             )
         except TimeoutError:
             where = _where(request.provider, base_url)
-            return cn.ProviderTestResult(ok=False, message=f"{where} did not answer in time")
+            return ProviderTestResult(ok=False, message=f"{where} did not answer in time")
         return _success(request.provider, models)
 
     async def _list(self, credential: ProviderCredential) -> list[str]:

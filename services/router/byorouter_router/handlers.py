@@ -10,7 +10,6 @@ from __future__ import annotations
 import aiohttp
 
 from byorouter_common.bus import KeepAliveTicker, serve, subscribe_event
-from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as contract
@@ -75,7 +74,7 @@ class RouterHandlers:
         discovery = self.runtime.discovery
         serve(
             self.runtime.broker,
-            cn.PROVIDER_TEST,
+            contract.PROVIDER_TEST,
             self.credential_checker.check,
             discovery=discovery,
         )

@@ -1,6 +1,9 @@
 """The bus contract: every subject and its request/reply models, in one place.
 
 Handlers and callers import subjects from here and never spell a subject string themselves.
+Subjects are grouped by the service that serves them: `keystore` (a package, one module per
+resource; the Connect flow is `keystore.connect_flow`), `router`, `tunnel`; `events` holds the
+announcements anyone may listen to.
 """
 
 from byorouter_common.contracts import events, keystore, router, tunnel

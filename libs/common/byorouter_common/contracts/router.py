@@ -1,4 +1,5 @@
-"""Router's subjects: the streamed chat call, the model list, and cancellation.
+"""Router's subjects: the streamed chat call, the model list, cancellation and key tests; served
+by the router.
 
 `byorouter.router.chat` answers with the streaming protocol (see `byorouter_common.bus`), not a
 single reply. Its request embeds the client's OpenAI request body unchanged; the gateway builds
@@ -10,10 +11,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, SecretStr, field_serializer
 
 from byorouter_common.contracts.base import Contract, Endpoint
-from byorouter_common.contracts.keystore import ConnectionRef
+from byorouter_common.contracts.keystore import ConnectionRef, ProviderName
 
 SERVICE = "router"
 
@@ -50,6 +51,29 @@ class ModelList(Contract):
     data: list[ModelCard] = Field(default_factory=list)
 
 
+class ProviderTest(Contract):
+    """Try a key by listing the provider's models; nothing is stored."""
+
+    provider: ProviderName
+    api_key: SecretStr | None = None
+    base_url: str | None = Field(default=None, max_length=2048)
+
+    @field_serializer("api_key", when_used="json")
+    def _reveal(self, value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+
+class ProviderTestResult(Contract):
+    """The outcome in plain words a person understands, e.g. "Key works — 42 models available"."""
+
+    ok: bool
+    message: str
+    model_count: int = 0
+    # Filled for providers whose preferred model a person picks (OpenRouter), ids as the
+    # provider names them.
+    models: list[str] = Field(default_factory=list)
+
+
 CHAT = Endpoint(
     "byorouter.router.chat",
     ChatRequest,
@@ -64,8 +88,18 @@ MODELS = Endpoint(
     SERVICE,
     "Models the connection's providers offer now, provider-prefixed.",
 )
+# Connect's "Test" buttons, before a key is saved.
+PROVIDER_TEST = Endpoint(
+    "byorouter.router.provider.test",
+    ProviderTest,
+    ProviderTestResult,
+    SERVICE,
+    "Try a provider key (list its models) and say in plain words whether it works.",
+)
 CANCEL_PREFIX = "byorouter.router.cancel"
 
+# What operators may call (admin's permissions are derived from it); `PROVIDER_TEST` is Connect's
+# alone, so it is not here.
 ENDPOINTS = (CHAT, MODELS)
 
 

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from byorouter_common import errors
 from byorouter_common.bus import serve
-from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts.keystore import ConnectionInfo
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
 from byorouter_keystore.app_default import offers_default_provider
 from byorouter_keystore.connect_flow.one_time import (

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from byorouter_common import errors
 from byorouter_common.bus import serve
-from byorouter_common.contracts import connect as cn
 from byorouter_common.contracts.keystore import ProviderCredentialInput
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
 from byorouter_keystore import ids

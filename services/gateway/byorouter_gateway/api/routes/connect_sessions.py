@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from byorouter_common import errors
-from byorouter_common.contracts import connect as cn
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_gateway.api.schemas import APP_ERRORS
 from byorouter_gateway.deps import AppPrincipalDep, BusDep, GatewayDep, checked_connection_id
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, SecretStr
 from starlette.responses import Response
 
 from byorouter_common import errors
-from byorouter_common.contracts import connect as cn
+from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
 from byorouter_gateway.api.schemas import APP_ERRORS, ProviderView
 from byorouter_gateway.deps import Gateway, app_principal, bus_of

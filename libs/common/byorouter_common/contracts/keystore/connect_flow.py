@@ -1,9 +1,10 @@
-"""The Connect flow's subjects: consent, authorization codes, manage links and sessions, key tests.
+"""The Connect flow's subjects: consent, authorization codes, manage links and sessions; served
+by keystore.
 
 Connect (the browser pages) and the gateway (the app's server-to-server calls) ask keystore to
-issue and redeem the flow's one-time secrets, and the router to try a key before it is saved.
-Every one-time secret travels only in request/reply bodies, never in a subject; keystore stores
-only its SHA-256.
+issue and redeem the flow's one-time secrets. Every one-time secret travels only in request/reply
+bodies, never in a subject; keystore stores only its SHA-256. (Trying a key before it is saved is
+the router's `PROVIDER_TEST`, in `contracts.router`.)
 
 The redirect URI rules live here too, because keystore applies them when an app registers and
 Connect applies them again on every authorization request.
@@ -19,14 +20,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_serializer
 
 from byorouter_common.contracts.base import Contract, Endpoint
-from byorouter_common.contracts.keystore import (
-    ConnectionInfo,
-    ProviderCredentialInput,
-    ProviderName,
-)
-
-KEYSTORE: Final = "keystore"
-ROUTER: Final = "router"
+from byorouter_common.contracts.keystore.connections import ConnectionInfo, ProviderCredentialInput
+from byorouter_common.contracts.keystore.names import SERVICE, ProviderName
 
 # An authorization code lives at most this long (RFC 9700 recommends minutes, not more).
 MAX_CODE_TTL_S: Final = 600
@@ -233,110 +228,79 @@ class ManageView(Contract):
     connection: ConnectionInfo
 
 
-# --- trying a key ------------------------------------------------------------------------------
-
-
-class ProviderTest(Contract):
-    """Try a key by listing the provider's models; nothing is stored."""
-
-    provider: ProviderName
-    api_key: SecretStr | None = None
-    base_url: str | None = Field(default=None, max_length=2048)
-
-    @field_serializer("api_key", when_used="json")
-    def _reveal(self, value: SecretStr | None) -> str | None:
-        return value.get_secret_value() if value is not None else None
-
-
-class ProviderTestResult(Contract):
-    """The outcome in plain words a person understands, e.g. "Key works — 42 models available"."""
-
-    ok: bool
-    message: str
-    model_count: int = 0
-    # Filled for providers whose preferred model a person picks (OpenRouter), ids as the
-    # provider names them.
-    models: list[str] = Field(default_factory=list)
-
-
 CONSENT_APP_GET = Endpoint(
     "byorouter.keystore.connect.app.get",
     ConsentAppGet,
     ConsentApp,
-    KEYSTORE,
+    SERVICE,
     "The app asking for consent, by client id (404 if unknown).",
 )
 AUTHORIZE = Endpoint(
     "byorouter.keystore.connect.authorize",
     AuthorizationGrant,
     AuthorizationCode,
-    KEYSTORE,
+    SERVICE,
     "Store a person's keys as a new connection and issue a single-use authorization code.",
 )
 CODE_EXCHANGE = Endpoint(
     "byorouter.keystore.connect.code.exchange",
     CodeExchange,
     ConnectionInfo,
-    KEYSTORE,
+    SERVICE,
     "Redeem an authorization code (PKCE S256) for its connection; reuse revokes it.",
 )
 MANAGE_LINK_CREATE = Endpoint(
     "byorouter.keystore.connect.manage_link.create",
     ManageLinkCreate,
     ManageLink,
-    KEYSTORE,
+    SERVICE,
     "A short-lived single-use link token for a person to manage one of the app's connections.",
 )
 MANAGE_LINK_REDEEM = Endpoint(
     "byorouter.keystore.connect.manage_link.redeem",
     ManageLinkRedeem,
     ManageSessionOpened,
-    KEYSTORE,
+    SERVICE,
     "Trade a manage link token (once) for a manage session.",
 )
 MANAGE_SESSION_GET = Endpoint(
     "byorouter.keystore.connect.session.get",
     ManageSessionGet,
     ManageView,
-    KEYSTORE,
+    SERVICE,
     "The connection a manage session may change, with masked labels and health.",
 )
 PROVIDER_SET = Endpoint(
     "byorouter.keystore.connect.provider.set",
     ProviderSet,
     ManageView,
-    KEYSTORE,
+    SERVICE,
     "Add a provider to the session's connection or replace its key.",
 )
 PROVIDER_REMOVE = Endpoint(
     "byorouter.keystore.connect.provider.remove",
     ProviderRemove,
     ManageView,
-    KEYSTORE,
+    SERVICE,
     "Remove a provider from the session's connection (not the last one).",
 )
 PREFERENCES_SET = Endpoint(
     "byorouter.keystore.connect.preferences.set",
     PreferencesSet,
     ManageView,
-    KEYSTORE,
+    SERVICE,
     "Change provider order, preferred models and fallback of the session's connection.",
 )
 MANAGE_DISCONNECT = Endpoint(
     "byorouter.keystore.connect.disconnect",
     ManageDisconnect,
     ManageView,
-    KEYSTORE,
+    SERVICE,
     "Disconnect the session's connection: revoke it and erase its keys.",
 )
-PROVIDER_TEST = Endpoint(
-    "byorouter.router.provider.test",
-    ProviderTest,
-    ProviderTestResult,
-    ROUTER,
-    "Try a provider key (list its models) and say in plain words whether it works.",
-)
 
+# Not part of keystore's `ENDPOINTS`: operators never call the flow, only Connect and the gateway
+# may (see `nats_permissions`).
 KEYSTORE_ENDPOINTS = (
     CONSENT_APP_GET,
     AUTHORIZE,
@@ -349,4 +313,3 @@ KEYSTORE_ENDPOINTS = (
     PREFERENCES_SET,
     MANAGE_DISCONNECT,
 )
-ENDPOINTS = (*KEYSTORE_ENDPOINTS, PROVIDER_TEST)
