@@ -110,7 +110,7 @@ async def test_the_tunnel_option_shows_the_token_once_with_the_command_then_cont
     token = token_of(page.text)
     assert token.startswith("byo_tun_")
     assert (
-        f"BYOROUTER_TUNNEL_TOKEN={token} byorouter-tunnel --url ws://127.0.0.1:4001/tunnel "
+        f"BYOROUTER_TUNNEL_TOKEN={token} byorouter-tunnel --url {stack.tunnel_ws_url} "
         '--upstream <span id="tunnel-command-upstream">http://127.0.0.1:11434/v1</span>'
     ) in page.text
     assert "This is the only time this token is shown" in page.text

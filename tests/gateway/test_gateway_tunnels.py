@@ -40,10 +40,11 @@ async def test_register_accepts_the_seed_body_and_shows_the_token_once(
     assert set(body) == {"tunnel_id", "token", "connect_url", "command"}
     assert tn.is_tunnel_id(body["tunnel_id"])
     assert body["token"].startswith("byo_tun_")
-    assert body["connect_url"] == "ws://127.0.0.1:4001/tunnel"
+    # The stack tells its gateway where its own tunnel service listens.
+    assert body["connect_url"] == stack.tunnel_ws_url
     assert body["command"] == (
         f"BYOROUTER_TUNNEL_TOKEN={body['token']} byorouter-tunnel "
-        "--url ws://127.0.0.1:4001/tunnel --upstream http://127.0.0.1:11434/v1"
+        f"--url {stack.tunnel_ws_url} --upstream http://127.0.0.1:11434/v1"
     )
     info = await bus.request(
         ks.TUNNEL_GET, ks.TunnelRef(app_id=tenant.app_id, tunnel_id=body["tunnel_id"])
