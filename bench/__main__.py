@@ -113,6 +113,7 @@ async def _measure(
                 concurrency=concurrency,
                 seconds=seconds,
             )
+            cpu_before = _service_cpu_s(stack)
             through = await run_load(
                 stack.gateway_url + "/v1/chat/completions",
                 _body("openai/gpt-4o-mini", stream),
@@ -120,21 +121,38 @@ async def _measure(
                 concurrency=concurrency,
                 seconds=seconds,
             )
+            cpu = _service_cpu_s(stack)
             d, g = (
                 _row(f"{kind} c={concurrency} direct", direct),
                 _row(f"{kind} c={concurrency} byorouter", through),
             )
             g["added_p50_ms"] = round(through.p50 - direct.p50, 3)
+            # CPU time the services spent per request: steadier than req/s on a shared machine.
+            g["cpu_us_per_request"] = {
+                name: round((cpu[name] - cpu_before[name]) / max(through.requests, 1) * 1e6)
+                for name in ("gateway", "router", "keystore")
+            }
             rows += [d, g]
             print(
                 f"  {kind:10} c={concurrency:<3} direct {d['rps']:>8} req/s p50 "
                 f"{d['p50_ms']:>7} ms | byorouter {g['rps']:>8} req/s p50 {g['p50_ms']:>7} ms "
-                f"p99 {g['p99_ms']:>7} ms (+{g['added_p50_ms']} ms p50, errors {g['errors']})",
+                f"p99 {g['p99_ms']:>7} ms (+{g['added_p50_ms']} ms p50, errors {g['errors']}) "
+                f"CPU/request gateway {g['cpu_us_per_request']['gateway']} us, router "
+                f"{g['cpu_us_per_request']['router']} us",
                 flush=True,
             )
     rows += await _measure_fallback(stack, seconds, rows)
     rows += await measure_tunnel(stack, state)
     return {"rows": rows, "rss_mib": _memory(stack)}
+
+
+def _service_cpu_s(stack: Stack) -> dict[str, float]:
+    """User plus system CPU seconds each service process has used so far."""
+    used: dict[str, float] = {}
+    for name, pid in stack.service_pids().items():
+        times = psutil.Process(pid).cpu_times()
+        used[name] = times.user + times.system
+    return used
 
 
 def _memory(stack: Stack) -> dict[str, float]:

@@ -23,7 +23,7 @@ from tests.gateway.gateway_client import Tenant, new_tenant
 TUNED_GATEWAY_ENV = {
     "BYOROUTER_RATE_LIMIT_RPS": "0.5",
     "BYOROUTER_RATE_LIMIT_BURST": "2",
-    # Past what NATS carries in one message (1 MiB), so the bus is what refuses a large body.
+    # Past what NATS carries in one message (1 MiB): a large body crosses the bus in parts.
     "BYOROUTER_MAX_BODY_BYTES": str(4 * 1024 * 1024),
     "BYOROUTER_ACCESS_LOG": "true",
 }

@@ -85,8 +85,8 @@ async def test_malformed_connection_id_is_400(
     assert connection_id not in response.text
 
 
-async def test_body_over_one_mib_is_413(http: httpx.AsyncClient, tenant: Tenant) -> None:
-    big = chat_body(content="x" * (1024 * 1024))
+async def test_body_over_the_8_mib_default_is_413(http: httpx.AsyncClient, tenant: Tenant) -> None:
+    big = chat_body(content="x" * (8 * 1024 * 1024))
     assert_error(
         await http.post("/v1/chat/completions", headers=tenant.headers, json=big),
         413,
@@ -94,12 +94,12 @@ async def test_body_over_one_mib_is_413(http: httpx.AsyncClient, tenant: Tenant)
     )
 
 
-async def test_chunked_body_over_one_mib_is_413_too(
+async def test_chunked_body_over_the_limit_is_413_too(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
     async def upload() -> AsyncIterator[bytes]:
         yield b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "'
-        for _ in range(20):
+        for _ in range(8 * 16 + 1):
             yield b"x" * 65536
         yield b'"}]}'
 

@@ -81,7 +81,7 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
 # parts of a large request). (The router's usage and rejected-key reports are events: see
 # `ANNOUNCES`.)
 NOTIFIES: Final[Mapping[str, tuple[str, ...]]] = {
-    "gateway": (rt.cancel_wildcard(), tn.status_wildcard()),
+    "gateway": (rt.cancel_wildcard(), rt.upload_wildcard(), tn.status_wildcard()),
     "connect": (tn.status_wildcard(),),
     "router": (tn.http_wildcard(), tn.cancel_wildcard(), tn.upload_wildcard()),
 }

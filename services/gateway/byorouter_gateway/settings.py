@@ -26,8 +26,9 @@ class GatewaySettings(ServiceSettings):
     # Requests per second and burst per app, per gateway copy; 0 turns the limit off.
     rate_limit_rps: float = Field(default=100.0, ge=0)
     rate_limit_burst: int = Field(default=200, ge=0)
-    # The largest request body accepted; NATS caps a message at 1 MiB by default anyway.
-    max_body_bytes: int = Field(default=MIB, ge=1)
+    # The largest request body accepted (images inline as base64 are large). A body larger than
+    # one bus message (1 MiB by default) crosses the bus in parts.
+    max_body_bytes: int = Field(default=8 * MIB, ge=1)
     # Browser origins allowed to call the API directly; empty turns CORS off.
     cors_origins: list[str] = Field(default_factory=list)
     # One compact INFO line per request; off by default (the hot path logs nothing above DEBUG).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Coroutine
 from typing import Any, Final
@@ -30,13 +31,21 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from byorouter_common import errors
-from byorouter_common.bus import Discovery, KeepAliveTicker, StreamWriter
+from byorouter_common.bus import (
+    MORE,
+    Discovery,
+    KeepAliveTicker,
+    StreamWriter,
+    parts_of,
+    receive_rest,
+)
 from byorouter_common.contracts import HDR_REQUEST_ID, events
 from byorouter_common.contracts.router import (
     CHAT,
     ChatRequest,
     cancel_wildcard,
     request_id_of_cancel,
+    upload_subject,
 )
 from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import extract_context
@@ -133,7 +142,12 @@ class ChatRouter:
             # Published without an inbox: there is nowhere to answer, so nothing to do.
             self._discovery.record(ENDPOINT_NAME, 0, "no reply subject")
             return
-        request_id, handling = self._accept(msg)
+        if parts_of(msg.headers) == 1:
+            request_id, handling = self._accept(msg, msg.data)
+        else:
+            # Larger than one bus message: the rest arrives on a subject of this copy's own.
+            request_id = (msg.headers or {}).get(HDR_REQUEST_ID) or msg.reply
+            handling = self._accept_parts(msg)
         task = asyncio.create_task(handling)
         self._tasks[request_id] = task
         task.add_done_callback(lambda t: self._forget(request_id, t))
@@ -147,13 +161,39 @@ class ChatRouter:
         if task is not None:
             task.cancel()
 
-    def _accept(self, msg: Msg) -> tuple[str, Coroutine[Any, Any, None]]:
+    async def _accept_parts(self, msg: Msg) -> None:
+        parts = parts_of(msg.headers)
+        writer = StreamWriter(self._nc, msg.reply)
+
+        async def ask_for_more(subject: str) -> None:
+            await writer.send(MORE, subject.encode())
+
+        try:
+            if parts < 1:
+                raise errors.bad_request("Invalid chat request: malformed Byo-Parts header.")
+            data = await receive_rest(
+                self._nc,
+                msg.data,
+                parts,
+                upload_subject(secrets.token_urlsafe(12)),
+                ask_for_more,
+                timeout_s=self._keepalive.interval_s * 2,
+            )
+        except ByoError as error:
+            await writer.error(error)
+            self._discovery.record(ENDPOINT_NAME, 0, error.code)
+            return
+        await self._accept(msg, data, writer)[1]
+
+    def _accept(
+        self, msg: Msg, data: bytes, writer: StreamWriter | None = None
+    ) -> tuple[str, Coroutine[Any, Any, None]]:
         """The request id and the coroutine that answers `msg`, parsing its JSON once.
 
         The contract model checks the envelope; the OpenAI body inside stays a plain dict.
         """
         try:
-            request = ChatRequest.model_validate_json(msg.data)
+            request = ChatRequest.model_validate_json(data)
         except ValidationError:
             request_id = (msg.headers or {}).get(HDR_REQUEST_ID) or msg.reply
             return request_id, self._refuse(
@@ -161,22 +201,30 @@ class ChatRouter:
                 errors.bad_request(
                     "Invalid chat request: expected request_id, app_id, connection_id and body."
                 ),
+                writer,
             )
         return request.request_id, self._answer(
-            msg, request.request_id, request.app_id, request.connection_id, request.body
+            msg, request.request_id, request.app_id, request.connection_id, request.body, writer
         )
 
-    async def _refuse(self, msg: Msg, error: ByoError) -> None:
+    async def _refuse(self, msg: Msg, error: ByoError, writer: StreamWriter | None) -> None:
         if msg.reply:
-            await StreamWriter(self._nc, msg.reply).error(error)
+            await (writer or StreamWriter(self._nc, msg.reply)).error(error)
         self._discovery.record(ENDPOINT_NAME, 0, error.code)
 
     async def _answer(
-        self, msg: Msg, request_id: str, app_id: str, connection_id: str, body: dict[str, Any]
+        self,
+        msg: Msg,
+        request_id: str,
+        app_id: str,
+        connection_id: str,
+        body: dict[str, Any],
+        writer: StreamWriter | None = None,
     ) -> None:
         began = time.perf_counter_ns()
         deadline = asyncio.get_running_loop().time() + self._deadline_s
-        writer = StreamWriter(self._nc, msg.reply)
+        # A request that came in parts already has its writer (its `more` took a Byo-Seq).
+        writer = writer or StreamWriter(self._nc, msg.reply)
         self._keepalive.add(writer)
         failure: str | None = None
         with tracer.start_as_current_span(

@@ -25,7 +25,15 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from byorouter_common.bus import CHUNK, DONE, KeepAliveTicker, StreamWriter
+from byorouter_common.bus import (
+    CHUNK,
+    DONE,
+    MORE,
+    KeepAliveTicker,
+    StreamWriter,
+    parts_of,
+    receive_rest,
+)
 from byorouter_common.contracts import tunnel as tn
 from byorouter_common.errors import ByoError
 from byorouter_tunnel_client import protocol
@@ -190,47 +198,43 @@ class ClientSocket:
         if len(self.streams) >= self.max_concurrency:
             await writer.error(busy(self.max_concurrency))
             return
-        try:
-            parts = protocol.unpack_parts(msg.data)
-        except protocol.ProtocolError:
-            await writer.error(ByoError(400, "bad_request", "Tunnel request is malformed."))
-            return
         self.streams[stream_id] = Stream(stream_id, writer)
         self.keepalive.add(writer)
-        total = int(headers.get(tn.HDR_PARTS, "1") or "1")
-        if total > 1:
-            parts += await self._upload(stream_id, writer, total - 1)
-            if stream_id not in self.streams:
-                return
+        try:
+            parts = protocol.unpack_parts(await self._whole(msg, stream_id, writer))
+        except (ByoError, protocol.ProtocolError) as exc:
+            self.streams.pop(stream_id, None)
+            self.keepalive.discard(writer)
+            error = exc if isinstance(exc, ByoError) else None
+            await writer.error(
+                error or ByoError(400, "bad_request", "Tunnel request is malformed.")
+            )
+            return
+        if stream_id not in self.streams:
+            return  # cancelled, or the socket went away, while the parts arrived
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             await self.send({"t": "req", "id": stream_id, "last": last}, part)
 
-    async def _upload(self, stream_id: str, writer: StreamWriter, messages: int) -> list[bytes]:
-        """The rest of a request too large for one bus message, from its own subject."""
-        subject = tn.upload_subject(self.tunnel_id, stream_id)
-        received: asyncio.Queue[bytes] = asyncio.Queue()
+    async def _whole(self, msg: Msg, stream_id: str, writer: StreamWriter) -> bytes:
+        """The request's payload, with the rest of its parts if it came in several."""
+        parts = parts_of(msg.headers)
+        if parts == 1:
+            return msg.data
+        if parts < 1:
+            raise ByoError(400, "bad_request", "Tunnel request has a malformed Byo-Parts header.")
 
-        async def on_part(msg: Msg) -> None:
-            received.put_nowait(msg.data)
+        async def ask_for_more(subject: str) -> None:
+            await writer.send(MORE, subject.encode())
 
-        sub = await self.nc.subscribe(subject, cb=on_part)
-        parts: list[bytes] = []
-        try:
-            await writer.send(tn.MORE, subject.encode())
-            for _ in range(messages):
-                parts += protocol.unpack_parts(
-                    await asyncio.wait_for(received.get(), self.keepalive.interval_s * 2)
-                )
-        except (TimeoutError, protocol.ProtocolError):
-            self.streams.pop(stream_id, None)
-            self.keepalive.discard(writer)
-            await writer.error(ByoError(400, "bad_request", "Tunnel request arrived incomplete."))
-            return []
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-        return parts
+        return await receive_rest(
+            self.nc,
+            msg.data,
+            parts,
+            tn.upload_subject(self.tunnel_id, stream_id),
+            ask_for_more,
+            timeout_s=self.keepalive.interval_s * 2,
+        )
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:

@@ -13,6 +13,8 @@ One module per job; this package's names are the API services import:
   streams      the streaming protocol's two ends and the keep-alive ticker
   serving      endpoints and event subscribers, the error envelope on every failure
   discovery    the NATS micro protocol ($SRV.PING/INFO/STATS)
+  uploads      requests larger than one bus message, in parts
+  gather       scatter-gather: every answer to one question
   gather       scatter-gather: one question, every copy's answer (a tunnel's `.status`)
 """
 
@@ -40,12 +42,15 @@ from byorouter_common.bus.streams import (
     StreamMux,
     StreamWriter,
 )
+from byorouter_common.bus.uploads import HDR_PARTS, MORE, parts_of, receive_rest
 
 __all__ = [
     "CHUNK",
     "DONE",
     "ERROR",
+    "HDR_PARTS",
     "KEEPALIVE",
+    "MORE",
     "RESULT",
     "START",
     "TERMINAL",
@@ -62,6 +67,8 @@ __all__ = [
     "gather_replies",
     "make_broker",
     "map_dependency_errors",
+    "parts_of",
+    "receive_rest",
     "serve",
     "subscribe_event",
 ]

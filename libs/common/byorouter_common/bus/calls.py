@@ -8,7 +8,6 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel
 
-from byorouter_common import errors
 from byorouter_common.bus.failures import bus_error
 from byorouter_common.bus.streams import ERROR, ReplyStream, StreamMux
 from byorouter_common.contracts import HDR_KIND, Endpoint, Event
@@ -59,15 +58,14 @@ class Bus:
         idle_timeout_s: float | None = None,
         what: str = "router",
     ) -> ReplyStream:
-        """Publish a request whose reply is a stream of Byo-Kind messages, and return its reader."""
+        """Publish a request whose reply is a stream of Byo-Kind messages, and return its reader.
+
+        A request larger than one bus message goes in parts (`uploads`): the first here, the
+        rest once the responder asks for them.
+        """
         if self._mux is None:
             self._mux = StreamMux(self.nc)
             await self._mux.start()
-        if len(data) > self.nc.max_payload:
-            raise errors.too_large(
-                f"Request is {len(data)} bytes; the message bus accepts at most "
-                f"{self.nc.max_payload} bytes."
-            )
         return await self._mux.open(
             subject, data, headers or {}, idle_timeout_s or self.idle_timeout_s, what
         )

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from byorouter_common import errors
 from byorouter_common.bus.failures import bus_error
+from byorouter_common.bus.uploads import HDR_PARTS, MORE, split_request
 from byorouter_common.contracts import HDR_KIND, HDR_MORE, HDR_SEQ
 from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import inject_headers
@@ -48,15 +49,24 @@ class ReplyStream:
         "_mux",
         "_pieces",
         "_queue",
+        "_rest",
         "_what",
         "finished",
         "pass_keepalives",
     )
 
     def __init__(
-        self, mux: StreamMux, inbox: str, queue: asyncio.Queue[Msg], idle: float, what: str
+        self,
+        mux: StreamMux,
+        inbox: str,
+        queue: asyncio.Queue[Msg],
+        idle: float,
+        what: str,
+        rest: list[bytes] | None = None,
     ) -> None:
         self._mux = mux
+        # The parts of a large request still to send, once the responder asks (`uploads`).
+        self._rest = rest or []
         self._inbox = inbox
         self._queue = queue
         self._idle = idle
@@ -100,6 +110,9 @@ class ReplyStream:
                     return kind, b""
                 continue
             data = msg.data
+            if kind == MORE and self._rest:
+                await self._send_rest(data.decode())
+                continue
             if HDR_MORE in headers:
                 self._pieces.append(data)
                 continue
@@ -113,6 +126,15 @@ class ReplyStream:
             if kind in TERMINAL:
                 self.finished = True
             return kind, data
+
+    async def _send_rest(self, subject: str) -> None:
+        rest, self._rest = self._rest, []
+        try:
+            for part in rest:
+                await self._mux.nc.publish(subject, part)
+        except (nats.errors.Error, OSError) as exc:
+            self.finished = True
+            raise bus_error(exc, self._what, self._idle) from None
 
     def close(self) -> None:
         self._mux.forget(self._inbox)
@@ -149,12 +171,15 @@ class StreamMux:
         inbox = f"{self._prefix}{self._counter}"
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._waiting[inbox] = queue
+        parts = split_request(data, self.nc.max_payload)
+        if len(parts) > 1:
+            headers = {**headers, HDR_PARTS: str(len(parts))}
         try:
-            await self.nc.publish(subject, data, reply=inbox, headers=inject_headers(headers))
+            await self.nc.publish(subject, parts[0], reply=inbox, headers=inject_headers(headers))
         except (nats.errors.Error, OSError) as exc:
             self._waiting.pop(inbox, None)
             raise bus_error(exc, what, idle) from None
-        return ReplyStream(self, inbox, queue, idle, what)
+        return ReplyStream(self, inbox, queue, idle, what, parts[1:])
 
     def forget(self, inbox: str) -> None:
         self._waiting.pop(inbox, None)

@@ -108,6 +108,19 @@ def cancel_subject(request_id: str) -> str:
     return f"{CANCEL_PREFIX}.{request_id}"
 
 
+UPLOAD_PREFIX = "byorouter.router.upload"
+
+
+def upload_subject(token: str) -> str:
+    """Where the router copy that took a large chat request wants the request's other parts."""
+    return f"{UPLOAD_PREFIX}.{token}"
+
+
+def upload_wildcard() -> str:
+    """Every `upload_subject`: what the gateway may publish the parts of a large request to."""
+    return f"{UPLOAD_PREFIX}.*"
+
+
 def cancel_wildcard() -> str:
     """Every `cancel_subject`: what the router listens to and the gateway may publish."""
     return f"{CANCEL_PREFIX}.*"

@@ -28,13 +28,9 @@ from byorouter_common.contracts.base import Contract
 SERVICE: Final = "tunnel"
 PREFIX: Final = "byorouter.tunnel"
 
-# Headers of a `.http` request: the stream's id (bound into its encryption) and, when the
-# sealed request is too large for one bus message, how many messages carry it.
+# The header of a `.http` request naming its stream (bound into its encryption). A request too
+# large for one bus message comes in parts: `byorouter_common.bus.uploads`.
 HDR_STREAM: Final = "Byo-Stream"
-HDR_PARTS: Final = "Byo-Parts"
-# Reply kind asking for the rest of a request sent in parts; its body is the subject to send
-# them to.
-MORE: Final = "more"
 
 
 def http_subject(tunnel_id: str) -> str:

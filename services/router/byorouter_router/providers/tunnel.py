@@ -168,10 +168,9 @@ class TunnelTransport:
         head = protocol.RequestHead(method, path, stream, len(pieces), upstream_key)
         opening, keys = e2e.open_stream(e2e.load_public_key(public_key), stream_id, head.to_bytes())
         frames = [opening, *(keys.seal(protocol.BODY, piece) for piece in pieces)]
-        messages = _messages(frames, bus.nc.max_payload - 4096)
+        # One payload; the bus sends it in parts when it is larger than one message.
+        payload = protocol.pack_parts(frames)
         headers = {tn.HDR_STREAM: stream_id}
-        if len(messages) > 1:
-            headers[tn.HDR_PARTS] = str(len(messages))
 
         def cancel() -> None:
             payload = tn.TunnelCancel(stream_id=stream_id).model_dump_json().encode()
@@ -181,17 +180,12 @@ class TunnelTransport:
 
         try:
             replies = await bus.stream(
-                tn.http_subject(tunnel_id), messages[0], headers=headers, what="tunnel"
+                tn.http_subject(tunnel_id), payload, headers=headers, what="tunnel"
             )
         except ByoError as exc:
             raise _offline_or(exc) from None
         try:
             kind, sealed = await replies.next()
-            if kind == tn.MORE:
-                upload = sealed.decode()
-                for message in messages[1:]:
-                    await bus.nc.publish(upload, message)
-                kind, sealed = await replies.next()
         except ByoError as exc:
             replies.close()
             raise _offline_or(exc) from None
@@ -223,18 +217,3 @@ def _offline_or(error: ByoError) -> ByoError:
     if error.status == 503 and error.code == "service_unavailable":
         return TunnelOffline()
     return error
-
-
-def _messages(frames: list[bytes], limit: int) -> list[bytes]:
-    """The sealed frames packed into as few bus messages as fit under `limit` bytes each."""
-    messages: list[bytes] = []
-    batch: list[bytes] = []
-    size = 0
-    for frame in frames:
-        if batch and size + len(frame) + 4 > limit:
-            messages.append(protocol.pack_parts(batch))
-            batch, size = [], 0
-        batch.append(frame)
-        size += len(frame) + 4
-    messages.append(protocol.pack_parts(batch))
-    return messages
