@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import connect
 from byorouter_common.nats_permissions import inbox_prefix
-from tests.tunnel.tunnel_client import TunnelApi, TunnelClientProcess
+from tests.tunnel.tunnel_client import SocketRecorder, TunnelApi, TunnelClientProcess
 
 Online = tuple[dict[str, Any], TunnelClientProcess]
 
@@ -176,3 +176,31 @@ async def test_the_client_can_be_installed_from_the_deployment(tunnel_stack: Sta
         names = archive.namelist()
     assert "byorouter_tunnel_client/cli.py" in names
     assert any(name.endswith("entry_points.txt") for name in names)
+
+
+async def test_the_socket_never_carries_the_prompt_the_answer_or_the_server_key(
+    tunnel_stack: Stack, api: TunnelApi, client_dir: Path
+) -> None:
+    recorder = SocketRecorder(tunnel_stack.ports.tunnel)
+    await recorder.start()
+    registered = await api.register()
+    url = f"ws://127.0.0.1:{recorder.port}/tunnel"
+    client = TunnelClientProcess(tunnel_stack, registered["token"], client_dir, url=url)
+    canary = "socket-canary-" + secrets.token_hex(8)
+    try:
+        await api.wait_state(registered["tunnel_id"], "online")
+        async with api.sdk() as sdk:
+            answer = await sdk.chat.completions.create(
+                model="selfhosted/gpt-4o-mini", messages=[{"role": "user", "content": canary}]
+            )
+        assert canary in (answer.choices[0].message.content or "")
+    finally:
+        client.stop()
+        await recorder.stop()
+    # The client's frames, unmasked, carried the answer; the service's carried the request.
+    assert recorder.from_client
+    assert recorder.to_client
+    assert not any(canary.encode() in frame for frame in recorder.from_client)
+    assert canary.encode() not in recorder.to_client
+    # The long-lived token crossed once, in the first frame; reconnects use the session token.
+    assert sum(registered["token"].encode() in frame for frame in recorder.from_client) == 1

@@ -35,7 +35,9 @@ def ws_url(stack: Stack) -> str:
 class TunnelClientProcess:
     """`byorouter-tunnel` in front of the fake upstream; its token only in its environment."""
 
-    def __init__(self, stack: Stack, token: str, directory: Path, name: str = "client") -> None:
+    def __init__(
+        self, stack: Stack, token: str, directory: Path, name: str = "client", url: str = ""
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BYOROUTER_")}
         env["BYOROUTER_TUNNEL_TOKEN"] = token
         self.log = directory / f"{name}.log"
@@ -43,7 +45,7 @@ class TunnelClientProcess:
         self.argv = [
             _CLIENT,
             "--url",
-            ws_url(stack),
+            url or ws_url(stack),
             "--upstream",
             stack.upstream_base_url,
             "--key-file",
@@ -158,3 +160,72 @@ class TunnelApi:
             client.stop()
             raise
         return registered, client
+
+
+class SocketRecorder:
+    """A TCP proxy between a tunnel client and the tunnel service that keeps every WebSocket
+    payload that crossed it, unmasked (a client's frames are XOR-masked on the wire), so a test
+    can look for plaintext exactly as a network observer without TLS would see the frames."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.to_client = bytearray()
+        self._outbound: list[bytearray] = []
+        self._server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        outbound = bytearray()
+        self._outbound.append(outbound)
+
+        async def pump(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, sink: bytearray
+        ) -> None:
+            try:
+                while data := await src.read(65536):
+                    sink += data
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(
+            pump(reader, up_writer, outbound), pump(up_reader, writer, self.to_client)
+        )
+
+    @property
+    def from_client(self) -> list[bytes]:
+        """Every frame payload the client sent so far, unmasked."""
+        return [p for raw in self._outbound for p in _unmasked_payloads(bytes(raw))]
+
+
+def _unmasked_payloads(data: bytes) -> list[bytes]:
+    """The payloads of the masked WebSocket frames after the HTTP upgrade request in `data`."""
+    at = data.find(b"\r\n\r\n") + 4
+    payloads: list[bytes] = []
+    while at + 2 <= len(data):
+        length = data[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            length = int.from_bytes(data[at : at + 2], "big")
+            at += 2
+        elif length == 127:
+            length = int.from_bytes(data[at : at + 8], "big")
+            at += 8
+        mask = data[at : at + 4]
+        at += 4
+        body = data[at : at + length]
+        at += length
+        payloads.append(bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+    return payloads
