@@ -114,7 +114,10 @@ async def test_the_tunnel_option_shows_the_token_once_with_the_command_then_cont
         '--upstream <span id="tunnel-command-upstream">http://127.0.0.1:11434/v1</span>'
     ) in page.text
     assert "This is the only time this token is shown" in page.text
-    assert "pip install byorouter-tunnel" in page.text
+    # Where to install the client from: this deployment's own tunnel service.
+    client_page = stack.tunnel_url + "/client"
+    assert f'href="{client_page}"' in page.text
+    assert httpx.get(client_page).status_code == 200
     for server in ("vLLM", "llama.cpp", "LM Studio"):
         assert server in page.text
     # Every form on the page posts its fields in the body; no URL carries the token or code.

@@ -199,6 +199,7 @@ def token_page(
         "tunnel_id": tunnel_id,
         "token": token,
         "tunnel_url": settings_of(request).tunnel_public_url,
+        "client_url": client_download_url(settings_of(request).tunnel_public_url),
         "servers": MODEL_SERVERS,
         "tunnel": status,
         "source": source,
@@ -225,3 +226,14 @@ def failure(exc: ByoError) -> str:
     if exc.status == 404:
         return "This tunnel no longer exists. Set up a new one."
     return "The tunnel could not be reached right now; please try again in a minute."
+
+
+def client_download_url(tunnel_public_url: str) -> str:
+    """The tunnel service's page that says how to pip-install the client from this deployment:
+    `/client` beside the clients' WebSocket endpoint (ws -> http, wss -> https)."""
+    url = tunnel_public_url.removesuffix("/tunnel")
+    if url.startswith("wss://"):
+        url = "https://" + url.removeprefix("wss://")
+    elif url.startswith("ws://"):
+        url = "http://" + url.removeprefix("ws://")
+    return url + "/client"
