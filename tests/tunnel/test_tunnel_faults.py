@@ -101,28 +101,36 @@ async def test_frozen_client_is_found_by_heartbeat_and_its_stream_fails_cleanly(
     assert status["state"] == "offline"
 
 
-async def test_offline_tunnel_falls_back_to_the_connections_next_provider(
-    tunnel_bus: Bus, tunnel_stack: Stack
-) -> None:
-    app = await tunnel_bus.request(ks.APP_CREATE, ks.AppCreate(name="fallback"))
+async def _tenant_with(
+    tunnel_bus: Bus, tunnel_stack: Stack, provider: ks.ProviderCredentialInput
+) -> TunnelApi:
+    """A new app whose one connection has `provider`, as its server calls the tunnel API."""
+    app = await tunnel_bus.request(ks.APP_CREATE, ks.AppCreate(name="tunnel settings"))
     conn = await tunnel_bus.request(
-        ks.CONNECTION_CREATE,
-        ks.ConnectionCreate(
-            app_id=app.app_id,
-            providers=[
-                ks.ProviderCredentialInput(
-                    provider="openai",
-                    api_key=SecretStr("sk-fallback-" + secrets.token_hex(8)),
-                    base_url=tunnel_stack.upstream_base_url,
-                    preferred_model="gpt-4o-mini",
-                )
-            ],
-        ),
+        ks.CONNECTION_CREATE, ks.ConnectionCreate(app_id=app.app_id, providers=[provider])
     )
     tenant = AppWithConnection(
         app.client_id, app.app_id, app.app_api_key.get_secret_value(), conn.connection_id, ""
     )
-    api = TunnelApi(tunnel_stack, tenant)
+    return TunnelApi(tunnel_stack, tenant)
+
+
+def _selfhosted(base_url: str | None, key: str | None = None) -> ks.ProviderCredentialInput:
+    return ks.ProviderCredentialInput(
+        provider="selfhosted", base_url=base_url, api_key=SecretStr(key) if key else None
+    )
+
+
+async def test_offline_tunnel_falls_back_to_the_connections_next_provider(
+    tunnel_bus: Bus, tunnel_stack: Stack
+) -> None:
+    openai = ks.ProviderCredentialInput(
+        provider="openai",
+        api_key=SecretStr("sk-fallback-" + secrets.token_hex(8)),
+        base_url=tunnel_stack.upstream_base_url,
+        preferred_model="gpt-4o-mini",
+    )
+    api = await _tenant_with(tunnel_bus, tunnel_stack, openai)
     await api.register()  # a selfhosted provider through a tunnel nobody runs
     async with api.http() as http:
         response = await http.post(
@@ -301,35 +309,10 @@ async def test_a_request_over_a_mib_crosses_the_tunnel_whole(
     assert uploads, "the sealed request fit one message: this test no longer tests splitting"
 
 
-async def _selfhosted_tenant(
-    tunnel_bus: Bus, tunnel_stack: Stack, *, base_url: str | None, key: str | None
-) -> TunnelApi:
-    app = await tunnel_bus.request(ks.APP_CREATE, ks.AppCreate(name="selfhosted settings"))
-    conn = await tunnel_bus.request(
-        ks.CONNECTION_CREATE,
-        ks.ConnectionCreate(
-            app_id=app.app_id,
-            providers=[
-                ks.ProviderCredentialInput(
-                    provider="selfhosted",
-                    base_url=base_url,
-                    api_key=SecretStr(key) if key else None,
-                )
-            ],
-        ),
-    )
-    tenant = AppWithConnection(
-        app.client_id, app.app_id, app.app_api_key.get_secret_value(), conn.connection_id, ""
-    )
-    return TunnelApi(tunnel_stack, tenant)
-
-
 async def test_the_direct_url_serves_while_the_tunnel_is_offline(
     tunnel_bus: Bus, tunnel_stack: Stack
 ) -> None:
-    api = await _selfhosted_tenant(
-        tunnel_bus, tunnel_stack, base_url=tunnel_stack.upstream_base_url, key=None
-    )
+    api = await _tenant_with(tunnel_bus, tunnel_stack, _selfhosted(tunnel_stack.upstream_base_url))
     await api.register()  # the tunnel exists; no client runs it
     async with api.http() as http:
         response = await http.post(
@@ -344,8 +327,8 @@ async def test_the_model_servers_key_reaches_it_inside_the_sealed_request(
 ) -> None:
     server_key = "sk-home-" + secrets.token_hex(12)
     # A direct URL nobody answers on: with the tunnel online, the tunnel is the route.
-    api = await _selfhosted_tenant(
-        tunnel_bus, tunnel_stack, base_url="http://127.0.0.1:9/v1", key=server_key
+    api = await _tenant_with(
+        tunnel_bus, tunnel_stack, _selfhosted("http://127.0.0.1:9/v1", server_key)
     )
     registered, client = await api.online_client(client_dir)
     tag = "key-" + secrets.token_hex(4)
