@@ -63,6 +63,28 @@ async def test_connection_shows_masked_labels_and_never_the_keys(bus: Bus, nc: N
         assert info.status == "active"
 
 
+async def test_a_short_keys_label_shows_none_of_the_key(bus: Bus, db: AsyncEngine) -> None:
+    app = await new_app(bus)
+    # Under 16 characters: even four of them would give away a quarter of the key.
+    openai_key, selfhosted_key = "sk-Zq81xkAbCd", "lan-Zq81xk"
+    created = await new_connection(bus, app.app_id, openai=openai_key, selfhosted=selfhosted_key)
+    fetched = await bus.request(
+        ks.CONNECTION_GET,
+        ks.ConnectionRef(app_id=app.app_id, connection_id=created.connection_id),
+    )
+    async with db.connect() as conn:
+        stored = (
+            await conn.scalars(
+                text("SELECT label FROM credentials WHERE connection_id = :c ORDER BY priority"),
+                {"c": created.connection_id},
+            )
+        ).all()
+
+    for labels in ([p.label for p in created.providers], [p.label for p in fetched.providers]):
+        assert labels == ["sk-...", "****"]
+    assert list(stored) == ["sk-...", "****"]
+
+
 async def test_resolve_gives_the_owner_its_plaintext_keys_in_priority_order(bus: Bus) -> None:
     app = await new_app(bus)
     openrouter_key, selfhosted_key = provider_key("sk-or-"), provider_key("local-")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from byorouter_common.errors import ByoError
+from byorouter_common.redact import mask_key
 from byorouter_keystore.connect_flow.consent import s256
 from byorouter_keystore.crypto import Keyring, KeyringStore, write_keyring_file
 from byorouter_keystore.shared import is_plain_http_url, open_api_key, seal_api_key
@@ -60,6 +61,24 @@ def test_a_key_sealed_after_another_copy_rotated_opens_after_one_reload(tmp_path
 )
 def test_base_urls_must_be_absolute_http_without_credentials(url: str, plain: bool) -> None:
     assert is_plain_http_url(url) is plain
+
+
+@pytest.mark.parametrize(
+    ("key", "label"),
+    [
+        ("sk-proj-unit-test-secret-0123AbCd", "sk-...AbCd"),
+        ("local-server-key-Wx9z", "...Wx9z"),
+        ("0123456789abcdef", "...cdef"),
+        # Under 16 characters, four of them would be a quarter of the key or more: none shown.
+        ("sk-0123456789ab", "sk-..."),
+        ("short-key-1234", "****"),
+        ("abc12", "****"),
+    ],
+)
+def test_a_masked_label_shows_at_most_the_last_four_and_none_of_a_short_key(
+    key: str, label: str
+) -> None:
+    assert mask_key(key) == label
 
 
 def test_the_pkce_challenge_matches_rfc_7636() -> None:
