@@ -1,7 +1,9 @@
 """One logging setup for every process: structured lines on stderr, secrets redacted.
 
 Redaction happens in the formatter attached to the root handler, so it covers every logger that
-propagates there: ours, uvicorn's, httpx/aiohttp's, SQLAlchemy's and nats-py's.
+propagates there: ours, uvicorn's, httpx/aiohttp's, SQLAlchemy's and nats-py's. It runs on the
+message and on each field before they are encoded: once JSON has escaped a quote, a secret inside
+a message (`{"api_key": ...}`) no longer looks like one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from byorouter_common.redact import redact
+from byorouter_common.redact import REDACTED, is_secret_field, redact, redact_value
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
     "message",
@@ -35,14 +37,14 @@ class RedactingJsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = REDACTED if is_secret_field(key) and value else redact_value(value)
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return redact(orjson.dumps(entry, default=str).decode())
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(entry, default=lambda v: redact(str(v))).decode()
 
 
 class RedactingTextFormatter(logging.Formatter):

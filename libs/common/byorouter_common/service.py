@@ -30,6 +30,7 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 
 from byorouter_common.bus import Bus, Discovery, make_broker
 from byorouter_common.logging import setup_logging
+from byorouter_common.redact import safe_url
 from byorouter_common.settings import ServiceSettings
 from byorouter_common.telemetry import setup_tracing
 
@@ -117,7 +118,7 @@ class ServiceRuntime(Generic[S]):
         await self.discovery.start(nc)
         for hook in self._on_started:
             await hook()
-        log.info("%s ready", self.name, extra={"nats": self.settings.nats_url})
+        log.info("%s ready", self.name, extra={"nats": safe_url(self.settings.nats_url)})
 
     async def run_until_stopped(self) -> None:
         """Serve HTTP if the service has an app, else just wait for `stopped`."""
