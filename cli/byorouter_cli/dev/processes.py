@@ -23,6 +23,7 @@ from nats.aio.client import Client as NatsClient
 
 from byorouter_cli.dev.admin_bus import run_sync
 from byorouter_cli.dev.errors import StackError
+from byorouter_cli.dev.state import open_private_log
 from byorouter_common.errors import ByoError
 
 STOP_GRACE_S: Final = 5.0
@@ -104,7 +105,7 @@ class ChildProcess:
     def _copy_output(self) -> None:
         assert self.process is not None
         assert self.process.stdout is not None
-        with open(self.spec.log_path, "ab") as log:
+        with open_private_log(self.spec.log_path) as log:
             for raw in iter(self.process.stdout.readline, b""):
                 log.write(raw)
                 log.flush()

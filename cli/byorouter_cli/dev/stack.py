@@ -48,7 +48,13 @@ from byorouter_cli.dev.processes import (
     Readiness,
     Supervisor,
 )
-from byorouter_cli.dev.state import StateDir, write_nats_logins, write_private_json
+from byorouter_cli.dev.state import (
+    StateDir,
+    make_private_dir,
+    open_private_log,
+    write_nats_logins,
+    write_private_json,
+)
 from byorouter_common import nats_permissions
 from byorouter_common.contracts import tunnel
 from byorouter_common.settings import ServiceSettings
@@ -207,8 +213,8 @@ class Stack:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> Stack:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.logs_dir.mkdir(exist_ok=True)
+        make_private_dir(self.state_dir)
+        make_private_dir(self.logs_dir)
         for old in self.logs_dir.glob("*.log"):
             old.unlink()
         try:
@@ -356,7 +362,7 @@ class Stack:
 
     def _run_keystore_command(self, command: str) -> None:
         argv = [sys.executable, "-m", "byorouter_keystore", command]
-        with open(self.log_file("keystore"), "ab") as log:
+        with open_private_log(self.log_file("keystore")) as log:
             try:
                 done = subprocess.run(
                     argv,
