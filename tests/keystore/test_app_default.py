@@ -241,6 +241,8 @@ async def test_setting_again_replaces_the_default(bus: Bus) -> None:
         ("openai", None, "api_key"),
         ("selfhosted", None, "base_url"),
         ("selfhosted", "http://user:pw@127.0.0.1:11434/v1", "base_url"),
+        ("selfhosted", "http://127.0.0.1:11434/v1?api_key=user:pw", "base_url"),
+        ("selfhosted", "http://127.0.0.1:11434/v1#user:pw", "base_url"),
     ],
 )
 async def test_a_default_that_could_never_work_is_refused_without_echoing_it(
@@ -255,6 +257,32 @@ async def test_a_default_that_could_never_work_is_refused_without_echoing_it(
     assert err.value.status == 400
     assert err.value.param == param
     assert "user:pw" not in str(err.value.envelope())
+    shown = await bus.request(ks.APP_GET, ks.AppGet(client_id=app.client_id))
+    assert not shown.has_default_provider
+
+
+async def test_a_default_whose_base_url_carries_a_secret_is_refused_and_not_stored(
+    bus: Bus,
+) -> None:
+    app = await new_app(bus)
+    key, hidden = provider_key("sk-proj-"), provider_key("sk-")
+    with pytest.raises(ByoError) as err:
+        await bus.request(
+            ks.APP_DEFAULT_SET,
+            ks.AppDefaultSet(
+                client_id=app.client_id,
+                provider="openai",
+                api_key=SecretStr(key),
+                base_url=f"https://api.example/v1?api_key={hidden}",
+            ),
+        )
+
+    assert (err.value.status, err.value.param) == (400, "base_url")
+    assert "query string" in err.value.message
+    body = str(err.value.envelope())
+    assert hidden not in body
+    assert hidden[-8:] not in body
+    assert "api.example" not in body
     shown = await bus.request(ks.APP_GET, ks.AppGet(client_id=app.client_id))
     assert not shown.has_default_provider
 

@@ -307,6 +307,11 @@ async def test_delete_erases_the_keys_and_the_connection_is_gone_afterwards(
         ("selfhosted", None, "ftp://gpu.example/v1", "providers[0].base_url"),
         ("selfhosted", None, "gpu.example/v1", "providers[0].base_url"),
         ("selfhosted", None, "http://admin:hunter2-Zq81xk@gpu.example/v1", "providers[0].base_url"),
+        # A key in the query string or fragment would be stored and shown in the clear.
+        ("selfhosted", None, "https://gpu.example/v1?api_key=Zq81xk", "providers[0].base_url"),
+        ("selfhosted", None, "https://gpu.example/v1?Zq81xk", "providers[0].base_url"),
+        ("selfhosted", None, "https://gpu.example/v1#token=Zq81xk", "providers[0].base_url"),
+        ("openai", "sk-Zq81xk", "https://api.example/v1?key=Zq81xk", "providers[0].base_url"),
     ],
 )
 async def test_unusable_provider_settings_are_refused_without_echoing_them(
@@ -331,6 +336,54 @@ async def test_unusable_provider_settings_are_refused_without_echoing_them(
     body = str(err.value.envelope())
     assert "Zq81xk" not in body
     assert base_url is None or base_url not in body
+
+
+async def test_a_base_url_carrying_a_secret_is_refused_saying_why_and_nothing_is_stored(
+    bus: Bus, db: AsyncEngine
+) -> None:
+    app = await new_app(bus)
+    secret = provider_key("sk-proj-")
+    for base_url in (
+        f"https://gpu.example/v1?api_key={secret}",
+        f"https://user:{secret}@gpu.example/v1",
+        f"https://gpu.example/v1#{secret}",
+    ):
+        request = ks.ConnectionCreate(
+            app_id=app.app_id,
+            providers=[ks.ProviderCredentialInput(provider="selfhosted", base_url=base_url)],
+        )
+        with pytest.raises(ByoError) as err:
+            await bus.request(ks.CONNECTION_CREATE, request)
+
+        assert (err.value.status, err.value.param) == (400, "providers[0].base_url")
+        assert "query string" in err.value.message
+        body = str(err.value.envelope())
+        assert secret not in body
+        assert secret[-8:] not in body
+        assert "gpu.example" not in body
+    async with db.connect() as conn:
+        count = await conn.scalar(
+            text(
+                "SELECT count(*) FROM credentials c JOIN connections n ON n.id = c.connection_id "
+                "WHERE n.app_id = :a"
+            ),
+            {"a": app.app_id},
+        )
+    assert count == 0
+
+
+async def test_a_plain_base_url_with_a_path_and_port_is_kept_as_given(bus: Bus) -> None:
+    app = await new_app(bus)
+    base_url = "https://gpu.example:8443/openai/v1"
+    created = await bus.request(
+        ks.CONNECTION_CREATE,
+        ks.ConnectionCreate(
+            app_id=app.app_id,
+            providers=[ks.ProviderCredentialInput(provider="selfhosted", base_url=base_url)],
+        ),
+    )
+
+    assert created.providers[0].base_url == base_url
 
 
 async def test_malformed_requests_get_a_400_envelope_that_does_not_echo_them(

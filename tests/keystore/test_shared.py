@@ -57,6 +57,10 @@ def test_a_key_sealed_after_another_copy_rotated_opens_after_one_reload(tmp_path
         ("https://api.example.com:port", False),
         ("/v1/chat/completions", False),
         ("https://api.example.com/v1\n", False),
+        # A query string or fragment is where a key hides (`?api_key=...`): refused outright.
+        ("https://gpu.example/v1?api_key=sk-secret-0123456789", False),
+        ("https://gpu.example/v1?", False),
+        ("https://gpu.example/v1#token=0123456789", False),
     ],
 )
 def test_base_urls_must_be_absolute_http_without_credentials(url: str, plain: bool) -> None:

@@ -20,6 +20,7 @@ from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
 from byorouter_keystore.crypto import KeyringStore, SealedSecret, UnknownKekVersion, undecryptable
 from byorouter_keystore.shared import (
+    BASE_URL_RULE,
     KEY_REQUIRED,
     Handlers,
     audit,
@@ -43,10 +44,7 @@ def validate(request: ks.AppDefaultSet) -> None:
     if request.provider == "selfhosted" and not request.base_url:
         raise errors.bad_request("base_url is required for selfhosted.", param="base_url")
     if request.base_url is not None and not is_plain_http_url(request.base_url):
-        raise errors.bad_request(
-            "base_url must be an absolute http(s) URL without user or password.",
-            param="base_url",
-        )
+        raise errors.bad_request(f"base_url {BASE_URL_RULE}.", param="base_url")
     if request.model is not None and not request.model.strip():
         raise errors.bad_request("model must not be empty.", param="model")
 

@@ -25,6 +25,7 @@ from byorouter_keystore import ids
 from byorouter_keystore.app_default import default_of, open_default
 from byorouter_keystore.crypto import KeyringStore, SealedSecret, UnknownKekVersion, undecryptable
 from byorouter_keystore.shared import (
+    BASE_URL_RULE,
     KEY_REQUIRED,
     Handlers,
     app_not_found,
@@ -85,7 +86,7 @@ def validate_providers(
             )
         if p.base_url is not None and not is_plain_http_url(p.base_url):
             raise errors.bad_request(
-                f"{field}.base_url must be an absolute http(s) URL without user or password.",
+                f"{field}.base_url {BASE_URL_RULE}.",
                 param=f"{field}.base_url",
             )
 

@@ -57,9 +57,20 @@ def rowcount(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
+# The refusal names the rule, never the URL: what it refuses is what would leak.
+BASE_URL_RULE = (
+    "must be an absolute http(s) URL with no user:password@, query string (?...) or "
+    "fragment (#...); send a key as api_key, never inside the URL"
+)
+
+
 def is_plain_http_url(url: str) -> bool:
-    """An absolute http(s) URL with a host and no user:password part."""
-    if any(c.isspace() or ord(c) < 0x20 for c in url):
+    """An absolute http(s) URL with a host and nowhere to carry a secret.
+
+    A base URL is stored in the clear and shown back to the app and the user, so a key put in its
+    user-info, query string (`?api_key=...`) or fragment would be too: any of them is refused.
+    """
+    if any(c.isspace() or ord(c) < 0x20 for c in url) or "?" in url or "#" in url:
         return False
     try:
         parts = urlsplit(url)
