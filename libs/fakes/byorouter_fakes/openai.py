@@ -20,6 +20,9 @@ tests running in parallel never disturb each other:
     ollama-host         Ollama bound to localhost behind a tunnel: a bare 403 unless the Host
                         header names localhost
     repeat-<n>          success, echoing the last user message n times (a large answer)
+    huge-<mib>          a 200 answer of <mib> MiB (streamed or not; never a complete answer)
+    gzip-bomb           a 200 answer of about 1 MB, `Content-Encoding: gzip`, that decodes to
+                        1 GiB of zero bytes (streamed or not)
     anything else       success: the reply echoes the last user message
 
 Every request is recorded (headers, body) under a tag, the `x-test-tag` header or else the body's
@@ -35,6 +38,7 @@ import contextlib
 import re
 import secrets
 import time
+import zlib
 from typing import Any, ClassVar, Final
 
 import orjson
@@ -52,10 +56,24 @@ _SSE_HEADERS: Final = {
     "Cache-Control": "no-cache",
 }
 _BEHAVIOUR = re.compile(
-    r"^(fail|busy|flat|slow|drip|cut-after|stall-after|error-after|garbage-after|reasoning|repeat)"
-    r"-(\d+)$|^(hang|usage-always|usage-never|ollama-host)$"
+    r"^(fail|busy|flat|slow|drip|cut-after|stall-after|error-after|garbage-after|reasoning|repeat|huge)"
+    r"-(\d+)$|^(hang|usage-always|usage-never|ollama-host|gzip-bomb)$"
 )
 _WORD = re.compile(r"\S+\s*")
+_MIB: Final = 1024 * 1024
+# What `gzip-bomb` decodes to, in MiB of zero bytes.
+_BOMB_MIB: Final = 1024
+_bomb: bytes | None = None
+
+
+def gzip_bomb() -> bytes:
+    """About 1 MB of gzip that decodes to `_BOMB_MIB` MiB; built once (it takes a few seconds)."""
+    global _bomb
+    if _bomb is None:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        zeros = bytes(_MIB)
+        _bomb = b"".join(compressor.compress(zeros) for _ in range(_BOMB_MIB)) + compressor.flush()
+    return _bomb
 
 
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -282,6 +300,8 @@ class FakeOpenAI(FakeUpstream):
             )
         if kind == "hang":
             await self._park()
+        if kind in ("huge", "gzip-bomb"):
+            return await self._oversized(request, body, kind, arg)
         if kind == "slow":
             await asyncio.sleep(arg / 1000)
         reasoning = arg if kind == "reasoning" else 0
@@ -290,6 +310,29 @@ class FakeOpenAI(FakeUpstream):
         if body.get("stream") is True:
             return await self._stream(request, body, model, kind, arg)
         return web.Response(body=self._completion(body, model, reasoning), content_type=_JSON)
+
+    async def _oversized(
+        self, request: web.Request, body: dict[str, Any], kind: str, mib: int
+    ) -> web.StreamResponse:
+        """A 200 answer far larger than any real one: `mib` MiB of spaces, or a gzip bomb."""
+        streamed = body.get("stream") is True
+        response = web.StreamResponse(headers=_SSE_HEADERS if streamed else {})
+        if not streamed:
+            response.content_type = _JSON
+        if kind == "gzip-bomb":
+            bomb = await asyncio.to_thread(gzip_bomb)
+            response.headers["Content-Encoding"] = "gzip"
+            response.content_length = len(bomb)
+            await response.prepare(request)
+            await response.write_eof(bomb)
+            return response
+        response.content_length = mib * _MIB
+        await response.prepare(request)
+        block = b" " * _MIB
+        for _ in range(mib):
+            await response.write(block)
+        await response.write_eof()
+        return response
 
     def error_response(self, status: int, model: str, *, retry_after: bool) -> web.Response:
         """The provider's error for `status`; `retry_after` whether a 429 carries that header."""

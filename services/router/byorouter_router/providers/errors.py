@@ -115,6 +115,16 @@ def status_error(
     )
 
 
+def too_large(provider: str, limit: int) -> ByoError:
+    """The error for an answer longer than the router reads (its content is never quoted)."""
+    return ByoError(
+        502,
+        "upstream_too_large",
+        f"The {provider} provider sent an answer larger than the {limit / 2**20:g} MiB "
+        "this router accepts.",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     connect_s: float

@@ -2,20 +2,22 @@
 
 Both go through the router's one pooled session (`upstream.py`) and never follow redirects: a
 redirect could lead to an address the SSRF guard never saw. What an upstream's error means is
-the provider's to say, so a non-2xx answer is handed to the provider's `StatusError`.
+the provider's to say, so a non-2xx answer is handed to the provider's `StatusError`. Every body
+is read with a cap on its decoded bytes (aiohttp decompresses in bounded pieces as we read), so
+one connection's upstream answering gigabytes or a gzip bomb cannot exhaust the shared router.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
 from byorouter_common.errors import ByoError
-from byorouter_router.providers.errors import MAX_ERROR_BODY
+from byorouter_router.providers.errors import MAX_ERROR_BODY, too_large
 
 # The headers of a call that sends JSON and wants JSON back, or an event stream.
 JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -23,9 +25,24 @@ SSE_HEADERS: Final = {"Content-Type": "application/json", "Accept": "text/event-
 MODELS_TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
 # A model list longer than this is cut off (and then fails to parse as one).
 MAX_MODEL_LIST: Final = 8 * 1024 * 1024
+# A non-streamed answer (decoded) longer than this is refused: real completions are far smaller.
+MAX_ANSWER: Final = 16 * 1024 * 1024
 
 # The provider's error for a non-2xx answer: (status, first bytes of the body, headers).
 StatusError = Callable[[int, bytes, CIMultiDictProxy[str]], ByoError]
+
+
+class _Body(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class Readable(Protocol):
+    """What the body readers need of an answer: aiohttp's response, or the tunnel's."""
+
+    @property
+    def content(self) -> _Body: ...
+
+    def close(self) -> None: ...
 
 
 async def post_chat(
@@ -36,11 +53,12 @@ async def post_chat(
     *,
     stream: bool,
     on_status: StatusError,
+    provider: str,
 ) -> tuple[aiohttp.ClientResponse, bytes]:
     """POST a chat request; a non-2xx answer raises `on_status(...)`.
 
     A streamed answer comes back open for the caller to relay (and close); a non-streamed one is
-    read whole and released to the pool.
+    read whole (at most `MAX_ANSWER` bytes) and released to the pool.
     """
     response = await session.post(url, data=data, headers=headers, allow_redirects=False)
     if response.status >= 300:
@@ -52,7 +70,7 @@ async def post_chat(
     if stream:
         return response, b""
     try:
-        return response, await response.read()
+        return response, await read_answer(response, provider)
     finally:
         response.release()
 
@@ -75,7 +93,16 @@ async def get_model_list(
     return raw
 
 
-async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_answer(response: Readable, provider: str, limit: int = MAX_ANSWER) -> bytes:
+    """The whole body; one longer than `limit` closes the response and raises a 502."""
+    raw = await read_at_most(response, limit + 1)
+    if len(raw) > limit:
+        response.close()
+        raise too_large(provider, limit)
+    return raw
+
+
+async def read_at_most(response: Readable, limit: int) -> bytes:
     """The body, or its first `limit` bytes when it is longer."""
     parts: list[bytes] = []
     size = 0
@@ -85,4 +112,4 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
             break
         parts.append(data)
         size += len(data)
-    return b"".join(parts)
+    return b"".join(parts)[:limit]

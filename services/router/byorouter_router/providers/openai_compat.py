@@ -41,7 +41,15 @@ from byorouter_router.providers.errors import (
     transport_error,
     upstream_message,
 )
-from byorouter_router.providers.http import JSON_HEADERS, SSE_HEADERS, get_model_list, post_chat
+from byorouter_router.providers.http import (
+    JSON_HEADERS,
+    MAX_MODEL_LIST,
+    SSE_HEADERS,
+    get_model_list,
+    post_chat,
+    read_answer,
+    read_at_most,
+)
 from byorouter_router.providers.sse import OversizedEvent, SseDecoder
 from byorouter_router.providers.tunnel import TunnelOffline, TunnelResponse, TunnelTransport
 from byorouter_router.upstream import UpstreamEndpoints, endpoints_for
@@ -149,7 +157,13 @@ class OpenAICompatProvider:
         """The upstream's answer to a chat request: open if streamed, else read whole."""
         url = self._endpoints(credential).chat
         return await post_chat(
-            self._session, url, data, headers, stream=stream, on_status=self._status_error
+            self._session,
+            url,
+            data,
+            headers,
+            stream=stream,
+            on_status=self._status_error,
+            provider=self.name,
         )
 
     async def _relay(self, response: UpstreamResponse, reply: ChatReply) -> None:
@@ -362,13 +376,15 @@ class SelfHostedProvider(OpenAICompatProvider):
                 return await super()._post_chat(credential, data, headers, stream=stream)
             raise
         if response.status >= 300:
-            raw = await response.read()
-            response.close()
-            raise self._status_error(response.status, raw[:MAX_ERROR_BODY], response.headers)
+            try:
+                raw = await read_at_most(response, MAX_ERROR_BODY)
+            finally:
+                response.close()
+            raise self._status_error(response.status, raw, response.headers)
         if stream:
             return response, b""
         try:
-            return response, await response.read()
+            return response, await read_answer(response, self.name)
         finally:
             response.release()
 
@@ -407,7 +423,7 @@ class SelfHostedProvider(OpenAICompatProvider):
                 return await super().list_models(credential)
             return []  # an offline tunnel offers no models now
         try:
-            raw = await response.read()
+            raw = await read_at_most(response, MAX_MODEL_LIST)
         finally:
             response.close()
         if response.status >= 300:

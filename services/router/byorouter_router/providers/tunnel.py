@@ -56,6 +56,8 @@ class _Content:
         return await self._response.next_data()
 
     async def read(self, n: int = -1) -> bytes:
+        # One frame, whatever `n`: callers that cap a body (`http.read_at_most`) count what
+        # comes back, and a frame is at most one bus message.
         return await self._response.next_data()
 
 
@@ -98,12 +100,6 @@ class TunnelResponse:
                 self._ended = True
                 _finish(self._keys, sealed)
         return b""
-
-    async def read(self) -> bytes:
-        parts: list[bytes] = []
-        while data := await self.next_data():
-            parts.append(data)
-        return b"".join(parts)
 
     def release(self) -> None:
         self._replies.close()

@@ -124,7 +124,13 @@ class AnthropicProvider:
         try:
             async with asyncio.timeout_at(deadline):
                 response, answer = await post_chat(
-                    self._session, url, data, headers, stream=stream, on_status=self._status_error
+                    self._session,
+                    url,
+                    data,
+                    headers,
+                    stream=stream,
+                    on_status=self._status_error,
+                    provider=self.name,
                 )
             if not stream:
                 completion = orjson.dumps(to_chat_completion(self._message(answer), model, created))
