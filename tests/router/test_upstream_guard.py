@@ -14,7 +14,7 @@ from byorouter_router.providers.base import ProviderCredential
 from byorouter_router.providers.errors import Timeouts
 from byorouter_router.providers.openai_compat import OpenAICompatProvider
 from byorouter_router.settings import RouterSettings
-from byorouter_router.upstream import create_session, is_public_address
+from byorouter_router.upstream import create_session, endpoints_for, is_public_address
 from tests.router.router_client import Collected
 
 
@@ -83,3 +83,59 @@ def test_only_global_unicast_addresses_count_as_public() -> None:
         "224.0.0.1",
     ):
         assert not is_public_address(address), address
+
+
+# Spellings of a private address that HTTP libraries and resolvers accept but `ipaddress` does not.
+NON_CANONICAL_IPV4 = ["127.1", "2130706433", "0x7f.1", "017700000001", "0177.0.0.1", "127.0.0.1."]
+# IPv6 addresses that carry a private IPv4 address inside them.
+IPV6_EMBEDDING_PRIVATE_IPV4 = [
+    "[64:ff9b::7f00:1]",  # NAT64 of 127.0.0.1
+    "[64:ff9b::10.0.0.8]",  # NAT64 of 10.0.0.8
+    "[2002:7f00:1::1]",  # 6to4 of 127.0.0.1
+    "[2002:a9fe:a9fe::]",  # 6to4 of 169.254.169.254
+    "[::127.0.0.1]",  # IPv4-compatible
+    "[::10.0.0.8]",
+    "[::ffff:127.0.0.1]",  # IPv4-mapped
+    "[::ffff:a9fe:a9fe]",
+]
+
+
+@pytest.mark.parametrize("host", NON_CANONICAL_IPV4 + IPV6_EMBEDDING_PRIVATE_IPV4)
+def test_disguised_private_address_is_refused_when_parsed(host: str) -> None:
+    with pytest.raises(ByoError) as caught:
+        endpoints_for("selfhosted", f"http://{host}:8000/v1", False)
+    assert (caught.value.status, caught.value.code) == (400, "upstream_not_allowed")
+    assert host not in caught.value.message
+
+
+@pytest.mark.parametrize("host", NON_CANONICAL_IPV4 + IPV6_EMBEDDING_PRIVATE_IPV4)
+def test_disguised_private_address_is_accepted_when_private_upstreams_are_allowed(
+    host: str,
+) -> None:
+    endpoints = endpoints_for("selfhosted", f"http://{host}:8000/v1", True)
+    assert endpoints.chat.path == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "8.8.8.8",
+        "[2606:4700:4700::1111]",
+        "[64:ff9b::8.8.8.8]",
+        "[2002:808:808::1]",
+        "[::ffff:8.8.8.8]",
+        "api.openai.com",
+        "api.openai.com.",
+        "1e100.net",
+    ],
+)
+def test_public_address_or_host_name_passes_the_parse_time_check(host: str) -> None:
+    endpoints = endpoints_for("openai", f"https://{host}/v1", False)
+    assert endpoints.models.path == "/v1/models"
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::7f00:1", "2002:7f00:1::1", "::7f00:1", "::ffff:10.0.0.8"]
+)
+def test_resolved_ipv6_embedding_a_private_ipv4_is_not_public(address: str) -> None:
+    assert not is_public_address(address)
