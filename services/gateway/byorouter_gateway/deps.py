@@ -16,6 +16,7 @@ from typing import Annotated, Final
 from fastapi import Depends, Header, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
+from starlette.requests import ClientDisconnect
 
 from byorouter_common import errors
 from byorouter_common.bus import Bus
@@ -140,3 +141,25 @@ BusDep = Annotated[Bus, Depends(current_bus)]
 ConnectionIdDep = Annotated[str, Depends(current_connection_id)]
 GatewayDep = Annotated[Gateway, Depends(current_gateway)]
 RequestIdDep = Annotated[str, Depends(current_request_id)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    too_large = errors.too_large(f"Request body is larger than {limit} bytes.")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise errors.bad_request("Malformed Content-Length header.")
+        if int(declared) > limit:
+            raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise errors.bad_request("The client closed the request.", code="client_closed") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -10,7 +10,6 @@ from typing import Any, Final
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from byorouter_common import errors
@@ -29,6 +28,7 @@ from byorouter_gateway.deps import (
     bus_of,
     connection_id_of,
     gateway_of,
+    read_body,
 )
 from byorouter_gateway.middleware import bus_request_id, request_id_of
 from byorouter_gateway.sse import ChatRelay
@@ -39,28 +39,6 @@ _SSE_EXAMPLE: Final = (
     'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,'
     '"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
 )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    too_large = errors.too_large(f"Request body is larger than {limit} bytes.")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise errors.bad_request("Malformed Content-Length header.")
-        if int(declared) > limit:
-            raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise errors.bad_request("The client closed the request.", code="client_closed") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def check_chat_body(raw: bytes) -> bool:

@@ -19,7 +19,13 @@ from starlette.responses import Response
 from byorouter_common import errors
 from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_gateway.api.schemas import APP_ERRORS
-from byorouter_gateway.deps import AppPrincipalDep, BusDep, GatewayDep, checked_connection_id
+from byorouter_gateway.deps import (
+    AppPrincipalDep,
+    BusDep,
+    GatewayDep,
+    checked_connection_id,
+    read_body,
+)
 
 router = APIRouter(tags=["connect"])
 
@@ -33,9 +39,7 @@ class ManageSessionLink(BaseModel):
 
 
 async def _session_request(request: Request) -> tuple[str, str | None]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise errors.too_large("The request body is too large.")
+    raw = await read_body(request, MAX_BODY)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

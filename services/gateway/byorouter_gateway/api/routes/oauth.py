@@ -24,7 +24,7 @@ from byorouter_common import errors
 from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
 from byorouter_gateway.api.schemas import APP_ERRORS, ProviderView
-from byorouter_gateway.deps import Gateway, app_principal, bus_of
+from byorouter_gateway.deps import Gateway, app_principal, bus_of, read_body
 from byorouter_gateway.errors import ErrorResponse
 from byorouter_gateway.settings import GatewaySettings
 
@@ -115,9 +115,7 @@ def _single_values(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 async def _token_request(request: Request) -> dict[str, str]:
     """The four OAuth fields from a JSON or form body; messages name fields, never values."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise errors.too_large("The token request body is too large.")
+    raw = await read_body(request, MAX_BODY)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/x-www-form-urlencoded":
         try:

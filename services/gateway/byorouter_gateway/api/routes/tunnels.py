@@ -32,7 +32,13 @@ from byorouter_gateway.api.schemas import (
     TunnelRotateRequest,
     TunnelStatusView,
 )
-from byorouter_gateway.deps import AppPrincipalDep, BusDep, ConnectionIdDep, GatewayDep
+from byorouter_gateway.deps import (
+    AppPrincipalDep,
+    BusDep,
+    ConnectionIdDep,
+    GatewayDep,
+    read_body,
+)
 
 router = APIRouter(tags=["tunnels"])
 
@@ -51,9 +57,7 @@ Body = TypeVar("Body", bound=BaseModel)
 
 async def _optional_body(request: Request, model: type[Body]) -> Body:
     """`model` from the JSON body; an empty body is all defaults."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise errors.too_large("The request body is too large.")
+    raw = await read_body(request, MAX_BODY)
     if not raw.strip():
         return model()
     try:
