@@ -159,8 +159,11 @@ class AuthorizationCode(Base):
     code_challenge: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    # Set by the one exchange that wins; a later attempt finds it set and revokes the connection.
+    # Set by the first attempt of the code's app, whatever its outcome: the code is spent.
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when that attempt delivered the connection: the same request retried soon after (its
+    # answer was lost) gets it again; any other later attempt revokes the connection.
+    exchanged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ManageLink(Base):

@@ -9,7 +9,8 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Final
 
 from pydantic import SecretStr
 from sqlalchemy import func, insert, select, update
@@ -31,6 +32,10 @@ from byorouter_keystore.connections import create_connection, delete_connection,
 from byorouter_keystore.crypto import KeyringStore
 from byorouter_keystore.shared import Handlers, audit, connection_info, get_app
 from byorouter_keystore.tables import App, AuthorizationCode, Connection, Credential
+
+# How long after a successful exchange the very same request is answered again: enough for an
+# app to retry an answer it lost, short enough that a stolen code and verifier is still noticed.
+EXCHANGE_RETRY_WINDOW: Final = timedelta(seconds=60)
 
 
 def s256(code_verifier: str) -> str:
@@ -112,8 +117,10 @@ async def exchange_code(
 
     A code is spent by the first attempt of its own app whatever that attempt's outcome: a
     wrong verifier or redirect URI revokes the connection (it can never be delivered now), and
-    so does any later attempt (RFC 9700 4.1.2: a reused code means someone else has it).
-    Another app's attempt touches nothing.
+    so does any later attempt (RFC 9700 4.1.2: a reused code means someone else has it), except
+    the same request repeated within `EXCHANGE_RETRY_WINDOW` of its success: the app's first
+    answer may have been lost, and only that app holds the verifier. Another app's attempt
+    touches nothing.
     """
     code_hash = secret_hash(code)
     claimed = (
@@ -134,16 +141,7 @@ async def exchange_code(
         )
     ).first()
     if claimed is None:
-        reused = await session.scalar(
-            select(AuthorizationCode.connection_id).where(
-                AuthorizationCode.code_hash == code_hash,
-                AuthorizationCode.app_id == app_id,
-                AuthorizationCode.used_at.is_not(None),
-            )
-        )
-        if reused is None:
-            return ExchangeOutcome()
-        return ExchangeOutcome(revoked_connection_id=await _revoke(session, app_id, reused))
+        return await _exchange_again(session, app_id, code_hash, redirect_uri, code_verifier)
     matches = (
         bool(claimed.live)
         and _same(claimed.redirect_uri, redirect_uri)
@@ -156,7 +154,51 @@ async def exchange_code(
         delivered = await get_connection(session, app_id, claimed.connection_id)
     except ByoError:
         return ExchangeOutcome()  # disconnected before the app came for it
+    await session.execute(
+        update(AuthorizationCode)
+        .where(AuthorizationCode.code_hash == code_hash)
+        .values(exchanged_at=func.now())
+    )
     audit(session, "code.exchanged", app_id, claimed.connection_id)
+    return ExchangeOutcome(connection=delivered)
+
+
+async def _exchange_again(
+    session: AsyncSession, app_id: str, code_hash: bytes, redirect_uri: str, code_verifier: str
+) -> ExchangeOutcome:
+    """A later attempt at a spent code: the same request's retry, or a reuse that revokes."""
+    spent = (
+        await session.execute(
+            select(
+                AuthorizationCode.connection_id,
+                AuthorizationCode.redirect_uri,
+                AuthorizationCode.code_challenge,
+                (AuthorizationCode.exchanged_at > func.now() - EXCHANGE_RETRY_WINDOW).label(
+                    "retry"
+                ),
+            ).where(
+                AuthorizationCode.code_hash == code_hash,
+                AuthorizationCode.app_id == app_id,
+                AuthorizationCode.used_at.is_not(None),
+            )
+        )
+    ).first()
+    if spent is None:
+        return ExchangeOutcome()
+    retried = (
+        bool(spent.retry)
+        and _same(spent.redirect_uri, redirect_uri)
+        and _same(spent.code_challenge, s256(code_verifier))
+    )
+    if not retried:
+        return ExchangeOutcome(
+            revoked_connection_id=await _revoke(session, app_id, spent.connection_id)
+        )
+    try:
+        delivered = await get_connection(session, app_id, spent.connection_id)
+    except ByoError:
+        return ExchangeOutcome()  # disconnected since
+    audit(session, "code.exchange_retried", app_id, spent.connection_id)
     return ExchangeOutcome(connection=delivered)
 
 
