@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from byorouter_common.bus import CHUNK, DONE, Bus
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ByoError
-from byorouter_fakes.openai import gzip_bomb
+from byorouter_fakes.oversized import gzip_bomb
 from byorouter_router.providers.base import ProviderCredential
 from byorouter_router.providers.errors import Timeouts
 from byorouter_router.providers.openai_compat import SelfHostedProvider

@@ -1,5 +1,8 @@
 """A fake Anthropic Messages API server, speaking the real wire format, whose faults tests choose.
 
+One file on purpose: it is one provider's wire format (request checks, answers, the event stream)
+read top to bottom, beside its twin in `openai.py`.
+
 Each request picks its own behaviour through its model name (the part after the last "/"), so
 tests running in parallel never disturb each other:
 
@@ -37,7 +40,13 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from byorouter_fakes.base import DEFAULT_MAX_RECORDED, DEFAULT_STREAM_CHUNKS, JSON, FakeUpstream
+from byorouter_fakes.base import (
+    DEFAULT_MAX_RECORDED,
+    DEFAULT_STREAM_CHUNKS,
+    JSON,
+    SSE_HEADERS,
+    FakeUpstream,
+)
 from byorouter_fakes.runner import run_fake
 
 MODELS: Final = (
@@ -48,10 +57,6 @@ MODELS: Final = (
 TOOL_CITIES: Final = ("Paris", "Tokyo")
 
 _JSON: Final = JSON
-_SSE_HEADERS: Final = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-}
 _BEHAVIOUR = re.compile(r"^(fail|slow|drip|cut-after|error-after)-(\d+)$|^(hang|tools-2)$")
 _WORD = re.compile(r"\S+\s*")
 _FIELDS: Final = frozenset(
@@ -601,7 +606,7 @@ class FakeAnthropic(FakeUpstream):
         self, request: web.Request, answer: Answer, kind: str, arg: int
     ) -> web.StreamResponse:
         events = answer.events(self.stream_chunks)
-        response = web.StreamResponse(headers=_SSE_HEADERS)
+        response = web.StreamResponse(headers=SSE_HEADERS)
         response.headers["request-id"] = "req_" + secrets.token_hex(12)
         await response.prepare(request)
         if kind == "drip":

@@ -19,6 +19,11 @@ DEFAULT_STREAM_CHUNKS: Final = 20
 # Bounded, so a long benchmark run against a fake never grows it without limit.
 DEFAULT_MAX_RECORDED: Final = 20_000
 JSON: Final = "application/json"
+# The headers of every fake's event stream, as the real providers send them.
+SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+}
 
 
 class FakeUpstream:

@@ -38,42 +38,30 @@ import contextlib
 import re
 import secrets
 import time
-import zlib
 from typing import Any, ClassVar, Final
 
 import orjson
 from aiohttp import web
 
-from byorouter_fakes.base import DEFAULT_MAX_RECORDED, DEFAULT_STREAM_CHUNKS, JSON, FakeUpstream
+from byorouter_fakes.base import (
+    DEFAULT_MAX_RECORDED,
+    DEFAULT_STREAM_CHUNKS,
+    JSON,
+    SSE_HEADERS,
+    FakeUpstream,
+)
+from byorouter_fakes.oversized import oversized_answer
 from byorouter_fakes.runner import run_fake
 
 MODELS: Final = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "o3-mini", "text-embedding-3-small")
 
 _DONE: Final = b"data: [DONE]\n\n"
 _JSON: Final = JSON
-_SSE_HEADERS: Final = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-}
 _BEHAVIOUR = re.compile(
     r"^(fail|busy|flat|slow|drip|cut-after|stall-after|error-after|garbage-after|reasoning|repeat|huge)"
     r"-(\d+)$|^(hang|usage-always|usage-never|ollama-host|gzip-bomb)$"
 )
 _WORD = re.compile(r"\S+\s*")
-_MIB: Final = 1024 * 1024
-# What `gzip-bomb` decodes to, in MiB of zero bytes.
-_BOMB_MIB: Final = 1024
-_bomb: bytes | None = None
-
-
-def gzip_bomb() -> bytes:
-    """About 1 MB of gzip that decodes to `_BOMB_MIB` MiB; built once (it takes a few seconds)."""
-    global _bomb
-    if _bomb is None:
-        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-        zeros = bytes(_MIB)
-        _bomb = b"".join(compressor.compress(zeros) for _ in range(_BOMB_MIB)) + compressor.flush()
-    return _bomb
 
 
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -301,7 +289,7 @@ class FakeOpenAI(FakeUpstream):
         if kind == "hang":
             await self._park()
         if kind in ("huge", "gzip-bomb"):
-            return await self._oversized(request, body, kind, arg)
+            return await oversized_answer(request, body.get("stream") is True, kind, arg)
         if kind == "slow":
             await asyncio.sleep(arg / 1000)
         reasoning = arg if kind == "reasoning" else 0
@@ -310,29 +298,6 @@ class FakeOpenAI(FakeUpstream):
         if body.get("stream") is True:
             return await self._stream(request, body, model, kind, arg)
         return web.Response(body=self._completion(body, model, reasoning), content_type=_JSON)
-
-    async def _oversized(
-        self, request: web.Request, body: dict[str, Any], kind: str, mib: int
-    ) -> web.StreamResponse:
-        """A 200 answer far larger than any real one: `mib` MiB of spaces, or a gzip bomb."""
-        streamed = body.get("stream") is True
-        response = web.StreamResponse(headers=_SSE_HEADERS if streamed else {})
-        if not streamed:
-            response.content_type = _JSON
-        if kind == "gzip-bomb":
-            bomb = await asyncio.to_thread(gzip_bomb)
-            response.headers["Content-Encoding"] = "gzip"
-            response.content_length = len(bomb)
-            await response.prepare(request)
-            await response.write_eof(bomb)
-            return response
-        response.content_length = mib * _MIB
-        await response.prepare(request)
-        block = b" " * _MIB
-        for _ in range(mib):
-            await response.write(block)
-        await response.write_eof()
-        return response
 
     def error_response(self, status: int, model: str, *, retry_after: bool) -> web.Response:
         """The provider's error for `status`; `retry_after` whether a 429 carries that header."""
@@ -455,7 +420,7 @@ class FakeOpenAI(FakeUpstream):
         head, events = self._events(body, model, kind, arg)
         if self.stream_preamble:
             events[0] = self.stream_preamble + events[0]
-        response = web.StreamResponse(headers=_SSE_HEADERS)
+        response = web.StreamResponse(headers=SSE_HEADERS)
         response.headers["x-request-id"] = "req_" + secrets.token_hex(8)
         await response.prepare(request)
         if kind == "drip":
