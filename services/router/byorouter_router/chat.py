@@ -32,7 +32,6 @@ from pydantic import ValidationError
 
 from byorouter_common import errors
 from byorouter_common.bus import (
-    MORE,
     Discovery,
     KeepAliveTicker,
     StreamWriter,
@@ -165,9 +164,6 @@ class ChatRouter:
         parts = parts_of(msg.headers)
         writer = StreamWriter(self._nc, msg.reply)
 
-        async def ask_for_more(subject: str) -> None:
-            await writer.send(MORE, subject.encode())
-
         try:
             if parts < 1:
                 raise errors.bad_request("Invalid chat request: malformed Byo-Parts header.")
@@ -176,7 +172,7 @@ class ChatRouter:
                 msg.data,
                 parts,
                 upload_subject(secrets.token_urlsafe(12)),
-                ask_for_more,
+                writer,
                 timeout_s=self._keepalive.interval_s * 2,
             )
         except ByoError as error:

@@ -28,7 +28,6 @@ from nats.aio.subscription import Subscription
 from byorouter_common.bus import (
     CHUNK,
     DONE,
-    MORE,
     KeepAliveTicker,
     StreamWriter,
     parts_of,
@@ -224,15 +223,12 @@ class ClientSocket:
         if parts < 1:
             raise ByoError(400, "bad_request", "Tunnel request has a malformed Byo-Parts header.")
 
-        async def ask_for_more(subject: str) -> None:
-            await writer.send(MORE, subject.encode())
-
         return await receive_rest(
             self.nc,
             msg.data,
             parts,
             tn.upload_subject(self.tunnel_id, stream_id),
-            ask_for_more,
+            writer,
             timeout_s=self.keepalive.interval_s * 2,
         )
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from typing import Protocol
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -25,6 +26,12 @@ HDR_PARTS = "Byo-Parts"
 MORE = "more"
 # Room left in a bus message for its subject and headers.
 HEADROOM = 4096
+
+
+class ReplyWriter(Protocol):
+    """Where the responder answers: the request's `StreamWriter`."""
+
+    async def send(self, kind: str, data: bytes = b"") -> None: ...
 
 
 def split_request(data: bytes, max_payload: int) -> list[bytes]:
@@ -51,12 +58,12 @@ async def receive_rest(
     first: bytes,
     parts: int,
     upload_subject: str,
-    ask_for_more: Callable[[str], Awaitable[None]],
+    writer: ReplyWriter,
     *,
     timeout_s: float,
 ) -> bytes:
     """The whole request whose first of `parts` parts is `first`: asks for the rest on
-    `upload_subject` (by awaiting `ask_for_more(subject)`) and joins what arrives there.
+    `upload_subject` (a `more` reply on `writer`) and joins what arrives there.
 
     Raises a 400 `ByoError` when the parts do not all arrive within `timeout_s` each.
     """
@@ -68,7 +75,7 @@ async def receive_rest(
     sub = await nc.subscribe(upload_subject, cb=on_part)
     pieces = [first]
     try:
-        await ask_for_more(upload_subject)
+        await writer.send(MORE, upload_subject.encode())
         for _ in range(parts - 1):
             pieces.append(await asyncio.wait_for(received.get(), timeout_s))
     except TimeoutError:
