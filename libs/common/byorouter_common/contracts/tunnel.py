@@ -54,11 +54,6 @@ def queue_group(tunnel_id: str) -> str:
     return f"tunnel.{tunnel_id}"
 
 
-def all_tunnels_wildcard() -> str:
-    """Every tunnel subject, for NATS permissions."""
-    return f"{PREFIX}.>"
-
-
 def status_wildcard() -> str:
     """Every tunnel's `.status`, for NATS permissions (the gateway asks it)."""
     return f"{PREFIX}.*.status"
