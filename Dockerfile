@@ -10,8 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, so a source change does not reinstall them.
+# Every package is checked against the lock's hashes (`make lock` writes them).
 COPY requirements.lock ./
-RUN pip install -r requirements.lock
+RUN pip install --require-hashes -r requirements.lock
 
 COPY pyproject.toml ./
 COPY libs ./libs
@@ -20,8 +21,10 @@ COPY services ./services
 COPY clients ./clients
 # The tunnel client is installed (the services use its protocol) and built as a wheel that the
 # tunnel service serves at /client.
-RUN pip install --no-deps . ./clients/tunnel \
-    && pip wheel --no-deps -w /app/clients/tunnel/dist ./clients/tunnel \
+# Built with the locked setuptools (no build isolation), so nothing unpinned is fetched.
+RUN pip install --no-deps --no-build-isolation . ./clients/tunnel \
+    && pip wheel --no-deps --no-build-isolation -w /app/clients/tunnel/dist ./clients/tunnel \
+    && cp clients/tunnel/requirements.lock /app/clients/tunnel/dist/ \
     && rm -rf build clients/tunnel/build
 
 # Services never need root. The keyring lives on a volume only keystore and the setup job mount.

@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run test test-slow test-all lint format bench clean clean-state
+.PHONY: help install browser run test test-slow test-all lint format bench lock clean clean-state
 
 help:
 	@echo "make install      create .venv and install the pinned dependencies (idempotent)"
@@ -26,6 +26,7 @@ help:
 	@echo "make lint         ruff check, ruff format --check, mypy --strict"
 	@echo "make format       ruff format and safe fixes"
 	@echo "make bench        the benchmark (python -m bench)"
+	@echo "make lock         regenerate requirements.lock files (hashes) after a dependency change"
 	@echo "make clean        remove .venv, caches and node_modules"
 	@echo "make clean-state  remove .byorouter/ (dev database, keyring, logs)"
 
@@ -34,12 +35,18 @@ install: $(STAMP) $(if $(wildcard $(JS_DIR)/package-lock.json),$(JS_STAMP))
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.lock pyproject.toml clients/tunnel/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e . -e clients/tunnel
+$(STAMP): requirements.lock pyproject.toml clients/tunnel/pyproject.toml \
+		clients/tunnel/requirements.lock | $(BIN)/python
+	@# Every package is checked against the lock's hashes; our own are built with the locked
+	@# setuptools (no build isolation), so nothing unpinned is fetched.
+	$(BIN)/python -m pip install --disable-pip-version-check -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation \
+		-e . -e clients/tunnel
 	@# The tunnel service serves this wheel at /client, so users install the client from here.
 	rm -rf clients/tunnel/dist
-	$(BIN)/python -m pip wheel --disable-pip-version-check -q --no-deps -w clients/tunnel/dist ./clients/tunnel
+	$(BIN)/python -m pip wheel --disable-pip-version-check -q --no-deps --no-build-isolation \
+		-w clients/tunnel/dist ./clients/tunnel
+	cp clients/tunnel/requirements.lock clients/tunnel/dist/
 	rm -rf clients/tunnel/build
 	@touch $@
 
@@ -73,6 +80,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy clients libs cli services bench examples/chat-app/app.py
+
+# The locks are a reviewed change: this keeps every existing pin and adds what pyproject.toml now
+# asks for; `make lock UPGRADE="--upgrade-package httpx"` moves one package. Read the diff (new
+# packages, changed versions, changed hashes) before committing it; docs/operations.md says how.
+UPGRADE ?=
+LOCK := $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet \
+	--custom-compile-command "make lock"
+lock: install
+	$(LOCK) pyproject.toml --extra dev -o requirements.lock $(UPGRADE)
+	$(LOCK) clients/tunnel/pyproject.toml -c requirements.lock -o clients/tunnel/requirements.lock
 
 format: install
 	$(BIN)/ruff format .

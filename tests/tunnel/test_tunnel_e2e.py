@@ -8,8 +8,12 @@ service -> WebSocket -> client -> fake upstream and back, sealed end to end.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
 import secrets
+import subprocess
+import sys
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -169,13 +173,47 @@ async def test_the_client_can_be_installed_from_the_deployment(tunnel_stack: Sta
     async with httpx.AsyncClient(base_url=tunnel_stack.tunnel_url) as http:
         page = await http.get("/client")
         assert page.status_code == 200
-        url = next(word for word in page.text.split() if word.endswith(".whl"))
+        # The page's command installs only what the lock's hashes allow.
+        assert "pip install --require-hashes -r " in page.text
+        requirements_url = next(w for w in page.text.split() if w.endswith("/requirements.txt"))
+        requirements = (await http.get(requirements_url)).text
+        url = next(w for w in requirements.split() if w.endswith(".whl"))
         wheel = await http.get(url)
     assert wheel.status_code == 200
     with zipfile.ZipFile(io.BytesIO(wheel.content)) as archive:
         names = archive.namelist()
     assert "byorouter_tunnel_client/cli.py" in names
     assert any(name.endswith("entry_points.txt") for name in names)
+    # Every dependency is pinned with a hash, and the wheel carries its own.
+    for dependency in ("cryptography==", "httpx==", "websockets=="):
+        assert dependency in requirements
+    assert f"--hash=sha256:{hashlib.sha256(wheel.content).hexdigest()}" in requirements
+
+
+async def test_pip_installs_the_served_client_only_with_its_hash(
+    tunnel_stack: Stack, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(base_url=tunnel_stack.tunnel_url) as http:
+        requirements = (await http.get("/client/requirements.txt")).text
+    # The client's own lines (its dependencies would need the public index, which CI may lack).
+    own = requirements[requirements.index("byorouter-tunnel @") :]
+    good = tmp_path / "good.txt"
+    good.write_text(own)
+    tampered = tmp_path / "tampered.txt"
+    digest = own.split("sha256:")[1].strip()
+    tampered.write_text(own.replace(digest, "0" * 64))
+
+    def pip(requirements_file: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps"]
+        command += ["--require-hashes", "--no-index", "-r", str(requirements_file)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    accepted = await asyncio.to_thread(pip, good)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "byorouter-tunnel" in accepted.stdout
+    refused = await asyncio.to_thread(pip, tampered)
+    assert refused.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in refused.stderr
 
 
 async def test_the_socket_never_carries_the_prompt_the_answer_or_the_server_key(
