@@ -163,13 +163,17 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def _serve_http(runtime: ServiceRuntime[Any], http: HttpServing) -> None:
-    """Serve an ASGI app until `runtime.stopped` is set, then let open responses finish.
+def http_config(settings: ServiceSettings, http: HttpServing) -> uvicorn.Config:
+    """uvicorn's settings for one service's app.
 
     uvicorn's own logging config and access log are off: its loggers go through our redacting
-    handler, and probes are not worth a log line each.
+    handler, and probes are not worth a log line each. Forwarded headers are believed only from
+    `settings.trusted_proxies`: uvicorn would otherwise believe any local process (it trusts
+    loopback by default), and one forged X-Forwarded-For per request would give every guess a
+    fresh client IP.
     """
-    config = uvicorn.Config(
+    trusted = settings.trusted_proxy_list
+    return uvicorn.Config(
         http.app,
         host=http.host,
         port=http.port,
@@ -179,9 +183,15 @@ async def _serve_http(runtime: ServiceRuntime[Any], http: HttpServing) -> None:
         lifespan="off",
         server_header=False,
         timeout_graceful_shutdown=int(http.grace_s),
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
         **http.options,
     )
-    server = _HttpServer(config)
+
+
+async def _serve_http(runtime: ServiceRuntime[Any], http: HttpServing) -> None:
+    """Serve an ASGI app until `runtime.stopped` is set, then let open responses finish."""
+    server = _HttpServer(http_config(runtime.settings, http))
     serving = asyncio.create_task(server.serve(), name=f"{runtime.name}-http")
     stopped = asyncio.create_task(runtime.stopped.wait(), name=f"{runtime.name}-stopped")
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)

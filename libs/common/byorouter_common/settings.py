@@ -6,7 +6,9 @@ else is `BYOROUTER_<FIELD>`.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+import ipaddress
+
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,3 +29,26 @@ class ServiceSettings(BaseSettings):
     stream_idle_timeout_s: float = 30.0
     # OpenTelemetry exporter: none | console (OTLP can be added by the operator's own config).
     otel_exporter: str = "none"
+    # BYOROUTER_TRUSTED_PROXIES: comma-separated IPs or CIDRs of the reverse proxies in front of
+    # the HTTP services. Only a peer listed here may say who the client is (X-Forwarded-For,
+    # X-Forwarded-Proto); empty trusts nobody, loopback included, so the client IP that rate
+    # limits count by is the socket's peer.
+    trusted_proxies: str = ""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        for entry in _entries(value):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR: {entry!r}") from None
+        return value
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return _entries(self.trusted_proxies)
+
+
+def _entries(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]

@@ -3,7 +3,8 @@
 A key is `byo_sk_<key_id>_<secret>`. A malformed or missing key is refused without a bus call.
 Keystore gets the key id and the SHA-256 of the whole key, never the key; its answer is cached per
 key hash for `ttl_s`, and an `APP_KEY_REVOKED` event drops the key from every gateway copy at once.
-Concurrent first requests with the same key share one keystore call.
+Concurrent first requests with the same key share one keystore call. Refusals are counted per
+client IP: an IP that has used up its failures gets 429 before its next key is looked up.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from byorouter_common.bus import Bus
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ByoError
+from byorouter_common.rate_limit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,18 @@ class AppKeyAuth:
     """Verifies app keys with keystore and caches the app each key belongs to."""
 
     def __init__(
-        self, bus: Callable[[], Bus], *, ttl_s: float = 30.0, max_entries: int = 10_000
+        self,
+        bus: Callable[[], Bus],
+        *,
+        ttl_s: float = 30.0,
+        max_entries: int = 10_000,
+        failures_per_ip_per_min: int = 20,
     ) -> None:
         self._bus = bus
+        # Only refusals spend it, so an app server sending good keys is never slowed down.
+        self.failures_per_ip = TokenBuckets.per_minute(
+            failures_per_ip_per_min, "Too many requests with an invalid API key; wait and retry."
+        )
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._trusted: dict[str, _Trusted] = {}
@@ -65,10 +76,13 @@ class AppKeyAuth:
         # is used once but never cached.
         self._revocations = 0
 
-    async def authenticate(self, authorization: str | None) -> ks.AppPrincipal:
-        """The app behind the `Authorization` header; `ByoError` 401 if there is none."""
+    async def authenticate(self, authorization: str | None, client_ip: str) -> ks.AppPrincipal:
+        """The app behind the `Authorization` header; `ByoError` 401 if there is none, 429 if
+        `client_ip` has had too many refusals lately (then nothing is looked up)."""
         parsed = parse_app_key(authorization)
         if parsed is None:
+            self.failures_per_ip.check(client_ip)
+            self.failures_per_ip.spend(client_ip)
             raise errors.unauthorized()
         key_id, key = parsed
         key_hash = hashlib.sha256(key.encode()).hexdigest()
@@ -78,6 +92,15 @@ class AppKeyAuth:
             if trusted.expires_at > now:
                 return trusted.principal
             del self._trusted[key_hash]
+        self.failures_per_ip.check(client_ip)
+        try:
+            return await self._look_up(key_id, key_hash, now)
+        except ByoError as exc:
+            if exc.status == 401:
+                self.failures_per_ip.spend(client_ip)
+            raise
+
+    async def _look_up(self, key_id: str, key_hash: str, now: float) -> ks.AppPrincipal:
         refused_until = self._refused.get(key_hash)
         if refused_until is not None:
             if refused_until > now:

@@ -21,9 +21,9 @@ from starlette.requests import ClientDisconnect
 from byorouter_common import errors
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.rate_limit import TokenBuckets, client_ip
 from byorouter_gateway.auth import AppKeyAuth
 from byorouter_gateway.middleware import APP_ID_SCOPE_KEY, request_id_of
-from byorouter_gateway.rate_limit import AppRateLimiter
 from byorouter_gateway.settings import GatewaySettings
 
 CONNECTION_HEADER: Final = "x-byorouter-connection"
@@ -37,7 +37,7 @@ class Gateway:
     settings: GatewaySettings
     bus: Callable[[], Bus]
     app_keys: AppKeyAuth
-    rate_limiter: AppRateLimiter
+    rate_limiter: TokenBuckets
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -72,9 +72,11 @@ _app_key_bearer = AppKeyBearer()
 async def app_principal(request: Request) -> ks.AppPrincipal:
     """The app whose key authorizes `request` (401 otherwise), within its rate limit (429)."""
     gateway = gateway_of(request)
-    principal = await gateway.app_keys.authenticate(request.headers.get("authorization"))
+    principal = await gateway.app_keys.authenticate(
+        request.headers.get("authorization"), client_ip(request)
+    )
     request.scope[APP_ID_SCOPE_KEY] = principal.app_id
-    gateway.rate_limiter.check(principal.app_id)
+    gateway.rate_limiter.take(principal.app_id)
     return principal
 
 

@@ -10,6 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from byorouter_common.bus import Bus, subscribe_event
 from byorouter_common.contracts import events
 from byorouter_common.health import health_router
+from byorouter_common.rate_limit import TokenBuckets
 from byorouter_common.service import Service, ServiceRuntime
 from byorouter_gateway.api.routes import (
     chat,
@@ -23,7 +24,6 @@ from byorouter_gateway.auth import AppKeyAuth
 from byorouter_gateway.deps import Gateway
 from byorouter_gateway.errors import install_error_handlers
 from byorouter_gateway.middleware import RequestContextMiddleware
-from byorouter_gateway.rate_limit import AppRateLimiter
 from byorouter_gateway.settings import GatewaySettings
 
 DESCRIPTION = (
@@ -53,9 +53,16 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
         settings=settings,
         bus=bus_provider,
         app_keys=AppKeyAuth(
-            bus_provider, ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_size
+            bus_provider,
+            ttl_s=settings.auth_cache_ttl_s,
+            max_entries=settings.auth_cache_size,
+            failures_per_ip_per_min=settings.auth_failures_per_ip_per_min,
         ),
-        rate_limiter=AppRateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+        rate_limiter=TokenBuckets(
+            settings.rate_limit_rps,
+            settings.rate_limit_burst,
+            "Too many requests for this app; slow down.",
+        ),
     )
     install_error_handlers(app)
 

@@ -9,9 +9,7 @@ and every answer carries `Cache-Control: no-store`.
 
 from __future__ import annotations
 
-import math
 import re
-import time
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -23,6 +21,7 @@ from starlette.responses import Response
 from byorouter_common import errors
 from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
+from byorouter_common.rate_limit import TokenBuckets, client_ip
 from byorouter_gateway.api.schemas import APP_ERRORS, ProviderView
 from byorouter_gateway.deps import Gateway, app_principal, bus_of, read_body
 from byorouter_gateway.errors import ErrorResponse
@@ -43,47 +42,15 @@ class TokenResponse(BaseModel):
     providers: list[ProviderView]
 
 
-class FailureBudget:
-    """Failed attempts per key (an app, an IP) as a token bucket: `per_min` a minute, refilling.
-
-    Only failures spend the budget, so an app connecting many people at once is never slowed
-    down, while guessing codes is.
-    """
-
-    def __init__(self, per_min: int) -> None:
-        self.capacity = float(per_min)
-        self.rate = per_min / 60.0
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def _tokens(self, key: str, now: float) -> float:
-        tokens, counted_at = self._buckets.get(key, (self.capacity, now))
-        return min(self.capacity, tokens + (now - counted_at) * self.rate)
-
-    def check(self, key: str) -> None:
-        """Raise 429 (with when to come back) if `key` has no failures left to spend."""
-        tokens = self._tokens(key, time.monotonic())
-        if tokens < 1.0:
-            raise errors.rate_limited(
-                "Too many failed code exchanges; wait before trying again.",
-                retry_after=math.ceil((1.0 - tokens) / self.rate),
-            )
-
-    def spend(self, key: str) -> None:
-        now = time.monotonic()
-        self._buckets[key] = (self._tokens(key, now) - 1.0, now)
-        if len(self._buckets) > 100_000:
-            # Full buckets carry no information: forget them.
-            self._buckets = {
-                k: v for k, v in self._buckets.items() if self._tokens(k, now) < self.capacity
-            }
-
-
 class CodeExchangeLimits:
     """The per-app and per-IP failure budgets of one gateway copy."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.per_app = FailureBudget(settings.oauth_failures_per_app_per_min)
-        self.per_ip = FailureBudget(settings.oauth_failures_per_ip_per_min)
+        # Only failures spend these, so an app connecting many people at once is never slowed
+        # down, while guessing codes is.
+        message = "Too many failed code exchanges; wait before trying again."
+        self.per_app = TokenBuckets.per_minute(settings.oauth_failures_per_app_per_min, message)
+        self.per_ip = TokenBuckets.per_minute(settings.oauth_failures_per_ip_per_min, message)
 
     def check(self, app_id: str, ip: str) -> None:
         self.per_app.check(app_id)
@@ -175,9 +142,9 @@ async def exchange_code(request: Request) -> Response:
     """Body (JSON or form): `code`, `redirect_uri`, `code_verifier`, optional `grant_type`."""
     try:
         principal = await app_principal(request)
-        client_ip = request.client.host if request.client is not None else "-"
+        ip = client_ip(request)
         limits: CodeExchangeLimits = request.app.state.code_exchange_limits
-        limits.check(principal.app_id, client_ip)
+        limits.check(principal.app_id, ip)
         try:
             code, redirect_uri, verifier = _checked(await _token_request(request))
             connection = await bus_of(request).request(
@@ -191,7 +158,7 @@ async def exchange_code(request: Request) -> Response:
             )
         except ByoError as exc:
             if exc.status == 400:
-                limits.failed(principal.app_id, client_ip)
+                limits.failed(principal.app_id, ip)
             raise
     except ByoError as exc:
         return _no_store(ErrorResponse(exc))
