@@ -12,6 +12,7 @@ from starlette.staticfiles import StaticFiles
 from byorouter_common.health import health_router
 from byorouter_common.service import Service, ServiceRuntime
 from byorouter_connect import consent, manage
+from byorouter_connect.limits import ProviderTestLimits, TooManyTests, too_many_tests
 from byorouter_connect.pages import PageError, error_page, render
 from byorouter_connect.security import FormRefused, SecurityHeadersMiddleware
 from byorouter_connect.settings import ConnectSettings
@@ -46,10 +47,12 @@ def create_app(runtime: ServiceRuntime[ConnectSettings]) -> FastAPI:
     app = FastAPI(title="BYORouter Connect", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.provider_test_limits = ProviderTestLimits(settings)
     app.add_exception_handler(PageError, _on_page_error)
     app.add_exception_handler(FormRefused, _on_form_refused)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(TooManyTests, too_many_tests)
 
     # Ready means the bus answers: without it no page can reach keystore.
     app.include_router(health_router(lambda: runtime.bus))

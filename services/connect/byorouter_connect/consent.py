@@ -36,6 +36,7 @@ from byorouter_connect.authorization import (
 )
 from byorouter_connect.deps import bus_of, settings_of
 from byorouter_connect.forms import ProviderValues, all_provider_values, problems_of
+from byorouter_connect.limits import limits_of
 from byorouter_connect.pages import PROVIDER_FORMS, PageError, render
 from byorouter_connect.security import (
     CSRF_COOKIE,
@@ -111,7 +112,9 @@ async def test_provider(request: Request) -> Response:
         return error_redirect(exc)
     values = all_provider_values(form)
     provider = form.get("test", "")
-    result = await run_test(request, chosen_provider(values, provider))
+    result = await run_test(
+        request, chosen_provider(values, provider), app_id=authorization.app.app_id
+    )
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(result.model_dump(mode="json"))
     return consent_page(
@@ -132,8 +135,14 @@ def chosen_provider(
     return None
 
 
-async def run_test(request: Request, values: ProviderValues | None) -> rt.ProviderTestResult:
-    """Ask the router to try the key; problems with the fields are answered without it."""
+async def run_test(
+    request: Request, values: ProviderValues | None, *, app_id: str | None = None
+) -> rt.ProviderTestResult:
+    """Ask the router to try the key; problems with the fields are answered without it.
+
+    Every press counts against the client's and the app's Test budget (`TooManyTests`, 429).
+    """
+    limits_of(request).take(request, app_id)
     if values is None:
         return rt.ProviderTestResult(ok=False, message="Choose a provider to test.")
     problems = problems_of(values)

@@ -21,6 +21,10 @@ class ConnectSettings(ServiceSettings):
     manage_session_ttl_s: int = Field(default=1800, ge=60, le=12 * 3600)
     # How long a "Test" waits for the router (which itself gives up on a provider after 10 s).
     provider_test_timeout_s: float = Field(default=15.0, gt=0)
+    # Test presses allowed per minute per client IP and per app, per Connect copy; beyond that
+    # a Test is refused with 429 until the budget refills (the router is not asked).
+    provider_tests_per_ip_per_min: int = Field(default=10, ge=1)
+    provider_tests_per_app_per_min: int = Field(default=60, ge=1)
     # Cookies are Secure unless the page is served to a loopback host over plain http; set
     # BYOROUTER_COOKIE_SECURE=true to force them Secure everywhere.
     cookie_secure: bool = False

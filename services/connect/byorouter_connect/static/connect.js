@@ -42,7 +42,8 @@
       credentials: "same-origin",
       headers: { "Accept": "application/json" }
     }).then(function (response) {
-      if (!response.ok) { throw new Error("status " + response.status); }
+      // A 429 carries a result saying to wait; any other failure has nothing to show.
+      if (!response.ok && response.status !== 429) { throw new Error("status " + response.status); }
       return response.json();
     }).then(function (result) {
       if (region) { showResult(region, result); }
