@@ -125,6 +125,39 @@ def stop_dev(process: subprocess.Popen[str], state_dir: Path) -> tuple[int, set[
     return code, left
 
 
+def service_pid(launcher: int, module: str) -> int:
+    """The pid of the launcher's child running `python -m <module>`."""
+    for pid in descendants(launcher):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if module.encode() in argv:
+            return pid
+    raise AssertionError(f"no {module} process under {launcher}")
+
+
+def chat_within(facts: dict[str, Any], within_s: float) -> httpx.Response:
+    """The demo chat, tried until it answers 200 or `within_s` has passed; the last answer."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            response = httpx.post(
+                facts["api_url"] + "/v1/chat/completions",
+                headers={
+                    "Authorization": f"Bearer {facts['app_api_key']}",
+                    "X-Byorouter-Connection": facts["connection_id"],
+                },
+                json={"model": facts["model"], "messages": [{"role": "user", "content": "Hi"}]},
+                timeout=15,
+            )
+        except httpx.HTTPError:
+            response = httpx.Response(599)
+        if response.status_code == 200 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.3)
+
+
 def test_dev_starts_everything_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     state_dir = tmp_path / ".byorouter"
     ports = free_ports(4)
@@ -145,6 +178,13 @@ def test_dev_starts_everything_serves_the_demo_and_stops_cleanly(tmp_path: Path)
         )
         assert response.status_code == 200, response.text
         assert httpx.get(facts["connect_url"] + "/").status_code == 200
+        # One crashed service does not stop the stack: it is started again, and the log says so.
+        os.kill(service_pid(process.pid, "byorouter_router"), signal.SIGKILL)
+        assert chat_within(facts, 30).status_code == 200
+        assert "router exited unexpectedly with code -9; restarting it in 1 s (restart 1)" in (
+            (tmp_path / "dev.log").read_text()
+        )
+        assert process.poll() is None
         # The CLI run from the same directory finds this stack's NATS by itself.
         env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
         status = subprocess.run(

@@ -28,6 +28,30 @@ from byorouter_common.errors import ByoError
 
 STOP_GRACE_S: Final = 5.0
 LOG_TAIL_LINES: Final = 20
+WATCH_INTERVAL_S: Final = 0.2
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Restart a child that exits on its own, like compose's `restart: unless-stopped`.
+
+    The wait doubles with each crash in a row up to `max_delay_s`, so a crash loop costs little;
+    a child that stayed up `healthy_after_s` starts again from `first_delay_s`.
+    """
+
+    first_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    healthy_after_s: float = 60.0
+
+    def delay_s(self, crashes_in_a_row: int) -> float:
+        return float(min(self.max_delay_s, self.first_delay_s * 2 ** (crashes_in_a_row - 1)))
+
+
+@dataclass
+class _Restarts:
+    total: int = 0
+    in_a_row: int = 0
+    due: float | None = None  # time.monotonic() of the pending restart
 
 
 @dataclass(frozen=True)
@@ -83,10 +107,12 @@ class ChildProcess:
         self._echo_lock = echo_lock
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
         self.last_output = 0.0  # time.monotonic() of the last line copied
+        self.started_at = 0.0
         self.process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         self.process = subprocess.Popen(
             self.spec.argv,
             env=self.spec.env,
@@ -159,7 +185,9 @@ class Supervisor:
     """The children of one stack, by name: launched, waited for, watched and stopped together.
 
     `echo` also gets every child's lines, each with the child's name in front. `connect_bus`
-    opens the connection that readiness checks use (NATS micro discovery).
+    opens the connection that readiness checks use (NATS micro discovery). With a `restart`
+    policy a watchdog thread starts again every child that exits without being told to, and
+    says so (on `echo` and in the child's log).
     """
 
     def __init__(
@@ -168,18 +196,79 @@ class Supervisor:
         echo: IO[str] | None,
         ready_timeout_s: float,
         connect_bus: Callable[[], Awaitable[NatsClient]],
+        restart: RestartPolicy | None = None,
     ) -> None:
         self.echo = echo
         self.ready_timeout_s = ready_timeout_s
+        self.restart = restart
         self._connect_bus = connect_bus
         self._children: dict[str, ChildProcess] = {}
         self._echo_lock = threading.Lock()
+        # Held while the set of children changes: the watchdog must not restart a child that
+        # stop()/stop_all() is ending.
+        self._lock = threading.Lock()
+        self._stopped: set[str] = set()
+        self._restarts: dict[str, _Restarts] = {}
+        self._watchdog: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def launch(self, spec: ChildSpec) -> None:
         """Start `spec`'s process (replacing a stopped child of the same name) without waiting."""
         child = ChildProcess(spec, self.echo, self._echo_lock)
-        self._children[spec.name] = child
-        child.start()
+        with self._lock:
+            self._children[spec.name] = child
+            self._stopped.discard(spec.name)
+            self._restarts.pop(spec.name, None)
+            child.start()
+            if self.restart is not None and self._watchdog is None:
+                self._closing.clear()
+                self._watchdog = threading.Thread(
+                    target=self._watch, args=(self.restart,), name="dev-watchdog", daemon=True
+                )
+                self._watchdog.start()
+
+    def restarts(self, name: str) -> int:
+        """How often the watchdog has started `name` again."""
+        found = self._restarts.get(name)
+        return 0 if found is None else found.total
+
+    def _watch(self, policy: RestartPolicy) -> None:
+        while not self._closing.wait(WATCH_INTERVAL_S):
+            with self._lock:
+                if self._closing.is_set():
+                    return
+                for name, child in list(self._children.items()):
+                    if name not in self._stopped and not child.running:
+                        self._restart_when_due(name, child, policy)
+
+    def _restart_when_due(self, name: str, child: ChildProcess, policy: RestartPolicy) -> None:
+        now = time.monotonic()
+        state = self._restarts.setdefault(name, _Restarts())
+        if state.due is None:
+            healthy = now - child.started_at >= policy.healthy_after_s
+            state.in_a_row = 1 if healthy else state.in_a_row + 1
+            state.total += 1
+            delay = policy.delay_s(state.in_a_row)
+            state.due = now + delay
+            self._announce(
+                child,
+                f"{name} exited unexpectedly with code {child.exit_code}; "
+                f"restarting it in {delay:g} s (restart {state.total})",
+            )
+        elif now >= state.due:
+            state.due = None
+            child.finish(now)  # reaps it and lets its log pump end
+            fresh = ChildProcess(child.spec, self.echo, self._echo_lock)
+            self._children[name] = fresh
+            fresh.start()
+
+    def _announce(self, child: ChildProcess, line: str) -> None:
+        if self.echo is not None:
+            with self._echo_lock:
+                self.echo.write(f"{'byorouter':<12}| {line}\n")
+                self.echo.flush()
+        with open_private_log(child.spec.log_path) as log:
+            log.write(f"byorouter dev: {line}\n".encode())
 
     def wait_ready(self, names: Sequence[str]) -> None:
         """Block until every child in `names` is ready; StackError if one exits or times out."""
@@ -223,26 +312,42 @@ class Supervisor:
         return child is not None and child.running
 
     def stop(self, name: str) -> None:
-        child = self._children.get(name)
+        """Stop `name` for good: the watchdog leaves it stopped until it is launched again."""
+        with self._lock:
+            self._stopped.add(name)
+            child = self._children.get(name)
         if child is not None:
             child.stop()
 
     def stop_all(self) -> None:
         """SIGTERM to every child at once, then SIGKILL to those still there after 5 s."""
-        children = list(self._children.values())
+        with self._lock:
+            self._closing.set()
+            watchdog, self._watchdog = self._watchdog, None
+            children = list(self._children.values())
+            self._stopped.update(self._children)
+        if watchdog is not None:
+            watchdog.join()
         for child in children:
             child.terminate()
         deadline = time.monotonic() + STOP_GRACE_S
         for child in children:
             child.finish(deadline)
-        self._children.clear()
+        with self._lock:
+            self._children.clear()
+            self._stopped.clear()
+            self._restarts.clear()
 
     def wait_for_exit(self, poll_s: float = 0.5) -> str:
-        """Block until a child exits on its own; returns its name."""
+        """Block until a child exits on its own and stays down; returns its name.
+
+        With a restart policy nobody stays down, so this returns only by an exception (Ctrl-C).
+        """
         while True:
-            for name, child in self._children.items():
-                if not child.running:
-                    return name
+            if self.restart is None:
+                for name, child in list(self._children.items()):
+                    if not child.running:
+                        return name
             time.sleep(poll_s)
 
     def pids(self) -> dict[str, int]:

@@ -13,6 +13,7 @@ from byorouter_cli.dev.banner import banner, ready_facts
 from byorouter_cli.dev.demo import EXAMPLE_APP_SCRIPT
 from byorouter_cli.dev.errors import StackError
 from byorouter_cli.dev.ports import DEFAULT_NATS_PORT, Ports, port_is_free
+from byorouter_cli.dev.processes import RestartPolicy
 from byorouter_cli.dev.stack import Stack
 from byorouter_common.errors import ByoError
 
@@ -44,6 +45,8 @@ def run_dev(
         # With --json stdout carries one JSON object, so the services' lines go to stderr.
         echo=sys.stderr if json_mode else sys.stdout,
         example_app=example_app and EXAMPLE_APP_SCRIPT.exists(),
+        # One crashed service must not take the stack down: start it again, as compose would.
+        restart=RestartPolicy(),
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
     # Set explicitly: a shell that starts us in the background hands SIGINT down as ignored.

@@ -14,6 +14,7 @@ random passwords are written to `<state_dir>/nats-users.json` (owner-only) on ev
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from byorouter_cli.dev.processes import (
     MicroReady,
     PortReady,
     Readiness,
+    RestartPolicy,
     Supervisor,
 )
 from byorouter_cli.dev.state import (
@@ -77,7 +79,8 @@ class Stack:
     connect anonymously unless `nats_passwords` ({user: password}, for a server configured with
     `nats_permissions.render_config`) is given. `env_overrides` go to every service,
     `service_env[name]` to one. `ports` defaults to free ports so several stacks (tests, a
-    benchmark) can run beside a `make run`.
+    benchmark) can run beside a `make run`. With `restart`, a child that exits on its own is
+    started again (`byorouter dev`, like compose's `restart: unless-stopped`).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Stack:
         example_app: bool = False,
         echo: IO[str] | bool | None = None,
         ready_timeout_s: float = 60.0,
+        restart: RestartPolicy | None = None,
     ) -> None:
         unknown = set(services) - set(SERVICES)
         if unknown:
@@ -127,7 +131,10 @@ class Stack:
         self._nats: NatsServer | None = None
         self._postgres: EmbeddedPostgres | None = None
         self._children = Supervisor(
-            echo=self.echo, ready_timeout_s=ready_timeout_s, connect_bus=self._connect_bus
+            echo=self.echo,
+            ready_timeout_s=ready_timeout_s,
+            connect_bus=self._connect_bus,
+            restart=restart,
         )
 
     # --- where things are -------------------------------------------------------------------
@@ -276,13 +283,34 @@ class Stack:
         self._children.launch(self._spec_for(name))
         self._children.wait_ready([name])
 
+    def start_copy(self, name: str) -> str:
+        """Another copy of the NATS-only service `name` (router, keystore) in its queue group;
+        returns the copy's name (`router-2`, ...), which `stop_service` and `pids` know."""
+        if name in HTTP_SERVICES or name not in self.services:
+            raise ValueError(f"{name} cannot have a second copy on this stack")
+        number = 2
+        while f"{name}-{number}" in self._children.pids():
+            number += 1
+        copy = f"{name}-{number}"
+        spec = dataclasses.replace(self._spec_for(name), name=copy, log_path=self.log_file(copy))
+        self._children.launch(spec)
+        return copy
+
+    def restarts(self, name: str) -> int:
+        """How often `name` was started again after exiting on its own."""
+        return self._children.restarts(name)
+
     def wait(self, poll_s: float = 0.5) -> str:
         """Block until a child exits on its own; returns its name (the dev loop's watchdog)."""
         return self._children.wait_for_exit(poll_s)
 
     def service_pids(self) -> dict[str, int]:
-        """Process ids of the running services (not the backends or the fake upstream)."""
-        return {name: pid for name, pid in self.pids().items() if name in SERVICES}
+        """Process ids of the running services and their copies (not backends or the fake)."""
+        return {
+            name: pid
+            for name, pid in self.pids().items()
+            if name.split("-")[0] in SERVICES and name != UPSTREAM
+        }
 
     def pids(self) -> dict[str, int]:
         """Process ids of everything this stack started and still holds (for `ps`-style checks)."""
