@@ -91,7 +91,9 @@ def stack(
                 "BYOROUTER_REQUEST_DEADLINE_S": "5",
                 # Short, so a test sees keep-alives without waiting the production 5 s.
                 "BYOROUTER_KEEPALIVE_INTERVAL_S": "1",
-            }
+            },
+            # A code left unexchanged takes its connection with it within a second of expiring.
+            "keystore": {"BYOROUTER_CODE_PURGE_INTERVAL_S": "1"},
         },
     ).start()
     try:

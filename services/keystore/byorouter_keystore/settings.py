@@ -22,3 +22,6 @@ class KeystoreSettings(ServiceSettings):
     keyring: SecretStr | None = None
     # Credentials re-wrapped per transaction during a key rotation; small keeps row locks short.
     rewrap_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # BYOROUTER_CODE_PURGE_INTERVAL_S: how often connections whose authorization code expired
+    # without its app ever exchanging it are revoked and their keys erased.
+    code_purge_interval_s: float = Field(default=30.0, gt=0)

@@ -1,13 +1,18 @@
 """Consent and authorization codes: a person's yes becomes a connection and a code for the app.
 
 The code is bound to the app, its redirect URI and a PKCE challenge, and can be exchanged once.
+The keys are stored at consent, before the app comes for the code: a code that expires without
+its app ever trying it takes its connection with it (revoked, keys erased), on a schedule.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -31,7 +36,9 @@ from byorouter_keystore.connect_flow.one_time import (
 from byorouter_keystore.connections import create_connection, delete_connection, get_connection
 from byorouter_keystore.crypto import KeyringStore
 from byorouter_keystore.shared import Handlers, audit, connection_info, get_app
-from byorouter_keystore.tables import App, AuthorizationCode, Connection, Credential
+from byorouter_keystore.tables import App, AuthorizationCode, Connection, Credential, Tunnel
+
+log = logging.getLogger(__name__)
 
 # How long after a successful exchange the very same request is answered again: enough for an
 # app to retry an answer it lost, short enough that a stolen code and verifier is still noticed.
@@ -212,6 +219,41 @@ async def _revoke(session: AsyncSession, app_id: str, connection_id: str) -> str
     return connection_id
 
 
+@dataclass(frozen=True)
+class PurgedConnection:
+    connection_id: str
+    app_id: str
+    tunnels: list[Tunnel]
+
+
+async def purge_unexchanged(session: AsyncSession) -> list[PurgedConnection]:
+    """Revoke every connection whose code expired without its app ever trying it.
+
+    The code is marked used in the same statement, so of several keystore copies purging at
+    once each connection is purged by exactly one.
+    """
+    expired = (
+        await session.execute(
+            update(AuthorizationCode)
+            .where(
+                AuthorizationCode.used_at.is_(None),
+                AuthorizationCode.expires_at <= func.now(),
+            )
+            .values(used_at=func.now())
+            .returning(AuthorizationCode.app_id, AuthorizationCode.connection_id)
+        )
+    ).all()
+    purged: list[PurgedConnection] = []
+    for app_id, connection_id in expired:
+        try:
+            tunnels = await delete_connection(session, app_id, connection_id)
+        except ByoError:
+            continue  # disconnected already
+        audit(session, "code.expired_unexchanged", app_id, connection_id)
+        purged.append(PurgedConnection(connection_id, app_id, tunnels))
+    return purged
+
+
 async def consent_app(session: AsyncSession, app: App) -> cn.ConsentApp:
     """The app as the consent page shows it."""
     return cn.ConsentApp(
@@ -234,6 +276,37 @@ class ConsentHandlers(Handlers):
         serve(broker, cn.CONSENT_APP_GET, self.consent_app_get, discovery=discovery)
         serve(broker, cn.AUTHORIZE, self.authorize, discovery=discovery)
         serve(broker, cn.CODE_EXCHANGE, self.code_exchange, discovery=discovery)
+        purging: list[asyncio.Task[None]] = []
+
+        async def start_purging() -> None:
+            purging.append(asyncio.create_task(self._purge_forever(), name="purge-unexchanged"))
+
+        async def stop_purging() -> None:
+            for task in purging:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        self.runtime.on_started(start_purging)
+        self.runtime.on_stop(stop_purging)
+
+    async def _purge_forever(self) -> None:
+        interval_s = self.runtime.settings.code_purge_interval_s
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.purge_unexchanged()
+            except Exception as exc:  # the database away for a while: try again next time
+                log.warning("purging unexchanged codes failed", extra={"error": type(exc).__name__})
+
+    async def purge_unexchanged(self) -> None:
+        async with self.sessions.begin() as session:
+            purged = await purge_unexchanged(session)
+        for connection in purged:
+            await self.connection_changed(connection.connection_id, connection.app_id, deleted=True)
+            await self.tunnels_revoked(connection.tunnels)
+        if purged:
+            log.info("purged connections whose code was never exchanged: %d", len(purged))
 
     async def consent_app_get(self, request: cn.ConsentAppGet) -> cn.ConsentApp:
         async with self.sessions.begin() as session:

@@ -37,7 +37,17 @@ def expires_in(seconds: int) -> ColumnElement[datetime]:
 
 
 async def purge_expired(session: AsyncSession) -> None:
-    """Delete codes, links and sessions that expired more than an hour ago."""
+    """Delete codes, links and sessions that expired more than an hour ago.
+
+    A code no one ever tried stays until its connection has been purged with it
+    (`consent.purge_unexchanged` marks it used): deleting it first would leave that connection
+    live with no record that it was never delivered.
+    """
     cutoff = func.now() - _KEEP_EXPIRED
-    for table in (AuthorizationCode, ManageLink, ManageSession):
+    await session.execute(
+        delete(AuthorizationCode).where(
+            AuthorizationCode.expires_at < cutoff, AuthorizationCode.used_at.is_not(None)
+        )
+    )
+    for table in (ManageLink, ManageSession):
         await session.execute(delete(table).where(table.expires_at < cutoff))

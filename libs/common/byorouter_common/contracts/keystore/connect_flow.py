@@ -110,7 +110,8 @@ class AuthorizationGrant(Contract):
     code_challenge_method: Literal["S256"] = "S256"
     providers: list[ProviderCredentialInput] = Field(min_length=1, max_length=8)
     fallback_to_default: bool = False
-    code_ttl_s: int = Field(default=300, ge=10, le=MAX_CODE_TTL_S)
+    # Connect's own setting keeps at least 10 s; the contract only bounds it (tests go lower).
+    code_ttl_s: int = Field(default=300, ge=1, le=MAX_CODE_TTL_S)
     # The person chose "my own server, through a secure tunnel": Connect registers the tunnel
     # (TUNNEL_REGISTER) right after, so the self-hosted provider's base_url, then only the
     # direct address used while the tunnel is offline, may be empty.
