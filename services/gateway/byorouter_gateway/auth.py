@@ -60,7 +60,7 @@ class AppKeyAuth:
         *,
         ttl_s: float = 30.0,
         max_entries: int = 10_000,
-        failures_per_ip_per_min: int = 20,
+        failures_per_ip_per_min: int = 30,
     ) -> None:
         self._bus = bus
         # Only refusals spend it, so an app server sending good keys is never slowed down.

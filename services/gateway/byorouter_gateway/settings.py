@@ -28,7 +28,7 @@ class GatewaySettings(ServiceSettings):
     rate_limit_burst: int = Field(default=200, ge=0)
     # Requests refused for their app key allowed per minute per client IP, per gateway copy;
     # beyond that the IP gets 429 and its keys are not even looked up until the budget refills.
-    auth_failures_per_ip_per_min: int = Field(default=20, ge=1)
+    auth_failures_per_ip_per_min: int = Field(default=30, ge=1)
     # The largest request body accepted (images inline as base64 are large). A body larger than
     # one bus message (1 MiB by default) crosses the bus in parts.
     max_body_bytes: int = Field(default=8 * MIB, ge=1)
