@@ -10,7 +10,10 @@ tests running in parallel never disturb each other:
     drip-<ms>           a stream that pauses <ms> between events
     hang                never answer
     cut-after-<n>       stream n events, then drop the connection
-    stall-after-<n>     stream n events, then go silent without closing
+    stall-after-<n>     stream n events, then go silent without closing (0: stall before the
+                        first token)
+    comments-<ms>       a stream that sends only `: keep-alive` comments, one every <ms>, and
+                        never a token: alive to a socket's read timeout, silent to a client
     error-after-<n>     stream n events, then an in-stream {"error": ...} event and the end
     garbage-after-<n>   stream n events, then a data line that is not JSON
     reasoning-<n>       n pieces of reasoning as `reasoning` (Ollama's and OpenRouter's field),
@@ -58,7 +61,8 @@ MODELS: Final = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "o3-mini", "text-embed
 _DONE: Final = b"data: [DONE]\n\n"
 _JSON: Final = JSON
 _BEHAVIOUR = re.compile(
-    r"^(fail|busy|flat|slow|drip|cut-after|stall-after|error-after|garbage-after|reasoning|repeat|huge)"
+    r"^(fail|busy|flat|slow|drip|comments|cut-after|stall-after|error-after|garbage-after|reasoning"
+    r"|repeat|huge)"
     r"-(\d+)$|^(hang|usage-always|usage-never|ollama-host|gzip-bomb)$"
 )
 _WORD = re.compile(r"\S+\s*")
@@ -423,6 +427,10 @@ class FakeOpenAI(FakeUpstream):
         response = web.StreamResponse(headers=SSE_HEADERS)
         response.headers["x-request-id"] = "req_" + secrets.token_hex(8)
         await response.prepare(request)
+        if kind == "comments":
+            while True:
+                await response.write(b": keep-alive\n\n")
+                await asyncio.sleep(arg / 1000)
         if kind == "drip":
             for event in events:
                 await response.write(event)

@@ -35,6 +35,17 @@ from byorouter_router.settings import RouterSettings
 from byorouter_router.upstream import create_session
 
 
+def upstream_timeouts(settings: RouterSettings) -> Timeouts:
+    return Timeouts(
+        settings.upstream_connect_timeout_s,
+        settings.upstream_read_timeout_s,
+        settings.request_deadline_s,
+        first_token_s=settings.upstream_first_token_timeout_s,
+        gap_s=settings.upstream_gap_timeout_s,
+        answer_s=settings.upstream_answer_timeout_s,
+    )
+
+
 class RouterHandlers:
     def __init__(self, runtime: ServiceRuntime[RouterSettings]) -> None:
         self.runtime = runtime
@@ -45,11 +56,7 @@ class RouterHandlers:
         self.keepalive = KeepAliveTicker(settings.keepalive_interval_s)
         self.credential_checker = CredentialChecker(
             settings.allow_private_upstreams,
-            Timeouts(
-                settings.upstream_connect_timeout_s,
-                settings.upstream_read_timeout_s,
-                settings.request_deadline_s,
-            ),
+            upstream_timeouts(settings),
         )
         self._session: aiohttp.ClientSession | None = None
         self._catalog: ModelCatalog | None = None
@@ -81,9 +88,7 @@ class RouterHandlers:
 
     def _providers(self, session: aiohttp.ClientSession) -> dict[str, Provider]:
         s = self.settings
-        timeouts = Timeouts(
-            s.upstream_connect_timeout_s, s.upstream_read_timeout_s, s.request_deadline_s
-        )
+        timeouts = upstream_timeouts(s)
         return {
             "openai": OpenAICompatProvider(
                 "openai",

@@ -16,6 +16,13 @@ class RouterSettings(ServiceSettings):
     # it is complete). A stream that keeps delivering is bounded by the read timeout only, so a
     # long generation is not cut off mid-answer.
     request_deadline_s: float = Field(default=120.0, gt=0)
+    # A streamed answer's pace, counted in SSE events (an upstream's keep-alive comments do not
+    # count, so a live-looking but silent upstream is still cut off): its first event after the
+    # request, the longest gap between two events, and the whole answer. Each ends the stream
+    # with an in-band 504 upstream_timeout, or a plain 504 if nothing was sent yet.
+    upstream_first_token_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_gap_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_answer_timeout_s: float = Field(default=600.0, gt=0)
     # How often one provider is asked again after a 429, 5xx or timeout before falling back.
     max_retries: int = Field(default=1, ge=0, le=5)
     # Exponential backoff with full jitter between those retries (a Retry-After wins over it).

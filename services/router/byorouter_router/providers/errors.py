@@ -130,6 +130,11 @@ class Timeouts:
     connect_s: float
     read_s: float
     deadline_s: float
+    # A streamed answer's pace, counted in SSE events (an upstream's comments do not count):
+    # its first event after the request, each gap between events, the whole answer.
+    first_token_s: float = 60.0
+    gap_s: float = 60.0
+    answer_s: float = 600.0
 
 
 def transport_error(

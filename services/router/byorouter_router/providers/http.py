@@ -9,7 +9,9 @@ one connection's upstream answering gigabytes or a gzip bomb cannot exhaust the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, Protocol
 
 import aiohttp
@@ -17,7 +19,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from byorouter_common.errors import ByoError
-from byorouter_router.providers.errors import MAX_ERROR_BODY, too_large
+from byorouter_router.providers.errors import MAX_ERROR_BODY, Timeouts, too_large
 
 # The headers of a call that sends JSON and wants JSON back, or an event stream.
 JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -113,3 +115,71 @@ async def read_at_most(response: Readable, limit: int) -> bytes:
         parts.append(data)
         size += len(data)
     return b"".join(parts)[:limit]
+
+
+class _Stream(Protocol):
+    async def readany(self) -> bytes: ...
+
+
+class StreamPace:
+    """Holds one streamed answer to its limits: the first event, each gap, the whole answer.
+
+    Counted in SSE events, not bytes: an upstream that sends only comments, or one byte a
+    minute, keeps the socket's read timeout happy while the client waits for nothing.
+    """
+
+    __slots__ = ("_events_seen", "_finish_by", "_next_by", "_provider", "_timeouts")
+
+    def __init__(self, provider: str, timeouts: Timeouts) -> None:
+        now = asyncio.get_running_loop().time()
+        self._provider = provider
+        self._timeouts = timeouts
+        self._finish_by = now + timeouts.answer_s
+        self._next_by = now + timeouts.first_token_s
+        self._events_seen = False
+
+    @property
+    def first_event_by(self) -> float:
+        """The loop time by which the first event must have come (also bounds the headers)."""
+        return min(self._next_by, self._finish_by)
+
+    async def read(self, content: _Stream) -> bytes:
+        """The next bytes of the stream; a 504 `upstream_timeout` when a limit runs out first."""
+        due = min(self._next_by, self._finish_by)
+        try:
+            async with asyncio.timeout_at(due):
+                return await content.readany()
+        except TimeoutError:
+            raise self.stalled() from None
+
+    def events_arrived(self) -> None:
+        self._events_seen = True
+        self._next_by = asyncio.get_running_loop().time() + self._timeouts.gap_s
+
+    def stalled(self) -> ByoError:
+        """The error for whichever limit ran out (the whole answer's wins a tie)."""
+        t = self._timeouts
+        if asyncio.get_running_loop().time() >= self._finish_by:
+            what = f"finish its answer within {t.answer_s:g}s"
+        elif self._events_seen:
+            what = f"send anything more of its answer for {t.gap_s:g}s"
+        else:
+            what = f"start its answer within {t.first_token_s:g}s"
+        return ByoError(504, "upstream_timeout", f"The {self._provider} provider did not {what}.")
+
+
+@contextlib.asynccontextmanager
+async def answer_starts_by(deadline: float, pace: StreamPace | None) -> AsyncIterator[None]:
+    """Until the upstream's answer starts: the request `deadline`, and for a stream also the
+    first-token limit, which then names itself in the 504."""
+    if pace is None:
+        async with asyncio.timeout_at(deadline):
+            yield
+        return
+    try:
+        async with asyncio.timeout_at(min(deadline, pace.first_event_by)):
+            yield
+    except TimeoutError:
+        if asyncio.get_running_loop().time() >= pace.first_event_by:
+            raise pace.stalled() from None
+        raise

@@ -22,7 +22,6 @@ Self-hosted servers differ from OpenAI in small ways that `SelfHostedProvider` a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -45,6 +44,8 @@ from byorouter_router.providers.http import (
     JSON_HEADERS,
     MAX_MODEL_LIST,
     SSE_HEADERS,
+    StreamPace,
+    answer_starts_by,
     get_model_list,
     post_chat,
     read_answer,
@@ -129,10 +130,11 @@ class OpenAICompatProvider:
         data = orjson.dumps(body)
         headers = self._headers(credential, stream)
         started = False
+        pace = StreamPace(self.name, self._timeouts) if stream else None
         try:
-            async with asyncio.timeout_at(deadline):
+            async with answer_starts_by(deadline, pace):
                 response, answer = await self._post_chat(credential, data, headers, stream=stream)
-            if not stream:
+            if pace is None:
                 answer = _check_completion(self.name, answer, self.renames_reasoning)
                 await reply.start()
                 await reply.result(answer)
@@ -140,7 +142,7 @@ class OpenAICompatProvider:
             started = True
             await reply.start()
             try:
-                await self._relay(response, reply)
+                await self._relay(response, reply, pace)
             except BaseException:
                 # Not released to the pool: closing is what tells the upstream to stop.
                 response.close()
@@ -166,7 +168,7 @@ class OpenAICompatProvider:
             provider=self.name,
         )
 
-    async def _relay(self, response: UpstreamResponse, reply: ChatReply) -> None:
+    async def _relay(self, response: UpstreamResponse, reply: ChatReply, pace: StreamPace) -> None:
         """Pass every complete SSE event on as it arrives; end with `done` or raise."""
         content = response.content
         events = SseDecoder()
@@ -174,7 +176,7 @@ class OpenAICompatProvider:
         usage: dict[str, Any] | None = None
         relayed = False
         while True:
-            data = await content.readany()
+            data = await pace.read(content)
             if not data:
                 break
             try:
@@ -183,6 +185,7 @@ class OpenAICompatProvider:
                 raise self._broken("sent an oversized stream event") from None
             if not payloads:
                 continue
+            pace.events_arrived()
             finished, finish_reason, usage, failure = self._read_events(
                 payloads, events.joined_lines, finish_reason, usage
             )

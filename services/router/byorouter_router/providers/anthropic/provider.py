@@ -7,7 +7,6 @@ and its paginated model list.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +34,14 @@ from byorouter_router.providers.errors import (
     transport_error,
     upstream_message,
 )
-from byorouter_router.providers.http import JSON_HEADERS, SSE_HEADERS, get_model_list, post_chat
+from byorouter_router.providers.http import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    StreamPace,
+    answer_starts_by,
+    get_model_list,
+    post_chat,
+)
 from byorouter_router.providers.sse import OversizedEvent, SseDecoder
 from byorouter_router.upstream import endpoints_for
 
@@ -121,8 +127,9 @@ class AnthropicProvider:
         headers = self._headers(credential, stream)
         created = int(time.time())
         started = False
+        pace = StreamPace(self.name, self._timeouts) if stream else None
         try:
-            async with asyncio.timeout_at(deadline):
+            async with answer_starts_by(deadline, pace):
                 response, answer = await post_chat(
                     self._session,
                     url,
@@ -132,7 +139,7 @@ class AnthropicProvider:
                     on_status=self._status_error,
                     provider=self.name,
                 )
-            if not stream:
+            if pace is None:
                 completion = orjson.dumps(to_chat_completion(self._message(answer), model, created))
                 await reply.start()
                 await reply.result(completion)
@@ -146,7 +153,7 @@ class AnthropicProvider:
                 include_usage=type(options) is dict and options.get("include_usage") is True,
             )
             try:
-                await self._relay(response, reply, translator)
+                await self._relay(response, reply, translator, pace)
             except BaseException:
                 # Not released to the pool: closing is what tells the upstream to stop.
                 response.close()
@@ -172,13 +179,17 @@ class AnthropicProvider:
         return parsed
 
     async def _relay(
-        self, response: aiohttp.ClientResponse, reply: ChatReply, translator: StreamTranslator
+        self,
+        response: aiohttp.ClientResponse,
+        reply: ChatReply,
+        translator: StreamTranslator,
+        pace: StreamPace,
     ) -> None:
         """Translate every complete SSE event as it arrives; end with `done` or raise."""
         content = response.content
         events = SseDecoder()
         while True:
-            data = await content.readany()
+            data = await pace.read(content)
             if not data:
                 break
             try:
@@ -187,6 +198,7 @@ class AnthropicProvider:
                 raise self._broken("sent an oversized stream event") from None
             if not payloads:
                 continue
+            pace.events_arrived()
             await self._translate_events(payloads, translator, reply)
             if translator.finished:
                 await reply.done(translator.finish_reason, translator.usage)
