@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +207,17 @@ def write_keyring_file(path: Path, keyring: Keyring) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory is: after a power cut the old file could
+    # come back, without the KEK that rows were re-wrapped onto since.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def init_keyring_file(path: Path) -> bool:
@@ -230,12 +242,23 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 class KeyringStore:
-    """This process's current keyring and where it came from (a file, or inline and fixed)."""
+    """This process's keyring, where it came from (a file, or inline and fixed), and whether it
+    may be used.
+
+    `current` is never older than the newest KEK version this process has heard of, and, once
+    `require_confirmation` is on (a running keystore), only while the database holds a recent
+    confirmation of the version it seals with (`keys.confirm_copy`). Prune relies on both.
+    """
 
     def __init__(self, keyring: Keyring, path: Path | None) -> None:
-        self.current = keyring
+        self._keyring = keyring
         self.path = path
         self._lock = asyncio.Lock()
+        # Unknown until `from_file` says: the first `refresh` then reads the file again.
+        self._signature: tuple[int, int, int] | None = None
+        self._newest_seen = keyring.active
+        self._needs_confirmation = False
+        self._confirmed_until = 0.0
 
     @classmethod
     def from_inline(cls, text: str) -> KeyringStore:
@@ -246,12 +269,54 @@ class KeyringStore:
 
     @classmethod
     def from_file(cls, path: Path) -> KeyringStore:
-        return cls(read_keyring_file(path), path)
+        signature = _file_signature(path)  # before reading: a change meanwhile is seen later
+        store = cls(read_keyring_file(path), path)
+        store._signature = signature
+        return store
+
+    @property
+    def current(self) -> Keyring:
+        """The keyring to seal and open with: a 503 rather than sealing under a superseded KEK."""
+        self.refresh()
+        if self._keyring.active < self._newest_seen:
+            raise keyring_behind(self._keyring.active, self._newest_seen)
+        if self._needs_confirmation and time.monotonic() >= self._confirmed_until:
+            raise copy_unconfirmed()
+        return self._keyring
+
+    @property
+    def loaded(self) -> Keyring:
+        """The keyring as last read, unchecked: what this copy reports and what prune edits."""
+        return self._keyring
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed since it was read, so a lost rotation event heals at
+        the next use; an unchanged file costs one stat."""
+        if self.path is not None and _file_signature(self.path) not in (None, self._signature):
+            self.reload()
 
     def reload(self) -> None:
         """Pick up a rotation or prune another copy wrote; an inline keyring never changes."""
         if self.path is not None:
-            self.current = read_keyring_file(self.path)
+            signature = _file_signature(self.path)
+            self._replace(read_keyring_file(self.path), signature)
+
+    def saw_version(self, version: int) -> None:
+        """Another copy made `version` active: refuse to seal with anything older from now on."""
+        self._newest_seen = max(self._newest_seen, version)
+
+    def require_confirmation(self) -> None:
+        """From now on `current` works only within a confirmation (`confirmed`)."""
+        self._needs_confirmation = True
+
+    def confirmed(self, until_monotonic: float) -> None:
+        """The database records this copy's active version until this `time.monotonic()`."""
+        self._confirmed_until = until_monotonic
+
+    def _replace(self, keyring: Keyring, signature: tuple[int, int, int] | None) -> None:
+        self._keyring = keyring
+        self._signature = signature
+        self.saw_version(keyring.active)
 
     def _require_file(self, what: str) -> Path:
         if self.path is None:
@@ -268,25 +333,60 @@ class KeyringStore:
         """Add KEK version max+1, make it active and persist it before anything is wrapped."""
         path = self._require_file("rotation")
         async with self._lock:
-            _, self.current = await asyncio.to_thread(
+            _, after, signature = await asyncio.to_thread(
                 self._update_file, path, Keyring.with_new_version
             )
-            return self.current
+            self._replace(after, signature)
+            return after
 
     async def prune(self, in_use: set[int]) -> list[int]:
         """Drop every version not in `in_use` (never the active one); returns what was dropped."""
         path = self._require_file("pruning")
         async with self._lock:
-            before, self.current = await asyncio.to_thread(
+            before, after, signature = await asyncio.to_thread(
                 self._update_file, path, lambda ring: ring.without(set(ring.keys) - in_use)
             )
-            return sorted(set(before.keys) - set(self.current.keys))
+            self._replace(after, signature)
+            return sorted(set(before.keys) - set(after.keys))
 
     @staticmethod
-    def _update_file(path: Path, change: Callable[[Keyring], Keyring]) -> tuple[Keyring, Keyring]:
+    def _update_file(
+        path: Path, change: Callable[[Keyring], Keyring]
+    ) -> tuple[Keyring, Keyring, tuple[int, int, int] | None]:
         # Re-read under the lock so a change another copy just wrote is never overwritten.
         with _file_lock(path):
             before = read_keyring_file(path)
             after = change(before)
             write_keyring_file(path, after)
-            return before, after
+            return before, after, _file_signature(path)
+
+
+def _file_signature(path: Path | None) -> tuple[int, int, int] | None:
+    # Every write is a rename onto the path, so a new inode means new contents.
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # gone or unreadable for a moment: keep the keys already held
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def keyring_behind(holds: int, newest: int) -> ByoError:
+    return ByoError(
+        503,
+        "keyring_behind",
+        f"This keystore copy holds key-encryption keys up to v{holds}, but v{newest} is active "
+        "elsewhere; it seals and opens nothing until its keyring file (BYOROUTER_KEYRING_FILE) "
+        f"has v{newest}. Give it the keyring the other copies use.",
+    )
+
+
+def copy_unconfirmed() -> ByoError:
+    return ByoError(
+        503,
+        "keystore_copy_unconfirmed",
+        "This keystore copy has not recently confirmed its key-encryption key in the database, "
+        "so it must not seal credentials; try again shortly.",
+        retry_after=1.0,
+    )
