@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +53,11 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A nats-server process on loopback; `config` may add accounts and permissions."""
+    """A nats-server process on loopback; `config` may add accounts and permissions.
+
+    JetStream is always on (usage is published to a stream): its files go to `store_dir`, or to
+    a temporary directory removed on `stop`.
+    """
 
     def __init__(
         self,
@@ -60,10 +65,13 @@ class NatsServer:
         *,
         config_file: Path | None = None,
         log_file: Path | None = None,
+        store_dir: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.config_file = config_file
         self.log_file = log_file
+        self.store_dir = store_dir
+        self._temporary_store: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,6 +82,12 @@ class NatsServer:
         args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
         if self.config_file is not None:
             args += ["-c", str(self.config_file)]
+        store = self.store_dir
+        if store is None:
+            store = self._temporary_store = Path(tempfile.mkdtemp(prefix="byorouter-nats-js-"))
+        make_private_dir(store)
+        # After -c: these win over a config file's own jetstream block.
+        args += ["-js", "-sd", str(store)]
         out = open_private_log(self.log_file) if self.log_file else subprocess.DEVNULL
         # Its own session: Ctrl-C in a terminal must not kill the bus before the services
         # that use it have shut down.
@@ -91,6 +105,9 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process = None
+        if self._temporary_store is not None:
+            shutil.rmtree(self._temporary_store, ignore_errors=True)
+            self._temporary_store = None
 
 
 class EmbeddedPostgres:

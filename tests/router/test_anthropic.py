@@ -408,7 +408,7 @@ def test_cached_prompt_tokens_count_as_prompt_tokens() -> None:
         "prompt_tokens": 115,
         "completion_tokens": 2,
         "total_tokens": 117,
-        "prompt_tokens_details": {"cached_tokens": 100},
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 5},
     }
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final
@@ -273,6 +274,21 @@ class Stack:
         self._postgres.stop()
         self._postgres = None
 
+    def start_postgres(self) -> None:
+        """Start this stack's PostgreSQL again after `stop_postgres`, on the same data and URL."""
+        if self._postgres is not None or self._database_url is None:
+            raise StackError("this stack's PostgreSQL is running or was never started")
+        self._postgres = EmbeddedPostgres(self._state.pgdata_dir).start()
+
+    def restart_nats(self, down_s: float = 0.0) -> None:
+        """Stop this stack's NATS, wait `down_s`, start it again on the same port and logins
+        (an outage, for tests); every client has to reconnect."""
+        if self._nats is None:
+            raise StackError("this stack did not start NATS")
+        self._nats.stop()
+        time.sleep(down_s)
+        self._nats.start()
+
     def stop_service(self, name: str) -> None:
         self._children.stop(name)
 
@@ -366,7 +382,10 @@ class Stack:
         if self._nats_url is None:
             self._nats_passwords = write_nats_logins(self._state)
             self._nats = NatsServer(
-                self._nats_port, config_file=self.nats_config_file, log_file=self.log_file("nats")
+                self._nats_port,
+                config_file=self.nats_config_file,
+                log_file=self.log_file("nats"),
+                store_dir=self._state.jetstream_dir,
             ).start()
             self._nats_url = self._nats.url
         if self._database_url is None and "keystore" in self.services:

@@ -56,6 +56,11 @@ class StateDir:
     def pgdata_dir(self) -> Path:
         return self.root / "pgdata"
 
+    @property
+    def jetstream_dir(self) -> Path:
+        """NATS JetStream's files: usage not yet recorded survives a restart of the stack."""
+        return self.root / "jetstream"
+
 
 def make_private_dir(path: Path) -> None:
     """Create `path` (and its parents) and make it owner-only, also if it existed looser."""

@@ -23,7 +23,13 @@ from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
 from byorouter_common.contracts import tunnel as tn
-from byorouter_common.contracts.base import Endpoint, Event, service_wildcard
+from byorouter_common.contracts.base import (
+    DurableConsumer,
+    DurableStream,
+    Endpoint,
+    Event,
+    service_wildcard,
+)
 from byorouter_common.contracts.keystore import connect_flow as cn
 
 ADMIN: Final = "admin"
@@ -99,6 +105,43 @@ ANNOUNCES: Final[Mapping[str, tuple[Event[Any], ...]]] = {
     "router": (events.USAGE, events.CREDENTIAL_STATUS),
 }
 
+# JetStream, by the API subjects each user needs and no more: the router makes sure the usage
+# stream exists (and publishes to it through `ANNOUNCES`); keystore owns it (puts its limits
+# back) and pulls from its one consumer and acks. Nobody else may touch JetStream at all.
+JS_API: Final = "$JS.API"
+STREAMS_ENSURED: Final[Mapping[str, tuple[DurableStream, ...]]] = {
+    "router": (events.USAGE_STREAM,),
+}
+STREAMS_OWNED: Final[Mapping[str, tuple[DurableStream, ...]]] = {
+    "keystore": (events.USAGE_STREAM,),
+}
+CONSUMES: Final[Mapping[str, tuple[DurableConsumer, ...]]] = {
+    "keystore": (events.USAGE_RECORDER,),
+}
+
+
+def jetstream_subjects(user: str) -> tuple[str, ...]:
+    """The JetStream API and ack subjects `user` may publish to."""
+    subjects: list[str] = []
+    for stream in STREAMS_ENSURED.get(user, ()):
+        subjects += [f"{JS_API}.STREAM.INFO.{stream.name}", f"{JS_API}.STREAM.CREATE.{stream.name}"]
+    for stream in STREAMS_OWNED.get(user, ()):
+        subjects += [
+            f"{JS_API}.STREAM.INFO.{stream.name}",
+            f"{JS_API}.STREAM.CREATE.{stream.name}",
+            f"{JS_API}.STREAM.UPDATE.{stream.name}",
+        ]
+    for consumer in CONSUMES.get(user, ()):
+        at = f"{consumer.stream.name}.{consumer.name}"
+        subjects += [
+            f"{JS_API}.CONSUMER.INFO.{at}",
+            # nats-py names the filter subject after the consumer: CREATE.<stream>.<name>.<filter>
+            f"{JS_API}.CONSUMER.CREATE.{at}.>",
+            f"{JS_API}.CONSUMER.MSG.NEXT.{at}",
+            f"$JS.ACK.{at}.>",
+        ]
+    return tuple(dict.fromkeys(subjects))
+
 
 @dataclass(frozen=True)
 class Permissions:
@@ -127,6 +170,7 @@ def service_permissions(service: str) -> Permissions:
     publish = [endpoint.subject for endpoint in CALLS[service]]
     publish += NOTIFIES.get(service, ())
     publish += [event.subject for event in ANNOUNCES.get(service, ())]
+    publish += jetstream_subjects(service)
     publish += [f"{INBOX_ROOT}.>", DISCOVERY]
     subscribe = (
         service_wildcard(service),
@@ -201,6 +245,10 @@ def render_config(passwords: Mapping[str, str]) -> str:
     return _render(values, "# BYORouter's NATS users and what each may do (contains passwords).")
 
 
+# Where the deployed nats-server keeps JetStream's files (a volume in docker-compose.yml).
+JETSTREAM_STORE_DIR: Final = "/data/jetstream"
+
+
 def render_env_config() -> str:
     """The same config with `$NATS_<USER>_PASSWORD` references nats-server reads from its env.
 
@@ -210,7 +258,10 @@ def render_env_config() -> str:
     return _render(
         values,
         "# BYORouter's NATS users and what each may do; passwords come from the environment.\n"
-        "# Generated from the bus contract: python -m byorouter_common.nats_permissions",
+        "# Generated from the bus contract: python -m byorouter_common.nats_permissions\n"
+        "\n"
+        "# Usage waits on disk until keystore records it (docs/decisions/0010-durable-usage.md).\n"
+        f"jetstream {{\n  store_dir: {json.dumps(JETSTREAM_STORE_DIR)}\n}}\n",
     )
 
 

@@ -11,6 +11,8 @@ tests running in parallel never disturb each other:
     slow-<ms>           wait before the response headers, then succeed
     drip-<ms>           a stream that pauses <ms> between events
     hang                never answer
+    cached-<n>          success; usage says n input tokens were read from the prompt cache and
+                        2n written to it (cache_read_input_tokens, cache_creation_input_tokens)
     cut-after-<n>       stream n events, then drop the connection
     error-after-<n>     stream n events, then an `event: error` (overloaded_error) and the end
     tools-2             two parallel tool_use blocks (the first offered tool, for Paris and for
@@ -57,7 +59,7 @@ MODELS: Final = (
 TOOL_CITIES: Final = ("Paris", "Tokyo")
 
 _JSON: Final = JSON
-_BEHAVIOUR = re.compile(r"^(fail|slow|drip|cut-after|error-after)-(\d+)$|^(hang|tools-2)$")
+_BEHAVIOUR = re.compile(r"^(fail|slow|drip|cut-after|error-after|cached)-(\d+)$|^(hang|tools-2)$")
 _WORD = re.compile(r"\S+\s*")
 _FIELDS: Final = frozenset(
     {
@@ -380,8 +382,10 @@ def _event(data: dict[str, Any]) -> bytes:
 class Answer:
     """One answer's content blocks, stop reason and usage, as a message or as stream events."""
 
-    def __init__(self, body: dict[str, Any], model: str, behaviour: str) -> None:
+    def __init__(self, body: dict[str, Any], model: str, behaviour: str, arg: int = 0) -> None:
         self.model = model
+        self.cache_read = arg if behaviour == "cached" else 0
+        self.cache_write = 2 * self.cache_read
         self.id = "msg_" + secrets.token_hex(12)
         words, self.input_tokens = _reply_words(body)
         self.stop_reason = "end_turn"
@@ -444,8 +448,8 @@ class Answer:
                 "stop_sequence": self.stop_sequence,
                 "usage": {
                     "input_tokens": self.input_tokens,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
+                    "cache_creation_input_tokens": self.cache_write,
+                    "cache_read_input_tokens": self.cache_read,
                     "output_tokens": self.output_tokens,
                 },
             }
@@ -467,8 +471,8 @@ class Answer:
                         "stop_sequence": None,
                         "usage": {
                             "input_tokens": self.input_tokens,
-                            "cache_creation_input_tokens": 0,
-                            "cache_read_input_tokens": 0,
+                            "cache_creation_input_tokens": self.cache_write,
+                            "cache_read_input_tokens": self.cache_read,
                             "output_tokens": 1,
                         },
                     },
@@ -593,7 +597,7 @@ class FakeAnthropic(FakeUpstream):
             await self._park()
         if kind == "slow":
             await asyncio.sleep(arg / 1000)
-        answer = Answer(body, model, kind)
+        answer = Answer(body, model, kind, arg)
         if body.get("stream") is True:
             return await self._stream(request, answer, kind, arg)
         return web.Response(

@@ -17,7 +17,10 @@ tests running in parallel never disturb each other:
     error-after-<n>     stream n events, then an in-stream {"error": ...} event and the end
     garbage-after-<n>   stream n events, then a data line that is not JSON
     reasoning-<n>       n pieces of reasoning as `reasoning` (Ollama's and OpenRouter's field),
-                        before the answer; non-streamed, the message's `reasoning`
+                        before the answer; non-streamed, the message's `reasoning`; usage
+                        counts them as n reasoning tokens (`completion_tokens_details`)
+    cached-<n>          success; usage says n more prompt tokens were read from the prompt
+                        cache (`prompt_tokens_details.cached_tokens`)
     usage-always        usage in a final chunk even when the request did not ask (llama.cpp)
     usage-never         no usage in a stream even when the request asked for it
     ollama-host         Ollama bound to localhost behind a tunnel: a bare 403 unless the Host
@@ -62,7 +65,7 @@ _DONE: Final = b"data: [DONE]\n\n"
 _JSON: Final = JSON
 _BEHAVIOUR = re.compile(
     r"^(fail|busy|flat|slow|drip|comments|cut-after|stall-after|error-after|garbage-after|reasoning"
-    r"|repeat|huge)"
+    r"|repeat|huge|cached)"
     r"-(\d+)$|^(hang|usage-always|usage-never|ollama-host|gzip-bomb)$"
 )
 _WORD = re.compile(r"\S+\s*")
@@ -180,6 +183,24 @@ def _limit(body: dict[str, Any]) -> int | None:
 
 def _reasoning_pieces(count: int) -> list[str]:
     return [f"thought {i + 1}. " for i in range(count)]
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, kind: str, arg: int) -> dict[str, Any]:
+    """Usage as OpenAI reports it; `reasoning-<n>` and `cached-<n>` add their details."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if kind == "cached":
+        usage["prompt_tokens"] += arg
+        usage["total_tokens"] += arg
+        usage["prompt_tokens_details"] = {"cached_tokens": arg}
+    elif kind == "reasoning":
+        usage["completion_tokens"] += arg
+        usage["total_tokens"] += arg
+        usage["completion_tokens_details"] = {"reasoning_tokens": arg}
+    return usage
 
 
 def _split(words: list[str], parts: int) -> list[str]:
@@ -301,7 +322,9 @@ class FakeOpenAI(FakeUpstream):
             body = _repeated(body, arg)
         if body.get("stream") is True:
             return await self._stream(request, body, model, kind, arg)
-        return web.Response(body=self._completion(body, model, reasoning), content_type=_JSON)
+        return web.Response(
+            body=self._completion(body, model, reasoning, kind, arg), content_type=_JSON
+        )
 
     def error_response(self, status: int, model: str, *, retry_after: bool) -> web.Response:
         """The provider's error for `status`; `retry_after` whether a 429 carries that header."""
@@ -326,7 +349,9 @@ class FakeOpenAI(FakeUpstream):
         options = body.get("stream_options")
         return isinstance(options, dict) and options.get("include_usage") is True
 
-    def _completion(self, body: dict[str, Any], model: str, reasoning: int = 0) -> bytes:
+    def _completion(
+        self, body: dict[str, Any], model: str, reasoning: int = 0, kind: str = "", arg: int = 0
+    ) -> bytes:
         words, prompt_tokens = _reply_words(body)
         limit = _limit(body)
         finish = "stop"
@@ -350,11 +375,7 @@ class FakeOpenAI(FakeUpstream):
                         "finish_reason": finish,
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": len(words),
-                    "total_tokens": prompt_tokens + len(words),
-                },
+                "usage": _usage(prompt_tokens, len(words), kind, arg),
                 "service_tier": "default",
             }
         )
@@ -409,11 +430,7 @@ class FakeOpenAI(FakeUpstream):
             head + b'{"index":0,"delta":{},"logprobs":null,"finish_reason":' + finish + b"}" + tail
         )
         if include_usage:
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(words),
-                "total_tokens": prompt_tokens + len(words),
-            }
+            usage = _usage(prompt_tokens, len(words), kind, arg)
             events.append(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
         events.append(_DONE)
         return head, events

@@ -139,6 +139,29 @@ class UsageDaily(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     total_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Migration 0007: as the provider reported them; part of the prompt and completion counts.
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Requests whose answer broke midway; their counts may be the router's estimate.
+    partial_requests: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class UsageRequest(Base):
+    """One recorded request: a report delivered again finds its id here and adds nothing."""
+
+    __tablename__ = "usage_requests"
+
+    request_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    day: Mapped[date] = mapped_column(Date)
+    partial: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    estimated: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
 
 
 # --- the Connect flow (migration 0003) ---------------------------------------------------------
@@ -273,3 +296,23 @@ class TunnelSession(Base):
     tunnel_id: Mapped[str] = mapped_column(ForeignKey("tunnels.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+# --- running keystore copies (migration 0008) ---------------------------------------------------
+
+
+class KeystoreCopy(Base):
+    """A running keystore copy and the KEK version it seals with, confirmed every heartbeat.
+
+    Prune drops a KEK only when every copy confirmed within the lease seals with the newest.
+    """
+
+    __tablename__ = "keystore_copies"
+
+    # The copy's discovery id, as `$SRV.PING.keystore` answers it.
+    copy_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    active_kek_version: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

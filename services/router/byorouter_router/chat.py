@@ -7,9 +7,10 @@ which aborts the upstream HTTP call. The answer goes back to the caller's inbox 
 `BusReply` (`reply.py`).
 
 Before the answer starts, a failing provider is retried and then fallen back from (`fallback`);
-`start` goes out once, from the attempt that succeeded. Every finished request publishes its
-token usage (`usage.py`), and a provider that rejects a user's key gets it marked as failing in
-keystore.
+`start` goes out once, from the attempt that succeeded. Every request that got an answer
+started publishes its token usage (`usage.py`) to the durable usage stream, off the answer's
+path; one that broke midway too, marked partial. A provider that rejects a user's key gets it
+marked as failing in keystore.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 from byorouter_common import errors
 from byorouter_common.bus import (
     Discovery,
+    DurablePublisher,
     KeepAliveTicker,
     StreamWriter,
     parts_of,
@@ -102,6 +104,7 @@ class ChatRouter:
         self._requests: Subscription | None = None
         self._cancels: Subscription | None = None
         self._stopping = False
+        self._usage = DurablePublisher(nc, events.USAGE_STREAM)
 
     @property
     def in_flight(self) -> int:
@@ -110,6 +113,7 @@ class ChatRouter:
     async def start(self) -> None:
         # The loop's clock: the same one the request deadline is measured on.
         self._chain = FallbackChain(self._retry, clock=asyncio.get_running_loop().time)
+        await self._usage.ensure_stream()
         self._discovery.add(ENDPOINT_NAME, CHAT.subject, CHAT.service, CHAT.description)
         self._requests = await self._nc.subscribe(
             CHAT.subject, queue=CHAT.service, cb=self.on_request
@@ -135,6 +139,7 @@ class ChatRouter:
             with contextlib.suppress(nats.errors.Error):
                 await self._cancels.unsubscribe()
             self._cancels = None
+        await self._usage.close(grace_s)
 
     async def on_request(self, msg: Msg) -> None:
         if not msg.reply:
@@ -256,7 +261,7 @@ class ChatRouter:
                     request_id, connection, Candidate(provider_name, model), body, writer, deadline
                 )
                 span.set_attribute("byorouter.served_by", served.provider)
-                await self._publish_usage(request_id, connection, served, reply)
+                self._publish_usage(request_id, connection, served, reply)
             except ByoError as exc:
                 failure = exc.code
                 span.set_status(Status(StatusCode.ERROR, exc.code))
@@ -302,12 +307,14 @@ class ChatRouter:
             app_default=_app_default_target(connection),
         )
         replies: list[BusReply] = []
+        tried: list[Candidate] = []
 
         async def attempt(candidate: Candidate, attempts: int) -> None:
             reply = BusReply(
                 writer, candidate.provider, candidate.model, attempts, strip_usage=strip_usage
             )
             replies.append(reply)
+            tried.append(candidate)
             if attempts > 1:
                 log.info(
                     "trying again",
@@ -331,13 +338,19 @@ class ChatRouter:
 
         if self._chain is None:
             raise RuntimeError("chat router not started")
-        served = await self._chain.run(
-            candidates,
-            deadline,
-            attempt,
-            started=lambda: bool(replies) and replies[-1].started,
-            observe=observe,
-        )
+        try:
+            served = await self._chain.run(
+                candidates,
+                deadline,
+                attempt,
+                started=lambda: bool(replies) and replies[-1].started,
+                observe=observe,
+            )
+        except BaseException:
+            # Broke after it started (upstream cut, client gone): what was delivered is billed.
+            if replies and replies[-1].started:
+                self._publish_usage(request_id, connection, tried[-1], replies[-1], partial=True)
+            raise
         if connection.is_failing(served.candidate.provider):
             await self._publish_credential_status(connection, served.candidate.provider, "ok")
         return served.candidate, replies[-1]
@@ -357,15 +370,25 @@ class ChatRouter:
             return self._providers[default.provider], default
         return self._providers[candidate.provider], connection.providers[candidate.provider]
 
-    async def _publish_usage(
+    def _publish_usage(
         self,
         request_id: str,
         connection: ConnectionCredentials,
         served: Candidate,
         reply: BusReply,
+        *,
+        partial: bool = False,
     ) -> None:
-        event = usage_event(request_id, connection, served, reply.reported_usage())
-        await self._publish(events.USAGE.subject, event.model_dump_json().encode())
+        event = usage_event(
+            request_id,
+            connection,
+            served,
+            reply.reported_usage(),
+            partial=partial,
+            delivered=reply.delivered,
+        )
+        # The ack is awaited (and retried) in the background: the answer never waits for it.
+        self._usage.publish(events.USAGE.subject, event.model_dump_json().encode(), request_id)
 
     async def _publish_credential_status(
         self,

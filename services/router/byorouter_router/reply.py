@@ -12,7 +12,7 @@ import orjson
 
 from byorouter_common.bus import CHUNK, DONE, RESULT, START, StreamWriter
 from byorouter_common.contracts.router import StreamDone, StreamStart
-from byorouter_router.usage import without_usage
+from byorouter_router.usage import delivered_deltas, streamed_usage, without_usage
 
 
 class BusReply:
@@ -22,7 +22,15 @@ class BusReply:
     answer is the client's and the attempt can no longer be retried or fallen back from.
     """
 
-    __slots__ = ("_start", "_strip_usage", "_writer", "result_body", "started", "usage")
+    __slots__ = (
+        "_start",
+        "_strip_usage",
+        "_writer",
+        "delivered",
+        "result_body",
+        "started",
+        "usage",
+    )
 
     def __init__(
         self,
@@ -43,12 +51,19 @@ class BusReply:
         self.started = False
         self.usage: dict[str, Any] | None = None
         self.result_body: bytes | None = None
+        # Deltas with text sent on (an estimate of tokens, for an answer that breaks midway).
+        self.delivered = 0
 
     async def start(self) -> None:
         self.started = True
         await self._writer.send(START, self._start)
 
     async def chunk(self, lines: bytes) -> None:
+        self.delivered += delivered_deltas(lines)
+        # Usage seen in a chunk still counts if the stream breaks before `done`.
+        reported = streamed_usage(lines)
+        if reported is not None:
+            self.usage = reported
         if self._strip_usage:
             lines = without_usage(lines)
             if not lines:

@@ -2,7 +2,9 @@
 
 Usage is what the user pays for, so the router always has the upstream send it; a client that
 did not ask (`stream_options.include_usage`) gets the answer without it. Every finished request
-is reported as a `UsageEvent` (`usage_event`), whoever served it.
+is reported as a `UsageEvent` (`usage_event`), whoever served it, and so is one whose answer
+broke after it started: with the upstream's usage if it came, else with an estimate of what was
+delivered (`delivered_deltas`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from byorouter_router.fallback import Candidate
 # (a quote inside a JSON string is always escaped, so the bytes cannot occur inside content).
 _NULL_USAGE: Final = b',"usage":null'
 _USAGE_KEY: Final = b'"usage"'
+_REPORTED_USAGE: Final = b'"usage":{'
+# A streamed delta with text in it: about one token each from OpenAI-style upstreams (and from
+# our Anthropic translation, one per text delta). Compact JSON, as every upstream we relay sends.
+_CONTENT_DELTA: Final = b'"content":"'
+_EMPTY_CONTENT: Final = b'"content":""'
+_REASONING_DELTA: Final = b'"reasoning_content":"'
 
 
 def wants_usage(body: dict[str, Any]) -> bool:
@@ -63,13 +71,43 @@ def without_usage(lines: bytes) -> bytes:
     return b"\n".join(kept)
 
 
+def delivered_deltas(lines: bytes) -> int:
+    """How many deltas with text (content or reasoning) these chunk lines carry."""
+    return lines.count(_CONTENT_DELTA) - lines.count(_EMPTY_CONTENT) + lines.count(_REASONING_DELTA)
+
+
+def streamed_usage(lines: bytes) -> dict[str, Any] | None:
+    """The usage one of these chunk lines reports, if any (the upstream's last chunk, usually)."""
+    if _REPORTED_USAGE not in lines:
+        return None
+    for line in lines.split(b"\n"):
+        if _REPORTED_USAGE in line:
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            usage = event.get("usage") if type(event) is dict else None
+            if type(usage) is dict:
+                return usage
+    return None
+
+
 def usage_event(
     request_id: str,
     connection: ConnectionCredentials,
     served: Candidate,
     usage: dict[str, Any] | None,
+    *,
+    partial: bool = False,
+    delivered: int = 0,
 ) -> UsageEvent:
-    """The `UsageEvent` for a finished request; counts the upstream did not report are 0."""
+    """The `UsageEvent` for a request; counts the upstream did not report are 0.
+
+    A `partial` answer without the upstream's usage is billed `delivered` completion tokens
+    (`delivered_deltas`), marked `estimated`; its prompt is not counted.
+    """
+    estimated = partial and usage is None
+    completion = delivered if estimated else _tokens(usage, "completion_tokens")
     return UsageEvent(
         request_id=request_id,
         app_id=connection.app_id,
@@ -77,10 +115,20 @@ def usage_event(
         provider=served.provider,
         model=served.model,
         prompt_tokens=_tokens(usage, "prompt_tokens"),
-        completion_tokens=_tokens(usage, "completion_tokens"),
-        total_tokens=_tokens(usage, "total_tokens"),
+        completion_tokens=completion,
+        total_tokens=completion if estimated else _tokens(usage, "total_tokens"),
+        cached_tokens=_tokens(_details(usage, "prompt_tokens_details"), "cached_tokens"),
+        cache_write_tokens=_tokens(_details(usage, "prompt_tokens_details"), "cache_write_tokens"),
+        reasoning_tokens=_tokens(_details(usage, "completion_tokens_details"), "reasoning_tokens"),
+        partial=partial,
+        estimated=estimated,
         at=datetime.now(UTC),
     )
+
+
+def _details(usage: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    details = usage.get(name) if usage is not None else None
+    return details if type(details) is dict else None
 
 
 def _tokens(usage: dict[str, Any] | None, name: str) -> int:

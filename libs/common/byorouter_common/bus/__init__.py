@@ -16,11 +16,13 @@ One module per job; this package's names are the API services import:
   uploads      requests larger than one bus message, in parts
   gather       scatter-gather: every answer to one question
   gather       scatter-gather: one question, every copy's answer (a tunnel's `.status`)
+  durable      JetStream streams for reports that must not be lost (usage)
 """
 
 from byorouter_common.bus.calls import Bus
 from byorouter_common.bus.connection import connect, connect_options, make_broker
 from byorouter_common.bus.discovery import Discovery
+from byorouter_common.bus.durable import DurablePublisher, DurableRecorder, ensure_stream
 from byorouter_common.bus.failures import bus_error
 from byorouter_common.bus.gather import gather_replies
 from byorouter_common.bus.serving import (
@@ -56,6 +58,8 @@ __all__ = [
     "TERMINAL",
     "Bus",
     "Discovery",
+    "DurablePublisher",
+    "DurableRecorder",
     "KeepAliveTicker",
     "ReplyStream",
     "StreamMux",
@@ -64,6 +68,7 @@ __all__ = [
     "connect",
     "connect_options",
     "consume_event",
+    "ensure_stream",
     "gather_replies",
     "make_broker",
     "map_dependency_errors",

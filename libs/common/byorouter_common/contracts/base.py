@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,3 +49,31 @@ class Event(Generic[Evt]):
     subject: str
     payload: type[Evt]
     description: str
+
+
+@dataclass(frozen=True)
+class DurableStream:
+    """A JetStream stream that keeps `events` on disk until their consumer has recorded them.
+
+    For reports that must survive their recorder being down (usage is what users pay for).
+    """
+
+    name: str
+    events: tuple[Event[Any], ...]
+    max_age_s: float
+    max_bytes: int
+    # A publish retried with the same `Nats-Msg-Id` within this window is stored once.
+    duplicate_window_s: float
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return tuple(event.subject for event in self.events)
+
+
+@dataclass(frozen=True)
+class DurableConsumer:
+    """A durable pull consumer of one stream, shared by every copy of `service`."""
+
+    stream: DurableStream
+    name: str
+    service: str

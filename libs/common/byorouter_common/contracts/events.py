@@ -1,5 +1,8 @@
 """Events on the bus: keystore's change notices, which every cache in every copy hears, and the
 router's reports (usage, a rejected key), which keystore records once (queue group `keystore`).
+
+Usage goes through a JetStream stream (`USAGE_STREAM`) rather than core NATS: it is kept until
+keystore has committed it, so a keystore that is down or restarting loses none.
 """
 
 from __future__ import annotations
@@ -7,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from byorouter_common.contracts.base import Contract, Event
+from byorouter_common.contracts.base import Contract, DurableConsumer, DurableStream, Event
 
 
 class AppKeyRevokedEvent(Contract):
@@ -41,7 +44,15 @@ class KeyringRotatedEvent(Contract):
 
 
 class UsageEvent(Contract):
-    """The tokens one finished request used, as its provider reported them (0 when it did not)."""
+    """The tokens one finished request used, as its provider reported them (0 when it did not).
+
+    `request_id` is unique per request: keystore records each once however often it arrives.
+    `cached_tokens` and `cache_write_tokens` are prompt tokens read from and written to the
+    provider's prompt cache, `reasoning_tokens` completion tokens spent thinking; all are part
+    of the prompt and completion counts. `partial`: the answer broke after it started (the
+    upstream cut it, the client went away); `estimated`: the provider sent no usage, so the
+    completion count is the router's estimate of what was delivered.
+    """
 
     request_id: str
     app_id: str
@@ -51,6 +62,11 @@ class UsageEvent(Contract):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    partial: bool = False
+    estimated: bool = False
     at: datetime
 
 
@@ -100,3 +116,15 @@ CREDENTIAL_STATUS = Event(
     CredentialStatusEvent,
     "A provider rejected (or accepted again) a connection's key; keystore records the status.",
 )
+
+# Kept for a week so an outage of keystore that long still loses nothing; removed as soon as
+# keystore acknowledges (work-queue retention). Decision 0010.
+USAGE_STREAM = DurableStream(
+    "BYOROUTER_USAGE",
+    (USAGE,),
+    max_age_s=7 * 24 * 3600,
+    max_bytes=1024**3,
+    duplicate_window_s=10 * 60,
+)
+# Every keystore copy pulls from this one consumer, so each report is recorded by one of them.
+USAGE_RECORDER = DurableConsumer(USAGE_STREAM, "keystore-usage", "keystore")

@@ -146,6 +146,12 @@ class UsageView(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # Prompt tokens read from / written to the provider's prompt cache, completion tokens spent
+    # reasoning (each part of the counts above), and requests whose answer broke midway.
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    partial_requests: int
 
     @classmethod
     def of(cls, row: ks.UsageRow) -> UsageView:
@@ -157,6 +163,10 @@ class UsageView(BaseModel):
             prompt_tokens=row.prompt_tokens,
             completion_tokens=row.completion_tokens,
             total_tokens=row.total_tokens,
+            cached_tokens=row.cached_tokens,
+            cache_write_tokens=row.cache_write_tokens,
+            reasoning_tokens=row.reasoning_tokens,
+            partial_requests=row.partial_requests,
         )
 
 

@@ -110,6 +110,10 @@ class UsageRow(Contract):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    partial_requests: int = 0
 
 
 class UsageReport(Contract):

@@ -32,21 +32,27 @@ def _count(value: Any) -> int:
 
 
 def to_openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI usage from Anthropic's: cache reads and writes are prompt tokens too, as in OpenAI."""
+    """OpenAI usage from Anthropic's: cache reads and writes are prompt tokens too, as in OpenAI.
+
+    OpenAI has no field for cache writes; they go in `prompt_tokens_details.cache_write_tokens`,
+    OpenRouter's name for them, so usage is recorded the same way from both.
+    """
     cache_read = _count(usage.get("cache_read_input_tokens"))
-    prompt = (
-        _count(usage.get("input_tokens"))
-        + cache_read
-        + _count(usage.get("cache_creation_input_tokens"))
-    )
+    cache_write = _count(usage.get("cache_creation_input_tokens"))
+    prompt = _count(usage.get("input_tokens")) + cache_read + cache_write
     completion = _count(usage.get("output_tokens"))
     translated: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    details: dict[str, int] = {}
     if cache_read:
-        translated["prompt_tokens_details"] = {"cached_tokens": cache_read}
+        details["cached_tokens"] = cache_read
+    if cache_write:
+        details["cache_write_tokens"] = cache_write
+    if details:
+        translated["prompt_tokens_details"] = details
     return translated
 
 

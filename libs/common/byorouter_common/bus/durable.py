@@ -1,0 +1,278 @@
+"""Durable events on JetStream: reports that must reach their recorder even if it is down.
+
+`ensure_stream` creates a contract's `DurableStream` if it is missing (both ends call it at
+start). `DurablePublisher` publishes without making the caller wait for the ack, and retries
+until the stream has it. `DurableRecorder` pulls from the contract's shared durable consumer and
+acks a message only once its handler has returned (the record is committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.api import ConsumerConfig as JsConsumerConfig
+from pydantic import ValidationError
+
+from byorouter_common.contracts.base import DurableConsumer, DurableStream, Event
+
+log = logging.getLogger("byorouter_common.bus")
+
+MSG_ID: Final = "Nats-Msg-Id"
+# Failures of the bus or of JetStream (nats-py's JetStream errors derive from nats.errors.Error).
+BUS_ERRORS: Final = (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+
+def stream_config(stream: DurableStream) -> StreamConfig:
+    return StreamConfig(
+        name=stream.name,
+        subjects=list(stream.subjects),
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=stream.max_age_s,
+        max_bytes=stream.max_bytes,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=stream.duplicate_window_s,
+    )
+
+
+def _differs(have: StreamConfig, want: StreamConfig) -> bool:
+    return (
+        sorted(have.subjects or ()) != sorted(want.subjects or ())
+        or have.max_age != want.max_age
+        or have.max_bytes != want.max_bytes
+        or have.duplicate_window != want.duplicate_window
+    )
+
+
+async def ensure_stream(js: JetStreamContext, stream: DurableStream) -> None:
+    """Create `stream` if missing, or put its subjects and limits back if they were changed."""
+    want = stream_config(stream)
+    try:
+        info = await js.stream_info(stream.name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(want)
+        except nats.js.errors.BadRequestError:
+            # Another copy created it meanwhile (with the same contract, so the same limits).
+            await js.stream_info(stream.name)
+        return
+    if _differs(info.config, want):
+        await js.update_stream(want)
+
+
+class DurablePublisher:
+    """Publishes to a durable stream off the caller's path; each message is retried until the
+    stream acknowledges it or `give_up_s` has passed (then it is logged as lost)."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        stream: DurableStream,
+        *,
+        ack_timeout_s: float = 2.0,
+        give_up_s: float = 120.0,
+        backoff_s: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        self._js = nc.jetstream(timeout=ack_timeout_s)
+        self._stream = stream
+        self._give_up_s = give_up_s
+        self._backoff_s = backoff_s
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def ensure_stream(self) -> None:
+        """Create the stream now; if the bus refuses, publishing tries again later."""
+        try:
+            await ensure_stream(self._js, self._stream)
+        except BUS_ERRORS as exc:
+            log.warning(
+                "cannot create a durable stream yet",
+                extra={"stream": self._stream.name, "error": type(exc).__name__},
+            )
+
+    def publish(self, subject: str, data: bytes, msg_id: str) -> None:
+        """Hand `data` over for delivery; returns at once. `msg_id` dedupes retries."""
+        task = asyncio.create_task(self._deliver(subject, data, msg_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _deliver(self, subject: str, data: bytes, msg_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._give_up_s
+        delay, cap = self._backoff_s
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self._js.publish(subject, data, headers={MSG_ID: msg_id})
+                return
+            except BUS_ERRORS as exc:
+                error = type(exc).__name__
+                if loop.time() + delay > give_up:
+                    log.error(
+                        "durable event lost: the stream did not acknowledge it",
+                        extra={
+                            "subject": subject,
+                            "msg_id": msg_id,
+                            "attempts": attempts,
+                            "error": error,
+                        },
+                    )
+                    return
+                if attempts == 1:
+                    log.warning(
+                        "durable event not acknowledged yet; retrying",
+                        extra={"subject": subject, "msg_id": msg_id, "error": error},
+                    )
+                if isinstance(exc, nats.js.errors.NoStreamResponseError):
+                    # Nobody stores the subject: the stream was deleted, or never made.
+                    with contextlib.suppress(*BUS_ERRORS):
+                        await ensure_stream(self._js, self._stream)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, cap)
+
+    async def close(self, grace_s: float) -> None:
+        """Wait up to `grace_s` for messages still unacknowledged; the rest are logged lost."""
+        if not self._pending:
+            return
+        _, late = await asyncio.wait(set(self._pending), timeout=grace_s)
+        if late:
+            log.error("durable events lost at shutdown", extra={"count": len(late)})
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+class DurableRecorder:
+    """Pulls `event`s from a shared durable consumer and records each with `handler`.
+
+    A message is acked once `handler` returns, so a record the handler committed is never lost
+    and one it did not is delivered again (to this copy or another): `handler` must be
+    idempotent. A handler that raises gets the message back after `retry_delay_s`.
+    """
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        consumer: DurableConsumer,
+        event: Event[Any],
+        handler: Handler,
+        *,
+        batch: int = 64,
+        ack_wait_s: float = 30.0,
+        retry_delay_s: float = 2.0,
+    ) -> None:
+        self._js = nc.jetstream()
+        self._consumer = consumer
+        self._event = event
+        self._handler = handler
+        self._batch = batch
+        self._ack_wait_s = ack_wait_s
+        self._retry_delay_s = retry_delay_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"record-{self._consumer.name}")
+
+    async def stop(self) -> None:
+        """Stop pulling; a message being recorded now and not yet acked comes back later."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        stream = self._consumer.stream
+        delay = 0.2
+        while True:
+            try:
+                await ensure_stream(self._js, stream)
+                return await self._js.pull_subscribe(
+                    self._event.subject,
+                    durable=self._consumer.name,
+                    stream=stream.name,
+                    config=JsConsumerConfig(
+                        durable_name=self._consumer.name,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_wait=self._ack_wait_s,
+                        max_deliver=-1,
+                        filter_subject=self._event.subject,
+                    ),
+                )
+            except BUS_ERRORS as exc:
+                log.warning(
+                    "cannot consume a durable stream yet; retrying",
+                    extra={"stream": stream.name, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run(self) -> None:
+        subscription = await self._subscribe()
+        try:
+            while True:
+                try:
+                    messages = await subscription.fetch(self._batch, timeout=5)
+                except nats.errors.TimeoutError:
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    return
+                except BUS_ERRORS as exc:
+                    log.warning(
+                        "pulling from a durable stream failed",
+                        extra={"consumer": self._consumer.name, "error": type(exc).__name__},
+                    )
+                    await asyncio.sleep(1.0)
+                    continue
+                for message in messages:
+                    await self._record(message)
+        finally:
+            with contextlib.suppress(*BUS_ERRORS):
+                await subscription.unsubscribe()
+
+    async def _record(self, message: Msg) -> None:
+        try:
+            payload = self._event.payload.model_validate_json(message.data)
+        except ValidationError:
+            # It will never decode: delivering it again would only block the ones behind it.
+            log.error("malformed durable event dropped", extra={"event": self._event.subject})
+            with contextlib.suppress(*BUS_ERRORS):
+                await message.term()
+            return
+        try:
+            await self._handler(payload)
+        except Exception as exc:
+            log.warning(
+                "recording a durable event failed; it will be delivered again",
+                extra={"event": self._event.subject, "error": type(exc).__name__},
+            )
+            with contextlib.suppress(*BUS_ERRORS):
+                await message.nak(delay=self._retry_delay_s)
+            return
+        with contextlib.suppress(*BUS_ERRORS):
+            await message.ack()
