@@ -1,0 +1,122 @@
+"""Faults under steady load from the `openai` SDK: every app gets a complete answer or a clear
+OpenAI-shaped error within a bounded time, never `[DONE]` after a truncated answer, no request
+reaches the upstream twice, and afterwards the stack serves again with nobody restarting
+anything by hand (the restart policy `byorouter dev` uses brings killed processes back).
+
+Each test prints what its fault looked like to the apps; docs/operations.md quotes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from byorouter_cli.dev.stack import Stack
+from tests.chaos.conftest import recorded_requests, wait_for_copies
+from tests.chaos.load import (
+    CLEAR_ERROR,
+    COMPLETE,
+    Figures,
+    Load,
+    Target,
+    figures,
+    served_twice,
+    wait_serving,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+FIGURES: list[str] = []
+
+
+async def under_load(
+    stack: Stack,
+    target: Target,
+    name: str,
+    fault: Callable[[], None],
+    *,
+    after_s: float = 6.0,
+    load: Load | None = None,
+) -> Figures:
+    """Run the load, inject `fault` (blocking, in a thread) after it settled, keep the load on
+    for `after_s`, then check every outcome and that the stack serves again."""
+    load = load or Load(target)
+    load.start()
+    try:
+        await asyncio.sleep(1.5)
+        fault_at = time.monotonic()
+        await asyncio.to_thread(fault)
+        await asyncio.sleep(after_s)
+    finally:
+        outcomes = await load.stop()
+    serving_again = await wait_serving(target, 30, lambda o: o.kind == COMPLETE)
+    found = figures(name, outcomes, fault_at)
+    line = f"{found.line()}; a new request completes {serving_again:.1f} s after the load"
+    FIGURES.append(line)
+    print("\nCHAOS " + line)
+    assert found.violations == [], found.violations[:5]
+    assert served_twice(await recorded_requests(stack), [o.tag for o in outcomes]) == []
+    assert found.complete > 0
+    return found
+
+
+def kill(stack: Stack, name: str) -> Callable[[], None]:
+    def fault() -> None:
+        os.kill(stack.pids()[name], signal.SIGKILL)
+
+    return fault
+
+
+async def test_steady_load_without_a_fault_completes_every_request(
+    chaos_stack: Stack, target: Target
+) -> None:
+    found = await under_load(chaos_stack, target, "no fault", lambda: None, after_s=3)
+    assert found.complete == found.requests
+
+
+async def test_a_router_copy_killed_mid_stream(chaos_stack: Stack, target: Target) -> None:
+    found = await under_load(chaos_stack, target, "router copy killed", kill(chaos_stack, "router"))
+    # Only what the killed copy held fails, each within the gateway's idle limit.
+    assert found.error_window_s < 3.0 + 3.0
+    await wait_for_copies(chaos_stack, {"router": 2})
+    assert chaos_stack.restarts("router") >= 1
+
+
+async def test_a_keystore_copy_killed(chaos_stack: Stack, target: Target) -> None:
+    await under_load(chaos_stack, target, "keystore copy killed", kill(chaos_stack, "keystore"))
+    await wait_for_copies(chaos_stack, {"keystore": 2})
+
+
+async def test_nats_restarted(chaos_stack: Stack, target: Target) -> None:
+    found = await under_load(
+        chaos_stack, target, "NATS restarted (down 1 s)", lambda: chaos_stack.restart_nats(1.0)
+    )
+    assert found.error_window_s < 10
+
+
+async def test_postgres_restarted(chaos_stack: Stack, target: Target) -> None:
+    def restart() -> None:
+        chaos_stack.stop_postgres()
+        time.sleep(2.0)
+        chaos_stack.start_postgres()
+
+    await under_load(chaos_stack, target, "PostgreSQL restarted (down 2 s)", restart, after_s=8)
+
+
+async def test_upstream_cut_mid_stream(chaos_stack: Stack, target: Target) -> None:
+    cut = Load(target, stream_model="openai/cut-after-5", workers=2)
+    cut.start()
+    try:
+        found = await under_load(chaos_stack, target, "upstream cut mid-stream", lambda: None)
+    finally:
+        outcomes = await cut.stop()
+    streamed_cuts = [o for o in outcomes if o.streamed]
+    assert streamed_cuts
+    assert all(o.kind == CLEAR_ERROR for o in streamed_cuts), streamed_cuts[:3]
+    assert {o.code for o in streamed_cuts} == {"upstream_error"}
+    assert found.complete == found.requests, "other requests are not disturbed"
