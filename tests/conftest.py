@@ -128,6 +128,8 @@ class KeystoreEnv:
             BYOROUTER_LOG_FORMAT="text",
             # Small batches so a rotation in the tests crosses several transactions.
             BYOROUTER_REWRAP_BATCH_SIZE="2",
+            # Copies confirm their key-encryption key often, so a lagging one catches up quickly.
+            BYOROUTER_KEK_HEARTBEAT_S="0.5",
         )
         env.update(extra)
         return env

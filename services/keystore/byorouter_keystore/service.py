@@ -44,17 +44,20 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
     AppDefaultHandlers(runtime, sessions, keyring).register()
     ConnectionHandlers(runtime, sessions, keyring).register()
     UsageHandlers(runtime, sessions, keyring).register()
-    KeyHandlers(runtime, sessions, keyring, settings.rewrap_batch_size).register()
+    keys = KeyHandlers(runtime, sessions, keyring, settings.rewrap_batch_size)
+    keys.register()
     ConsentHandlers(runtime, sessions, keyring).register()
     ManageHandlers(runtime, sessions, keyring).register()
     TunnelHandlers(runtime, sessions, keyring).register()
+    # Before any subscriber starts: a copy serves nothing until its KEK is confirmed.
+    await keys.confirm_first()
 
     async def serving() -> None:
         log.info(
             "keystore serving",
             extra={
                 "database": safe_url(settings.database_url),
-                "kek_active_version": keyring.current.active,
+                "kek_active_version": keyring.loaded.active,
             },
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from byorouter_common.settings import ServiceSettings
 
@@ -22,6 +22,20 @@ class KeystoreSettings(ServiceSettings):
     keyring: SecretStr | None = None
     # Credentials re-wrapped per transaction during a key rotation; small keeps row locks short.
     rewrap_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # Every copy confirms in the database the KEK version it seals with this often, and at once
+    # on a rotation event; prune removes a KEK only when every live copy confirmed the newest.
+    kek_heartbeat_s: float = Field(default=10.0, gt=0, le=300)
+    # A copy unconfirmed for this long counts as gone: prune no longer waits for it, and the
+    # copy itself seals nothing until it has confirmed again. Several heartbeats, so one slow
+    # database write does not stop a copy.
+    kek_lease_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_spans_heartbeats(self) -> KeystoreSettings:
+        if self.kek_lease_s < 3 * self.kek_heartbeat_s:
+            raise ValueError("BYOROUTER_KEK_LEASE_S must be at least 3 x BYOROUTER_KEK_HEARTBEAT_S")
+        return self
+
     # BYOROUTER_CODE_PURGE_INTERVAL_S: how often connections whose authorization code expired
     # without its app ever exchanging it are revoked and their keys erased.
     code_purge_interval_s: float = Field(default=30.0, gt=0)

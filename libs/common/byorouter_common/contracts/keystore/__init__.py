@@ -55,6 +55,7 @@ from byorouter_common.contracts.keystore.keys import (
     KeysPruned,
     KeysRotated,
     KeysStatus,
+    KeystoreCopyStatus,
 )
 from byorouter_common.contracts.keystore.names import PROVIDERS, SERVICE, ProviderName
 from byorouter_common.contracts.keystore.tunnels import (
@@ -153,6 +154,7 @@ __all__ = [
     "KeysPruned",
     "KeysRotated",
     "KeysStatus",
+    "KeystoreCopyStatus",
     "ProviderCredentialInput",
     "ProviderInfo",
     "ProviderName",

@@ -20,11 +20,25 @@ class KeysPruned(Contract):
     removed_versions: list[int]
 
 
+class KeystoreCopyStatus(Contract):
+    """One keystore copy as it last confirmed itself in the database."""
+
+    copy_id: str
+    host: str
+    pid: int
+    # The KEK version it seals with; below the newest, it blocks prune.
+    active_version: int
+    seen_seconds_ago: float
+    # Confirmed within the lease: counted by prune (an older one is taken for gone).
+    live: bool
+
+
 class KeysStatus(Contract):
     active_version: int
     versions: list[int]
     credentials_by_version: dict[str, int]
     app_defaults_by_version: dict[str, int] = Field(default_factory=dict)
+    copies: list[KeystoreCopyStatus] = Field(default_factory=list)
 
 
 KEYS_ROTATE = Endpoint(
