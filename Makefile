@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JS_DIR := tests/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
+# The Next.js example app (examples/nextjs-chat), which the browser suite builds and drives.
+NEXTJS_DIR := examples/nextjs-chat
+NEXTJS_STAMP := $(NEXTJS_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
 # apt-get needs root; as another user, sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -30,7 +33,8 @@ help:
 	@echo "make clean        remove .venv, caches and node_modules"
 	@echo "make clean-state  remove .byorouter/ (dev database, keyring, logs)"
 
-install: $(STAMP) $(if $(wildcard $(JS_DIR)/package-lock.json),$(JS_STAMP))
+install: $(STAMP) $(if $(wildcard $(JS_DIR)/package-lock.json),$(JS_STAMP)) \
+		$(if $(wildcard $(NEXTJS_DIR)/package-lock.json),$(NEXTJS_STAMP))
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +59,14 @@ $(JS_STAMP): $(JS_DIR)/package-lock.json
 		cd $(JS_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
 	else \
 		echo "npm not found: skipping the JS client tests' dependencies"; \
+	fi
+
+# Without npm the Next.js example's browser test skips (and fails under CI=true).
+$(NEXTJS_STAMP): $(NEXTJS_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(NEXTJS_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else \
+		echo "npm not found: skipping the Next.js example's dependencies"; \
 	fi
 
 run: install
@@ -99,7 +111,8 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules \
+		$(NEXTJS_DIR)/node_modules $(NEXTJS_DIR)/.next
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
 clean-state:
