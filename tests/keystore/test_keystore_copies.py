@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +47,19 @@ async def add_connection(bus: Bus, app_id: str, owned: Owned) -> None:
     keys = {"openai": provider_key("sk-proj-")}
     created = await new_connection(bus, app_id, **keys)
     owned[created.connection_id] = (app_id, keys)
+
+
+def byorouter(keystore_env: KeystoreEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's CLI against this keystore's bus."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BYOROUTER_", "NATS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "byorouter_cli.main", *args],
+        env={**env, "NATS_URL": keystore_env.nats_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def confirmed_versions(db: AsyncEngine) -> dict[str, int]:
@@ -96,6 +111,9 @@ async def test_prune_refuses_while_a_copy_holds_an_older_keyring_and_no_credenti
         # Both copies answer prune and store requests: the queue group picks one at random.
         await until_every_copy_handled(nc, since, "keys_prune", prune)
         await until_every_copy_handled(nc, since, "connection_create", store)
+        # The operator's view: the CLI says why nothing was pruned and which copy is behind.
+        cli_prune = await asyncio.to_thread(byorouter, keystore_env, "keys", "prune")
+        cli_status = await asyncio.to_thread(byorouter, keystore_env, "keys", "status")
     finally:
         lagging.stop()
 
@@ -108,6 +126,10 @@ async def test_prune_refuses_while_a_copy_holds_an_older_keyring_and_no_credenti
         assert refusal.code == "keystore_copies_behind"
         assert "1 of 2 keystore copies" in refusal.message
         assert f"v{rotated.active_version}" in refusal.message
+    assert cli_prune.returncode == 1
+    assert "1 of 2 keystore copies have not confirmed" in cli_prune.stderr
+    assert cli_status.returncode == 0, cli_status.stderr
+    assert "BEHIND: blocks prune" in cli_status.stdout
     # The lagging copy would not seal with the old key; it said why instead.
     assert stores_refused
     assert {e.code for e in stores_refused} == {"keyring_behind"}

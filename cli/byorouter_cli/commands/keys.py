@@ -37,7 +37,11 @@ def keys_rotate(json_mode: JsonFlag = False) -> None:
 
 @keys_cli.command("prune")
 def keys_prune(json_mode: JsonFlag = False) -> None:
-    """Remove key-encryption keys that no stored credential uses any more."""
+    """Remove key-encryption keys that no stored credential uses any more.
+
+    Refused, removing nothing, while any running keystore copy has not confirmed the newest
+    key-encryption key: it could still be sealing new credentials with an older one.
+    """
 
     async def work(bus: Bus) -> ks.KeysPruned:
         return await bus.request(ks.KEYS_PRUNE, Empty())
@@ -65,6 +69,20 @@ def keys_status(json_mode: JsonFlag = False) -> None:
             count = status.credentials_by_version.get(str(version), 0)
             marker = " (active)" if version == status.active_version else ""
             lines.append(f"  v{version}{marker}: {count} credential(s)")
+        # The copy that answered may itself be the one behind.
+        newest = max([status.active_version, *(c.active_version for c in status.copies)])
+        lines.append(f"Keystore copies: {sum(c.live for c in status.copies)} live")
+        for copy in status.copies:
+            if not copy.live:
+                state = "gone (no longer counted)"
+            elif copy.active_version < newest:
+                state = "BEHIND: blocks prune"
+            else:
+                state = "up to date"
+            lines.append(
+                f"  {copy.host} pid {copy.pid}: seals with v{copy.active_version}, "
+                f"seen {copy.seen_seconds_ago:.0f}s ago, {state}"
+            )
         return status.model_dump(mode="json"), "\n".join(lines)
 
     run_on_bus(json_mode, work, render)
