@@ -14,6 +14,8 @@ import signal
 import time
 from collections.abc import Callable
 
+import openai
+import orjson
 import pytest
 
 from byorouter_cli.dev.stack import Stack
@@ -25,6 +27,7 @@ from tests.chaos.load import (
     Load,
     Target,
     figures,
+    is_openai_error,
     served_twice,
     wait_serving,
 )
@@ -120,3 +123,48 @@ async def test_upstream_cut_mid_stream(chaos_stack: Stack, target: Target) -> No
     assert all(o.kind == CLEAR_ERROR for o in streamed_cuts), streamed_cuts[:3]
     assert {o.code for o in streamed_cuts} == {"upstream_error"}
     assert found.complete == found.requests, "other requests are not disturbed"
+
+
+async def stream_lines(target: Target, model: str) -> tuple[int, list[str], float]:
+    """A streamed request read raw: its HTTP status, every line (comments too), seconds taken."""
+    began = time.monotonic()
+    client = target.client(30)
+    try:
+        async with client.chat.completions.with_streaming_response.create(
+            model=model, messages=[{"role": "user", "content": "a b c d e f"}], stream=True
+        ) as response:
+            lines = [line async for line in response.iter_lines() if line]
+            return response.http_response.status_code, lines, time.monotonic() - began
+    except openai.APIStatusError as exc:
+        return exc.status_code, [exc.response.text], time.monotonic() - began
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "message", "limit_s"),
+    [
+        ("stall-after-3", 200, "did not send anything more of its answer for 2.5s", 2.5),
+        ("stall-after-0", 200, "did not start its answer within 4s", 4.0),
+        ("comments-200", 200, "did not start its answer within 4s", 4.0),
+        ("hang", 504, "did not start its answer within 4s", 4.0),
+    ],
+)
+async def test_a_stalled_upstream_ends_in_a_clear_error_within_its_limit(
+    target: Target, model: str, status: int, message: str, limit_s: float
+) -> None:
+    code, lines, took = await stream_lines(target, f"openai/{model}")
+    FIGURES.append(f"stalled upstream ({model}): HTTP {code} after {took:.1f} s")
+    print(f"\nCHAOS stalled upstream ({model}): HTTP {code}, error after {took:.1f} s")
+    assert code == status
+    assert "data: [DONE]" not in lines
+    last = orjson.loads(lines[-1].removeprefix("data: "))
+    assert is_openai_error(last), last
+    assert (last["error"]["code"], last["error"]["message"]) == (
+        "upstream_timeout",
+        f"The openai provider {message}.",
+    )
+    assert limit_s - 0.2 < took < limit_s + 1.5
+    if status == 200:
+        # While the upstream says nothing the client still hears the stream is alive.
+        assert ": keep-alive" in lines

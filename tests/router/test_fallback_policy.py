@@ -17,6 +17,7 @@ from byorouter_router.fallback import (
     classify,
     fallback_candidates,
 )
+from byorouter_router.providers.errors import StalledUpstream
 
 OPENAI = Candidate("openai", "gpt-4o")
 SELFHOSTED = Candidate("selfhosted", "llama3")
@@ -234,6 +235,16 @@ async def test_a_timeout_that_used_most_of_the_deadline_is_not_retried() -> None
     time = FakeTime()
     upstreams = FakeUpstreams(time, {"openai": [TIMED_OUT], "selfhosted": [None]}, call_s=3.0)
     assert await run(time, upstreams, deadline=5.0) == SELFHOSTED
+    assert upstreams.calls == [("openai", 1), ("selfhosted", 2)]
+
+
+async def test_a_stalled_upstream_is_not_asked_again_but_the_next_provider_is() -> None:
+    # It has the request and may still be generating (and billing) it: a second call would
+    # make two upstream calls for one request.
+    time = FakeTime()
+    stalled = StalledUpstream(504, "upstream_timeout", "no first token within 1s")
+    upstreams = FakeUpstreams(time, {"openai": [stalled], "selfhosted": [None]}, call_s=1.0)
+    assert await run(time, upstreams, deadline=60.0) == SELFHOSTED
     assert upstreams.calls == [("openai", 1), ("selfhosted", 2)]
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from byorouter_common.errors import ByoError
+from byorouter_router.providers.errors import StalledUpstream
 
 # Set when the provider did not accept the request at all; the connection's own set-up is at
 # fault, not the request, so another provider may well answer.
@@ -115,6 +116,8 @@ class Verdict(enum.Enum):
 def classify(error: ByoError) -> Verdict:
     """What a provider's failure (before its answer started) means for the rest of the request."""
     if error.code == KEY_REJECTED or error.code in _MISCONFIGURED or error.code in _OFFLINE:
+        return Verdict.FALL_BACK
+    if isinstance(error, StalledUpstream):
         return Verdict.FALL_BACK
     if error.status == 429 or error.status >= 500:
         return Verdict.RETRY

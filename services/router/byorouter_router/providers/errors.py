@@ -125,6 +125,14 @@ def too_large(provider: str, limit: int) -> ByoError:
     )
 
 
+class StalledUpstream(ByoError):
+    """A streamed answer that missed its first-token, gap or whole-answer limit (a 504).
+
+    The upstream has the request and may still be working on it (and billing it): the router
+    never asks the same provider again, though it may fall back before anything was sent.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     connect_s: float

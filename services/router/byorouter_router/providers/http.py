@@ -19,7 +19,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from byorouter_common.errors import ByoError
-from byorouter_router.providers.errors import MAX_ERROR_BODY, Timeouts, too_large
+from byorouter_router.providers.errors import MAX_ERROR_BODY, StalledUpstream, Timeouts, too_large
 
 # The headers of a call that sends JSON and wants JSON back, or an event stream.
 JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -165,7 +165,9 @@ class StreamPace:
             what = f"send anything more of its answer for {t.gap_s:g}s"
         else:
             what = f"start its answer within {t.first_token_s:g}s"
-        return ByoError(504, "upstream_timeout", f"The {self._provider} provider did not {what}.")
+        return StalledUpstream(
+            504, "upstream_timeout", f"The {self._provider} provider did not {what}."
+        )
 
 
 @contextlib.asynccontextmanager
