@@ -10,7 +10,8 @@ export async function GET(request: NextRequest) {
   const config = byorouterConfig();
   // Cookies belong to one host name, and localhost and 127.0.0.1 are two: start on the host of
   // the registered redirect URI, or the callback would not find the state it must check.
-  if (request.nextUrl.origin !== config.appOrigin) {
+  // (The Host header: behind `next start -H`, request.nextUrl names the bound host instead.)
+  if (request.headers.get("host") !== new URL(config.appOrigin).host) {
     return NextResponse.redirect(new URL("/api/byorouter/connect", config.appOrigin), 307);
   }
   await currentSession();
