@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from byorouter_common.errors import ByoError
-from byorouter_keystore.crypto import KeyringStore, init_keyring_file, seal, write_keyring_file
+from byorouter_keystore.crypto import (
+    KeyringStore,
+    init_keyring_file,
+    seal,
+    unseal,
+    write_keyring_file,
+)
+
+SECRET = b'{"api_key": "sk-proj-unit-test-secret-0123456789"}'
 
 
 def test_a_keyring_write_reaches_the_disk_file_and_directory_before_it_returns(
@@ -47,7 +55,7 @@ async def test_a_copy_that_missed_the_rotation_event_seals_with_the_new_key(
     await rotating.rotate()
 
     # No reload, no event: the lagging copy sees the changed file at its next use.
-    assert seal(lagging.current, b"{}", "conn_x", "openai").kek_version == 2
+    assert seal(lagging.current, SECRET, "conn_x", "openai").kek_version == 2
 
 
 async def test_a_copy_that_knows_of_a_newer_key_than_it_holds_refuses_to_seal(
@@ -58,18 +66,22 @@ async def test_a_copy_that_knows_of_a_newer_key_than_it_holds_refuses_to_seal(
     private.parent.mkdir()
     private.write_text(shared.read_text())
     rotating, stale = KeyringStore.from_file(shared), KeyringStore.from_file(private)
+    earlier = seal(stale.current, SECRET, "conn_x", "openai")
     rotated = await rotating.rotate()
 
     stale.saw_version(rotated.active)
 
     with pytest.raises(ByoError) as err:
-        _ = stale.current
+        seal(stale.current, SECRET, "conn_y", "openai")
     assert err.value.status == 503
     assert err.value.code == "keyring_behind"
     assert "v2" in err.value.message
-    # Once its file has the new key it works again, with no restart.
+    with pytest.raises(ByoError):
+        await stale.rotate()  # its own v2 would not be the v2 the others hold
+    # What it already holds still opens; once its file has the new key it seals again.
+    assert unseal(stale.current, earlier, "conn_x", "openai") == SECRET
     write_keyring_file(private, rotating.current)
-    assert stale.current.active == 2
+    assert seal(stale.current, SECRET, "conn_y", "openai").kek_version == 2
 
 
 def test_a_leased_copy_refuses_once_its_confirmation_runs_out(tmp_path: Path) -> None:
@@ -77,13 +89,17 @@ def test_a_leased_copy_refuses_once_its_confirmation_runs_out(tmp_path: Path) ->
     init_keyring_file(path)
     store = KeyringStore.from_file(path)
 
+    earlier = seal(store.current, SECRET, "conn_x", "openai")
+
     store.require_confirmation()
     with pytest.raises(ByoError) as err:
-        _ = store.current
+        seal(store.current, SECRET, "conn_y", "openai")
+    assert err.value.status == 503
     assert err.value.code == "keystore_copy_unconfirmed"
+    assert unseal(store.current, earlier, "conn_x", "openai") == SECRET
 
     store.confirmed(until_monotonic=float("inf"))
-    assert store.current.active == 1
+    assert seal(store.current, SECRET, "conn_y", "openai").kek_version == 1
     store.confirmed(until_monotonic=0.0)
     with pytest.raises(ByoError):
-        _ = store.current
+        seal(store.current, SECRET, "conn_y", "openai")

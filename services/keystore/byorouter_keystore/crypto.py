@@ -23,7 +23,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -62,10 +62,22 @@ def undecryptable() -> ByoError:
 
 @dataclass(frozen=True)
 class Keyring:
-    """Immutable set of KEKs by version; a change produces a new `Keyring`."""
+    """Immutable set of KEKs by version; a change produces a new `Keyring`.
 
-    active: int
+    One with a `refusal` opens by version as usual but raises it wherever something would be
+    sealed or re-wrapped, which is wherever `active` is read (see `KeyringStore.current`).
+    """
+
+    active_version: int
     keys: Mapping[int, bytes]
+    refusal: Callable[[], ByoError] | None = field(default=None, compare=False)
+
+    @property
+    def active(self) -> int:
+        """The KEK version new data keys are wrapped with."""
+        if self.refusal is not None:
+            raise self.refusal()
+        return self.active_version
 
     @classmethod
     def generate(cls) -> Keyring:
@@ -90,7 +102,7 @@ class Keyring:
 
     def to_json(self) -> str:
         keys = {str(v): base64.b64encode(k).decode() for v, k in sorted(self.keys.items())}
-        return json.dumps({"active": self.active, "keys": keys}, indent=2) + "\n"
+        return json.dumps({"active": self.active_version, "keys": keys}, indent=2) + "\n"
 
     @property
     def versions(self) -> list[int]:
@@ -110,9 +122,9 @@ class Keyring:
         return Keyring(version, MappingProxyType(keys))
 
     def without(self, versions: Iterable[int]) -> Keyring:
-        drop = set(versions) - {self.active}
+        drop = set(versions) - {self.active_version}
         keys = {v: k for v, k in self.keys.items() if v not in drop}
-        return Keyring(self.active, MappingProxyType(keys))
+        return Keyring(self.active_version, MappingProxyType(keys))
 
 
 @dataclass(frozen=True)
@@ -245,9 +257,10 @@ class KeyringStore:
     """This process's keyring, where it came from (a file, or inline and fixed), and whether it
     may be used.
 
-    `current` is never older than the newest KEK version this process has heard of, and, once
+    `current` seals only with the newest KEK version this process has heard of and, once
     `require_confirmation` is on (a running keystore), only while the database holds a recent
-    confirmation of the version it seals with (`keys.confirm_copy`). Prune relies on both.
+    confirmation of that version (`keys.confirm_copy`); opening by version always works. Prune
+    relies on both.
     """
 
     def __init__(self, keyring: Keyring, path: Path | None) -> None:
@@ -276,13 +289,15 @@ class KeyringStore:
 
     @property
     def current(self) -> Keyring:
-        """The keyring to seal and open with: a 503 rather than sealing under a superseded KEK."""
+        """The keyring to seal and open with; one that refuses to seal (503) while this copy
+        knows of a newer KEK than it holds, or its confirmation has run out."""
         self.refresh()
-        if self._keyring.active < self._newest_seen:
-            raise keyring_behind(self._keyring.active, self._newest_seen)
+        keyring, newest = self._keyring, self._newest_seen
+        if keyring.active_version < newest:
+            return replace(keyring, refusal=lambda: keyring_behind(keyring.active_version, newest))
         if self._needs_confirmation and time.monotonic() >= self._confirmed_until:
-            raise copy_unconfirmed()
-        return self._keyring
+            return replace(keyring, refusal=copy_unconfirmed)
+        return keyring
 
     @property
     def loaded(self) -> Keyring:
@@ -316,7 +331,7 @@ class KeyringStore:
     def _replace(self, keyring: Keyring, signature: tuple[int, int, int] | None) -> None:
         self._keyring = keyring
         self._signature = signature
-        self.saw_version(keyring.active)
+        self.saw_version(keyring.active_version)
 
     def _require_file(self, what: str) -> Path:
         if self.path is None:
@@ -332,6 +347,10 @@ class KeyringStore:
     async def rotate(self) -> Keyring:
         """Add KEK version max+1, make it active and persist it before anything is wrapped."""
         path = self._require_file("rotation")
+        self.refresh()
+        if self._keyring.active_version < self._newest_seen:
+            # Its max+1 would be a second, different key under a version number already in use.
+            raise keyring_behind(self._keyring.active_version, self._newest_seen)
         async with self._lock:
             _, after, signature = await asyncio.to_thread(
                 self._update_file, path, Keyring.with_new_version
@@ -377,7 +396,7 @@ def keyring_behind(holds: int, newest: int) -> ByoError:
         503,
         "keyring_behind",
         f"This keystore copy holds key-encryption keys up to v{holds}, but v{newest} is active "
-        "elsewhere; it seals and opens nothing until its keyring file (BYOROUTER_KEYRING_FILE) "
+        "elsewhere; it stores no credential until its keyring file (BYOROUTER_KEYRING_FILE) "
         f"has v{newest}. Give it the keyring the other copies use.",
     )
 
@@ -387,6 +406,6 @@ def copy_unconfirmed() -> ByoError:
         503,
         "keystore_copy_unconfirmed",
         "This keystore copy has not recently confirmed its key-encryption key in the database, "
-        "so it must not seal credentials; try again shortly.",
+        "so it stores no credential; try again shortly.",
         retry_after=1.0,
     )
