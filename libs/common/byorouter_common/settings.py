@@ -26,7 +26,8 @@ class ServiceSettings(BaseSettings):
     # How long a caller waits for a plain request/reply on the bus before answering 504.
     bus_timeout_s: float = 5.0
     # A stream with no message (not even a keep-alive) for this long is treated as failed.
-    stream_idle_timeout_s: float = 30.0
+    # Three of the senders' 5 s keep-alives: a copy killed mid-stream is noticed after 15 s.
+    stream_idle_timeout_s: float = 15.0
     # OpenTelemetry exporter: none | console (OTLP can be added by the operator's own config).
     otel_exporter: str = "none"
     # BYOROUTER_TRUSTED_PROXIES: comma-separated IPs or CIDRs of the reverse proxies in front of
