@@ -108,6 +108,15 @@ async def target(chaos_bus: Bus, chaos_stack: Stack) -> Target:
     return Target(chaos_stack.gateway_url, tenant.app_api_key, tenant.connection_id)
 
 
+@pytest.fixture(scope="session")
+def tunnel_target(chaos_stack: Stack) -> Target:
+    """The demo connection, whose `selfhosted/...` models go through the demo tunnel client
+    (a child of the stack like any service, so the restart policy covers it too)."""
+    demo = chaos_stack.create_demo()
+    chaos_stack.start_demo_tunnel(demo)
+    return Target(chaos_stack.gateway_url, demo["app_api_key"], demo["connection_id"])
+
+
 async def recorded_requests(stack: Stack) -> list[dict[str, object]]:
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.get(stack.upstream_url + "/_fake/requests")

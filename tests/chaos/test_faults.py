@@ -13,11 +13,13 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import openai
 import orjson
 import pytest
 
+from byorouter_cli.dev.demo import TUNNEL_CLIENT
 from byorouter_cli.dev.stack import Stack
 from tests.chaos.conftest import recorded_requests, wait_for_copies
 from tests.chaos.load import (
@@ -168,3 +170,76 @@ async def test_a_stalled_upstream_ends_in_a_clear_error_within_its_limit(
     if status == 200:
         # While the upstream says nothing the client still hears the stream is alive.
         assert ": keep-alive" in lines
+
+
+def tunnel_load(target: Target) -> Load:
+    return Load(target, stream_model="selfhosted/drip-40", plain_model="selfhosted/slow-300")
+
+
+async def test_the_tunnel_client_killed(chaos_stack: Stack, tunnel_target: Target) -> None:
+    await under_load(
+        chaos_stack,
+        tunnel_target,
+        "tunnel client killed",
+        kill(chaos_stack, TUNNEL_CLIENT),
+        load=tunnel_load(tunnel_target),
+    )
+
+
+async def test_the_tunnel_service_killed(chaos_stack: Stack, tunnel_target: Target) -> None:
+    await under_load(
+        chaos_stack,
+        tunnel_target,
+        "tunnel service killed",
+        kill(chaos_stack, "tunnel"),
+        load=tunnel_load(tunnel_target),
+        after_s=8,
+    )
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def test_a_slow_reading_client_neither_stalls_others_nor_is_buffered_without_bound(
+    chaos_stack: Stack, target: Target
+) -> None:
+    # About 2 MiB in 20 chunks, read one chunk a second.
+    gateway = chaos_stack.pids()["gateway"]
+    before = rss_mib(gateway)
+    client = target.client(120)
+    read: list[str] = []
+    peak = before
+
+    async def slow_reader() -> None:
+        nonlocal peak
+        async with client.chat.completions.with_streaming_response.create(
+            model="openai/repeat-30000",
+            messages=[{"role": "user", "content": "seventy bytes of prompt " * 3}],
+            stream=True,
+        ) as response:
+            async for line in response.iter_lines():
+                if line.startswith("data: "):
+                    read.append(line)
+                    peak = max(peak, rss_mib(gateway))
+                    await asyncio.sleep(1.0)
+
+    reader = asyncio.create_task(slow_reader())
+    try:
+        found = await under_load(
+            chaos_stack, target, "one client reading 1 chunk/s", lambda: None, after_s=8
+        )
+        await asyncio.wait_for(reader, 60)
+    finally:
+        reader.cancel()
+        await client.close()
+    line = f"slow reader: gateway RSS {before:.0f} MiB before, {peak:.0f} MiB at most while it read"
+    FIGURES.append(line)
+    print("\nCHAOS " + line)
+    assert read[-1] == "data: [DONE]"
+    assert found.complete == found.requests
+    assert found.slowest_s < 3.0, "the others are not held up behind the slow reader"
+    assert peak - before < 64
