@@ -423,6 +423,8 @@ class KeyHandlers(Handlers):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Unregistered, this copy is invisible to prune: it must not seal anything after.
+            self.keyring.confirmed(until_monotonic=0.0)
             try:
                 async with self.sessions.begin() as session:
                     await forget_copy(session, self.copy)
