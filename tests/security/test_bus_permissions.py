@@ -236,6 +236,35 @@ async def test_services_log_no_permissions_violation(secured_stack: Stack, tenan
         assert not [line for line in lines if "ermissions violation" in line], name
 
 
+async def test_usage_is_recorded_with_the_bus_locked_down(
+    secured_stack: Stack, tenant: Tenant
+) -> None:
+    """Router publishes to the usage stream and keystore consumes it within their permissions."""
+    headers = {"Authorization": f"Bearer {tenant.app_api_key}"}
+    async with httpx.AsyncClient(base_url=secured_stack.gateway_url, timeout=10) as http:
+        before = await http.get(f"/v1/connections/{tenant.connection_id}/usage", headers=headers)
+        counted = sum(row["requests"] for row in before.json()["data"])
+        await chat_once(secured_stack, tenant, "count me")
+        deadline = time.monotonic() + 10
+        while True:
+            now = await http.get(f"/v1/connections/{tenant.connection_id}/usage", headers=headers)
+            if sum(row["requests"] for row in now.json()["data"]) > counted:
+                break
+            assert time.monotonic() < deadline, now.text
+            await asyncio.sleep(0.1)
+
+
+async def test_the_gateway_cannot_take_usage_reports_from_keystore(secured_stack: Stack) -> None:
+    session = await login(secured_stack, "gateway")
+    subject = f"$JS.API.CONSUMER.MSG.NEXT.{events.USAGE_STREAM.name}.{events.USAGE_RECORDER.name}"
+    try:
+        await session.nc.publish(subject, b'{"batch": 1}', reply=session.nc.new_inbox())
+        # nats-py reports the refused subject in lower case.
+        assert await reported(session, subject.lower()), session.violations
+    finally:
+        await session.nc.close()
+
+
 # --- who knows which password ---------------------------------------------------------------
 
 

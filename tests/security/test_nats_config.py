@@ -89,6 +89,43 @@ def test_admin_may_call_every_endpoint_but_the_secret_one() -> None:
         assert may_publish(perms.ADMIN, endpoint.subject) is expected, endpoint.subject
 
 
+USAGE_STREAM = events.USAGE_STREAM.name
+USAGE_CONSUMER = f"{USAGE_STREAM}.{events.USAGE_RECORDER.name}"
+
+
+def test_only_router_and_keystore_may_use_jetstream_at_all() -> None:
+    users = [
+        u for u in perms.USERS if any(s.startswith("$JS") for s in perms.permissions(u).publish)
+    ]
+    assert users == ["keystore", "router"]
+
+
+def test_only_keystore_may_pull_and_ack_usage() -> None:
+    """Whoever pulls from the usage consumer takes reports away from keystore: lost usage."""
+    for subject in (
+        f"$JS.API.CONSUMER.MSG.NEXT.{USAGE_CONSUMER}",
+        f"$JS.ACK.{USAGE_CONSUMER}.1.2.3.4.5",
+        f"$JS.API.CONSUMER.CREATE.{USAGE_CONSUMER}.{events.USAGE.subject}",
+    ):
+        assert [u for u in perms.USERS if may_publish(u, subject)] == ["keystore"], subject
+
+
+def test_no_one_may_delete_purge_or_read_around_the_usage_stream() -> None:
+    for subject in (
+        f"$JS.API.STREAM.DELETE.{USAGE_STREAM}",
+        f"$JS.API.STREAM.PURGE.{USAGE_STREAM}",
+        f"$JS.API.STREAM.MSG.GET.{USAGE_STREAM}",
+        f"$JS.API.STREAM.MSG.DELETE.{USAGE_STREAM}",
+        f"$JS.API.CONSUMER.CREATE.{USAGE_STREAM}",
+        f"$JS.API.CONSUMER.CREATE.{USAGE_STREAM}.spy.{events.USAGE.subject}",
+        f"$JS.API.CONSUMER.DELETE.{USAGE_CONSUMER}",
+    ):
+        assert [u for u in perms.USERS if may_publish(u, subject)] == [], subject
+    # The router only makes sure the stream exists; it cannot loosen its limits.
+    assert not may_publish("router", f"$JS.API.STREAM.UPDATE.{USAGE_STREAM}")
+    assert may_publish("router", f"$JS.API.STREAM.CREATE.{USAGE_STREAM}")
+
+
 def test_the_committed_config_is_the_one_the_contract_gives() -> None:
     assert DEPLOYED_CONFIG.read_text() == perms.render_env_config(), (
         "deploy/nats.conf is stale: python -m byorouter_common.nats_permissions > deploy/nats.conf"
@@ -117,6 +154,15 @@ def test_compose_gives_each_service_its_own_login_and_nats_the_same_password() -
         assert var == perms.password_env_var(user)
         assert nats_env[var] == env["BYOROUTER_NATS_PASSWORD"]
     assert perms.password_env_var(perms.ADMIN) in nats_env
+
+
+def test_compose_runs_nats_with_jetstream_on_a_volume() -> None:
+    """Without JetStream the router's usage reports have nowhere to wait for keystore."""
+    nats_service = compose()["services"]["nats"]
+    command = nats_service["command"]
+    assert "-js" in command
+    store = command[command.index("-sd") + 1]
+    assert any(volume.endswith(":" + store) for volume in nats_service["volumes"])
 
 
 @pytest.fixture(scope="module")

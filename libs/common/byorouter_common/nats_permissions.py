@@ -245,8 +245,10 @@ def render_config(passwords: Mapping[str, str]) -> str:
     return _render(values, "# BYORouter's NATS users and what each may do (contains passwords).")
 
 
-# Where the deployed nats-server keeps JetStream's files (a volume in docker-compose.yml).
-JETSTREAM_STORE_DIR: Final = "/data/jetstream"
+# Room for every stream on the deployed nats-server's disk (the usage stream takes up to 1 GiB).
+# Its store directory is a command-line flag, not set here: nats-server refuses a store_dir
+# given both ways, and the test and dev servers pass their own.
+JETSTREAM_MAX_FILE_STORE: Final = "10GB"
 
 
 def render_env_config() -> str:
@@ -261,7 +263,8 @@ def render_env_config() -> str:
         "# Generated from the bus contract: python -m byorouter_common.nats_permissions\n"
         "\n"
         "# Usage waits on disk until keystore records it (docs/decisions/0010-durable-usage.md).\n"
-        f"jetstream {{\n  store_dir: {json.dumps(JETSTREAM_STORE_DIR)}\n}}\n",
+        "# The store directory comes from the command line (docker-compose.yml: -sd).\n"
+        f"jetstream {{\n  max_file_store: {JETSTREAM_MAX_FILE_STORE}\n}}\n",
     )
 
 

@@ -1,0 +1,133 @@
+"""Durable events on a real JetStream: a publish is retried until stored, stored once per id,
+given up on within its bound; a record is acked only once its handler succeeded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from byorouter_cli.backends import NatsServer
+from byorouter_common.bus import DurablePublisher, DurableRecorder, ensure_stream
+from byorouter_common.contracts.base import Contract, DurableConsumer, DurableStream, Event
+
+
+class Report(Contract):
+    n: int
+
+
+@pytest.fixture(scope="module")
+def js_url() -> Iterator[str]:
+    server = NatsServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(js_url: str) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(js_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def event() -> Event[Report]:
+    return Event(f"byorouter.test.{secrets.token_hex(4)}", Report, "a test report")
+
+
+@pytest.fixture
+def stream(event: Event[Report]) -> DurableStream:
+    return DurableStream(
+        f"TEST_{secrets.token_hex(4)}",
+        (event,),
+        max_age_s=60,
+        max_bytes=2**20,
+        duplicate_window_s=60,
+    )
+
+
+async def stored(nc: NatsClient, stream: DurableStream) -> int:
+    info = await nc.jetstream().stream_info(stream.name)
+    return info.state.messages
+
+
+async def until(check: object, within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not await check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "not within the bound"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_publish_before_the_stream_exists_is_stored_once_it_is_made(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    publisher = DurablePublisher(nc, stream, give_up_s=10)
+    # No ensure_stream first: nobody stores the subject yet, so the first try gets no ack.
+    publisher.publish(event.subject, Report(n=1).model_dump_json().encode(), "id-1")
+    await publisher.close(grace_s=10)
+    assert await stored(nc, stream) == 1
+
+
+async def test_the_same_message_id_is_stored_once(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    publisher = DurablePublisher(nc, stream)
+    await publisher.ensure_stream()
+    for msg_id in ("a", "a", "b"):
+        publisher.publish(event.subject, Report(n=1).model_dump_json().encode(), msg_id)
+    await publisher.close(grace_s=10)
+    assert await stored(nc, stream) == 2
+
+
+async def test_a_publish_never_acknowledged_is_given_up_within_its_bound(
+    js_url: str, stream: DurableStream, event: Event[Report], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await nats.connect(js_url)
+    publisher = DurablePublisher(client, stream, give_up_s=0.5, backoff_s=(0.05, 0.1))
+    await client.close()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="byorouter_common.bus"):
+        publisher.publish(event.subject, b'{"n": 424242}', "lost-1")
+        await publisher.close(grace_s=5)
+    assert time.monotonic() - started < 2
+    lost = [r for r in caplog.records if "lost" in r.getMessage()]
+    assert lost
+    assert lost[0].msg_id == "lost-1"  # type: ignore[attr-defined]
+    # The report itself is never logged.
+    assert "424242" not in caplog.text
+
+
+async def test_a_record_that_failed_is_delivered_again_and_acked_once_it_succeeds(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    await ensure_stream(nc.jetstream(), stream)
+    seen: list[int] = []
+
+    async def record(report: Report) -> None:
+        seen.append(report.n)
+        if len(seen) == 1:
+            raise RuntimeError("database down")
+
+    consumer = DurableConsumer(stream, "recorder", "test")
+    recorder = DurableRecorder(nc, consumer, event, record, retry_delay_s=0.1)
+    recorder.start()
+    try:
+        await nc.jetstream().publish(event.subject, Report(n=7).model_dump_json().encode())
+        await nc.jetstream().publish(event.subject, b"not a report")
+
+        async def both_handled() -> bool:
+            return seen == [7, 7] and await stored(nc, stream) == 0
+
+        # Work-queue retention: an acked (or terminated) message leaves the stream.
+        await until(both_handled)
+    finally:
+        await recorder.stop()
+    assert seen == [7, 7]
