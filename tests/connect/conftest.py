@@ -230,6 +230,13 @@ async def post_form(
     )
 
 
+async def confirm_manage_link(browser: httpx.AsyncClient, link: str) -> httpx.Response:
+    """Open a manage link (a URL or a path), which only asks, then confirm: the 303 to /manage."""
+    asking = await browser.get(httpx.URL(link).raw_path.decode())
+    assert asking.status_code == 200, asking.text
+    return await post_form(browser, form_with_action(asking.text, "/manage/start"), {})
+
+
 async def consent(browser: httpx.AsyncClient, app: RegisteredApp, pkce: Pkce, **query: Any) -> Form:
     page = await browser.get(authorize_query(app, pkce, **query))
     assert page.status_code == 200, page.text

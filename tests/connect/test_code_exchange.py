@@ -17,6 +17,7 @@ from byorouter_common.bus import Bus
 from tests.connect.conftest import (
     Pkce,
     RegisteredApp,
+    confirm_manage_link,
     connect_keys,
     exchange,
     openai_fields,
@@ -289,7 +290,7 @@ async def test_no_key_code_or_verifier_reaches_any_log(
         "/v1/connect/sessions", json={"connection_id": connection_id}, headers=app.auth
     )
     manage_token = httpx.URL(link.json()["url"]).params["token"]
-    await browser.get(f"/manage/start?token={manage_token}")
+    await confirm_manage_link(browser, f"/manage/start?token={manage_token}")
     await exchange(api, app, code, pkce.verifier)  # a retry, which is logged as an event
 
     stack.flush_logs()

@@ -17,6 +17,7 @@ from tests.connect.conftest import (
     RegisteredApp,
     authorize_query,
     closed_port_url,
+    confirm_manage_link,
     connected,
     consent,
     exchange,
@@ -47,8 +48,7 @@ async def manage_session(
         headers=app.auth,
     )
     assert link.status_code == 200, link.text
-    url = httpx.URL(link.json()["url"])
-    opened = await browser.get(url.raw_path.decode())
+    opened = await confirm_manage_link(browser, link.json()["url"])
     assert opened.status_code == 303
     assert opened.headers["location"] == "/manage"
     page = await browser.get("/manage")

@@ -15,6 +15,7 @@ from byorouter_common.bus import Bus, connect
 from tests.conftest import create_database, drop_database
 from tests.connect.conftest import (
     Pkce,
+    confirm_manage_link,
     connect_keys,
     exchange,
     form_with_action,
@@ -67,7 +68,7 @@ async def test_the_whole_flow_works_with_least_privilege_on_the_bus(
         link = await api.post(
             "/v1/connect/sessions", json={"connection_id": connection_id}, headers=app.auth
         )
-        await browser.get(httpx.URL(link.json()["url"]).raw_path.decode())
+        await confirm_manage_link(browser, link.json()["url"])
         page = await browser.get("/manage")
         replace = form_with_action(page.text, "/manage/providers")
         tested = await post_form(
@@ -125,7 +126,7 @@ async def test_the_tunnel_option_works_with_least_privilege_on_the_bus(
         link = await api.post(
             "/v1/connect/sessions", json={"connection_id": connection_id}, headers=app.auth
         )
-        await browser.get(httpx.URL(link.json()["url"]).raw_path.decode())
+        await confirm_manage_link(browser, link.json()["url"])
         manage = await browser.get("/manage")
         rotated = await post_form(
             browser, form_with_action(manage.text, "/manage/tunnel/rotate"), {}

@@ -1,4 +1,5 @@
-"""Manage links and sessions: single-use, short-lived links, a clean URL, cookies, CSRF, owners."""
+"""Manage links and sessions: single-use, short-lived links spent only on a confirming POST, a
+clean URL, cookies, CSRF, owners."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from tests.connect.conftest import (
     RegisteredApp,
+    confirm_manage_link,
     connected,
     form_with_action,
     post_form,
@@ -45,7 +47,7 @@ async def test_a_manage_link_carries_only_a_long_token_and_opens_a_session_on_a_
     assert "conn_" not in link.json()["url"]
     token = httpx.URL(link.json()["url"]).params["token"]
     assert len(token) >= 43
-    opened = await browser.get(start_path(link))
+    opened = await confirm_manage_link(browser, start_path(link))
 
     assert opened.status_code == 303
     assert opened.headers["location"] == "/manage"
@@ -66,28 +68,118 @@ async def test_a_manage_link_works_once(
 ) -> None:
     connection_id, _ = await connected(browser, api, stack, app)
     path = start_path(await manage_link(api, app, connection_id))
-    assert (await browser.get(path)).status_code == 303
+    asking = await browser.get(path)
+    confirm = form_with_action(asking.text, "/manage/start")
+    assert (await post_form(browser, confirm, {})).status_code == 303
 
-    browser.cookies.clear()
-    again = await browser.get(path)
+    browser.cookies.delete("byo_manage")
+    confirmed_again = await post_form(browser, confirm, {})
+    opened_again = await browser.get(path)
 
-    assert again.status_code == 400
-    assert "This link has expired" in again.text
-    assert "set-cookie" not in again.headers
+    for again in (confirmed_again, opened_again):
+        assert again.status_code == 400
+        assert "This link has expired or was already used" in again.text
+        assert "byo_manage" not in again.headers.get("set-cookie", "")
+    assert (await browser.get("/manage")).status_code == 401
+
+
+def unspent_links(stack: Stack, connection_id: str) -> int:
+    with database(stack) as db:
+        row = db.execute(
+            "SELECT count(*) FROM manage_links WHERE connection_id = %s AND used_at IS NULL",
+            (connection_id,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_opening_a_manage_link_asks_first_and_spends_nothing(
+    browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp
+) -> None:
+    connection_id, _ = await connected(browser, api, stack, app)
+    path = start_path(await manage_link(api, app, connection_id))
+
+    asking = await browser.get(path)
+
+    assert asking.status_code == 200
+    assert "byo_manage" not in asking.headers.get("set-cookie", "")
+    assert unspent_links(stack, connection_id) == 1
+    # It says which app and which connection: its providers and when it was made, no ids.
+    assert "Portfolio Tracker" in asking.text
+    assert "OpenAI" in asking.text
+    assert "connected on" in asking.text
+    assert connection_id not in asking.text
+    assert app.app_id not in asking.text
+    # The token is in the address: never cached, never sent on as a referrer, never framed.
+    assert asking.headers["cache-control"] == "no-store"
+    assert asking.headers["referrer-policy"] == "no-referrer"
+    assert "frame-ancestors 'none'" in asking.headers["content-security-policy"]
+    confirm = form_with_action(asking.text, "/manage/start")
+    assert confirm.method == "post"
+    assert confirm.button("Manage my keys")
+
+    confirmed = await post_form(browser, confirm, {})
+
+    assert confirmed.status_code == 303
+    assert confirmed.headers["location"] == "/manage"
+    assert "byo_manage=" in confirmed.headers["set-cookie"]
+    assert (await browser.get("/manage")).status_code == 200
+    assert unspent_links(stack, connection_id) == 0
+
+
+async def test_a_link_scanner_opening_a_manage_link_leaves_it_for_the_person(
+    browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp
+) -> None:
+    connection_id, _ = await connected(browser, api, stack, app)
+    path = start_path(await manage_link(api, app, connection_id))
+    async with httpx.AsyncClient(base_url=stack.connect_url) as scanner:
+        for _ in range(2):
+            assert (await scanner.get(path)).status_code == 200
+            assert (await scanner.head(path)).status_code in (200, 405)
+
+    confirmed = await confirm_manage_link(browser, path)
+
+    assert confirmed.status_code == 303
+    assert (await browser.get("/manage")).status_code == 200
+
+
+async def test_confirming_a_manage_link_needs_the_pages_csrf_token(
+    browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp
+) -> None:
+    connection_id, _ = await connected(browser, api, stack, app)
+    path = start_path(await manage_link(api, app, connection_id))
+    confirm = form_with_action((await browser.get(path)).text, "/manage/start")
+
+    wrong = [await post_form(browser, confirm, {"csrf_token": t}) for t in ("", "A" * 43)]
+    # Another site posting the link in the person's browser: its own token, no CSRF cookie.
+    async with httpx.AsyncClient(base_url=stack.connect_url) as elsewhere:
+        forged = await post_form(elsewhere, confirm, {})
+
+    for refused in (*wrong, forged):
+        assert refused.status_code == 403
+        assert "This form has expired" in refused.text
+        assert "byo_manage" not in refused.headers.get("set-cookie", "")
+    assert unspent_links(stack, connection_id) == 1
+    assert (await post_form(browser, confirm, {})).status_code == 303
 
 
 async def test_an_expired_manage_link_is_refused(
     browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp
 ) -> None:
     connection_id, _ = await connected(browser, api, stack, app)
-    link = await manage_link(api, app, connection_id)
+    path = start_path(await manage_link(api, app, connection_id))
+    confirm = form_with_action((await browser.get(path)).text, "/manage/start")
     with database(stack) as db:
         db.execute(
             "UPDATE manage_links SET expires_at = now() - interval '1 second' "
             "WHERE connection_id = %s",
             (connection_id,),
         )
-    assert (await browser.get(start_path(link))).status_code == 400
+
+    for late in (await post_form(browser, confirm, {}), await browser.get(path)):
+        assert late.status_code == 400
+        assert "This link has expired" in late.text
+        assert "byo_manage" not in late.headers.get("set-cookie", "")
 
 
 async def test_another_apps_connection_gets_no_manage_link(
@@ -124,7 +216,7 @@ async def test_manage_forms_without_the_sessions_csrf_token_are_refused(
     browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp
 ) -> None:
     connection_id, _ = await connected(browser, api, stack, app)
-    await browser.get(start_path(await manage_link(api, app, connection_id)))
+    await confirm_manage_link(browser, start_path(await manage_link(api, app, connection_id)))
     page = await browser.get("/manage")
     disconnect = form_with_action(
         (await browser.get("/manage/disconnect")).text, "/manage/disconnect"
@@ -143,7 +235,7 @@ async def test_the_manage_page_shows_masked_labels_and_never_a_key(
     browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp
 ) -> None:
     connection_id, key = await connected(browser, api, stack, app)
-    await browser.get(start_path(await manage_link(api, app, connection_id)))
+    await confirm_manage_link(browser, start_path(await manage_link(api, app, connection_id)))
     page = await browser.get("/manage")
     replace = form_with_action(page.text, "/manage/providers")
     new_key = "sk-test-" + secrets.token_hex(16)
@@ -171,7 +263,7 @@ async def test_a_disconnected_session_can_change_nothing(
     browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp
 ) -> None:
     connection_id, _ = await connected(browser, api, stack, app)
-    await browser.get(start_path(await manage_link(api, app, connection_id)))
+    await confirm_manage_link(browser, start_path(await manage_link(api, app, connection_id)))
     page = await browser.get("/manage")
     replace = form_with_action(page.text, "/manage/providers")
     confirm = await browser.get("/manage/disconnect")

@@ -1,11 +1,12 @@
 """The manage pages: a person opens the app's manage link and changes or ends their connection.
 
-`/manage/start?token=...` spends the single-use link token for a browser session of our own
-(an HttpOnly cookie) and redirects to the clean `/manage` at once, so the token neither stays in
-the address bar nor reaches anyone as a referrer. Every change is one form, CSRF-protected with a
-token bound to that session, answered with 303 back to `/manage` (or `/manage/done`), except
-setting up or rotating a tunnel: that answer is the page showing the new token, once.
-"""
+`GET /manage/start?token=...` only asks: it names the app and the connection and spends nothing,
+so a link scanner fetching every link cannot burn it, and a person sent someone else's link sees
+whose it is before they act. Its form POSTs the token (CSRF-checked like the consent page) to
+spend it for a browser session of our own (an HttpOnly cookie) and redirects to the clean
+`/manage`. Every change is one form, CSRF-protected with a token bound to that session, answered
+with 303 back to `/manage` (or `/manage/done`), except setting up or rotating a tunnel: that
+answer is the page showing the new token, once."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ from byorouter_connect.deps import bus_of, settings_of
 from byorouter_connect.forms import ProviderValues, problems_of, provider_values
 from byorouter_connect.pages import FORMS_BY_PROVIDER, PROVIDER_FORMS, PageError, render, title_of
 from byorouter_connect.security import (
+    CSRF_COOKIE,
     CSRF_FIELD,
     SESSION_COOKIE,
+    consent_csrf_token,
     read_form,
     session_csrf_token,
     set_cookie,
@@ -85,16 +88,20 @@ async def _view(request: Request, session: str) -> cn.ManageView:
         raise _keystore_failure(exc) from None
 
 
+def _form_expired() -> PageError:
+    return PageError(
+        403,
+        "This form has expired",
+        "For your safety this form could not be accepted (its security token is missing or "
+        "wrong). Reload the page and try again.",
+    )
+
+
 async def _checked_form(request: Request) -> tuple[dict[str, str], str]:
     form = await read_form(request)
     session = _session(request)
     if not tokens_match(session_csrf_token(session), form.get(CSRF_FIELD)):
-        raise PageError(
-            403,
-            "This form has expired",
-            "For your safety this form could not be accepted (its security token is missing or "
-            "wrong). Reload the page and try again.",
-        )
+        raise _form_expired()
     return form, session
 
 
@@ -144,12 +151,74 @@ def manage_page(
     )
 
 
-@router.get("/manage/start")
-async def start(request: Request) -> Response:
-    """Spend the app's link token for a session cookie, then go to the clean /manage URL."""
-    token = well_formed_token(request.query_params.get("token"))
+def _link_token(value: str | None) -> str:
+    token = well_formed_token(value)
     if token is None:
         raise _link_unusable()
+    return token
+
+
+def _link_failure(exc: ByoError) -> PageError:
+    return _link_unusable() if exc.status == 400 else unavailable(exc)
+
+
+def _link_unusable() -> PageError:
+    return PageError(
+        400,
+        "This link has expired",
+        "This link has expired or was already used: manage links work once and only for a few "
+        "minutes. Go back to the app and choose Manage API Keys again.",
+    )
+
+
+def _listed(titles: list[str]) -> str:
+    if len(titles) <= 1:
+        return "".join(titles)
+    return f"{', '.join(titles[:-1])} and {titles[-1]}"
+
+
+@router.get("/manage/start")
+async def confirm_start(request: Request) -> Response:
+    """Say whose connection the link opens and ask; the link stays unspent until the POST."""
+    token = _link_token(request.query_params.get("token"))
+    try:
+        preview = await bus_of(request).request(
+            cn.MANAGE_LINK_PEEK, cn.ManageLinkPeek(token=SecretStr(token))
+        )
+    except ByoError as exc:
+        raise _link_failure(exc) from None
+    # A double-submit cookie, as on the consent page: there is no session to bind a token to
+    # yet, and another site cannot post its own link into this browser without the cookie.
+    csrf, new = consent_csrf_token(request)
+    titles = [title_of(provider) for provider in preview.providers]
+    connected = preview.connected_at
+    response = render(
+        "manage_start.html",
+        page_title=f"Manage your AI keys for {preview.app_name}?",
+        preview=preview,
+        providers=f"{_listed(titles)} {'key' if len(titles) == 1 else 'keys'}",
+        connected_on=f"{connected.day} {connected:%B %Y}",
+        token=token,
+        csrf_token=csrf,
+    )
+    if new:
+        set_cookie(
+            response,
+            request,
+            CSRF_COOKIE,
+            csrf,
+            force_secure=settings_of(request).cookie_secure,
+        )
+    return response
+
+
+@router.post("/manage/start")
+async def start(request: Request) -> Response:
+    """The person confirmed: spend the link for a session cookie, then go to /manage."""
+    form = await read_form(request)
+    if not tokens_match(request.cookies.get(CSRF_COOKIE), form.get(CSRF_FIELD)):
+        raise _form_expired()
+    token = _link_token(form.get("token"))
     settings = settings_of(request)
     try:
         opened = await bus_of(request).request(
@@ -159,9 +228,7 @@ async def start(request: Request) -> Response:
             ),
         )
     except ByoError as exc:
-        if exc.status == 400:
-            raise _link_unusable() from None
-        raise unavailable(exc) from None
+        raise _link_failure(exc) from None
     response = RedirectResponse("/manage", status_code=303)
     set_cookie(
         response,
@@ -173,15 +240,6 @@ async def start(request: Request) -> Response:
         force_secure=settings.cookie_secure,
     )
     return response
-
-
-def _link_unusable() -> PageError:
-    return PageError(
-        400,
-        "This link has expired",
-        "Manage links work once and only for a few minutes. Go back to the app and choose "
-        "Manage API Keys again.",
-    )
 
 
 @router.get("/manage")

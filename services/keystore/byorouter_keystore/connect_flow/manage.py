@@ -1,7 +1,8 @@
 """Manage links and sessions: how a person later changes or disconnects a connection they made.
 
 An app hands its user a short-lived, single-use link; redeeming it opens a manage session (its
-token lives in a browser cookie) that may change only that one connection.
+token lives in a browser cookie) that may change only that one connection. Peeking at a link
+(for Connect's confirmation page) spends nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from byorouter_keystore.shared import (
     connection_info,
     credentials_of,
     owned_connection,
+    provider_name,
     seal_api_key,
 )
 from byorouter_keystore.tables import (
@@ -107,6 +109,39 @@ async def create_manage_link(
     assert expires_at is not None
     audit(session, "manage_link.created", request.app_id, connection.id)
     return token, expires_at
+
+
+async def peek_manage_link(session: AsyncSession, token: str) -> cn.ManageLinkPreview:
+    """What an unspent, unexpired link would open, leaving it unspent.
+
+    Opening a link only asks the person; a link scanner fetching it must not burn it.
+    """
+    row = (
+        await session.execute(
+            select(ManageLink, App, Connection)
+            .join(App, App.id == ManageLink.app_id)
+            .join(
+                Connection,
+                (Connection.id == ManageLink.connection_id) & (Connection.app_id == App.id),
+            )
+            .where(
+                ManageLink.token_hash == secret_hash(token),
+                ManageLink.used_at.is_(None),
+                ManageLink.expires_at > func.now(),
+                Connection.status == "active",
+            )
+        )
+    ).first()
+    if row is None:
+        raise link_not_usable()
+    link, app, connection = row
+    return cn.ManageLinkPreview(
+        app_name=app.name,
+        providers=[provider_name(c) for c in await credentials_of(session, connection.id)],
+        connected_at=connection.created_at,
+        expires_at=link.expires_at,
+        return_url=link.return_url,
+    )
 
 
 async def redeem_manage_link(
@@ -315,6 +350,7 @@ class ManageHandlers(Handlers):
     def register(self) -> None:
         broker, discovery = self.runtime.broker, self.runtime.discovery
         serve(broker, cn.MANAGE_LINK_CREATE, self.manage_link_create, discovery=discovery)
+        serve(broker, cn.MANAGE_LINK_PEEK, self.manage_link_peek, discovery=discovery)
         serve(broker, cn.MANAGE_LINK_REDEEM, self.manage_link_redeem, discovery=discovery)
         serve(broker, cn.MANAGE_SESSION_GET, self.manage_session_get, discovery=discovery)
         serve(broker, cn.PROVIDER_SET, self.provider_set, discovery=discovery)
@@ -326,6 +362,10 @@ class ManageHandlers(Handlers):
         async with self.sessions.begin() as session:
             token, expires_at = await create_manage_link(session, request)
         return cn.ManageLink(token=SecretStr(token), expires_at=expires_at)
+
+    async def manage_link_peek(self, request: cn.ManageLinkPeek) -> cn.ManageLinkPreview:
+        async with self.sessions.begin() as session:
+            return await peek_manage_link(session, request.token.get_secret_value())
 
     async def manage_link_redeem(self, request: cn.ManageLinkRedeem) -> cn.ManageSessionOpened:
         async with self.sessions.begin() as session:

@@ -165,6 +165,30 @@ class ManageLink(Contract):
         return value.get_secret_value()
 
 
+class ManageLinkPeek(Contract):
+    """What a link would open, for Connect to ask the person first; the link stays unspent."""
+
+    token: SecretStr
+
+    @field_serializer("token", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+class ManageLinkPreview(Contract):
+    """What the confirmation page names: the app and a short label of the connection.
+
+    No key, label or id: whoever holds the link (a link scanner too) sees it.
+    """
+
+    app_name: str
+    # The connection's providers, in the order they are tried.
+    providers: list[ProviderName]
+    connected_at: datetime
+    expires_at: datetime
+    return_url: str | None
+
+
 class ManageLinkRedeem(Contract):
     """Connect trades the link's token (once) for a browser session of its own."""
 
@@ -257,6 +281,13 @@ MANAGE_LINK_CREATE = Endpoint(
     SERVICE,
     "A short-lived single-use link token for a person to manage one of the app's connections.",
 )
+MANAGE_LINK_PEEK = Endpoint(
+    "byorouter.keystore.connect.manage_link.peek",
+    ManageLinkPeek,
+    ManageLinkPreview,
+    SERVICE,
+    "The app and connection an unspent manage link opens, without spending it.",
+)
 MANAGE_LINK_REDEEM = Endpoint(
     "byorouter.keystore.connect.manage_link.redeem",
     ManageLinkRedeem,
@@ -307,6 +338,7 @@ KEYSTORE_ENDPOINTS = (
     AUTHORIZE,
     CODE_EXCHANGE,
     MANAGE_LINK_CREATE,
+    MANAGE_LINK_PEEK,
     MANAGE_LINK_REDEEM,
     MANAGE_SESSION_GET,
     PROVIDER_SET,
