@@ -182,6 +182,21 @@ async def test_an_expired_manage_link_is_refused(
         assert "byo_manage" not in late.headers.get("set-cookie", "")
 
 
+async def test_a_manage_link_to_a_connection_disconnected_since_names_nothing(
+    browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp
+) -> None:
+    connection_id, _ = await connected(browser, api, stack, app)
+    path = start_path(await manage_link(api, app, connection_id))
+    deleted = await api.delete(f"/v1/connections/{connection_id}", headers=app.auth)
+    assert deleted.status_code in (200, 204)
+
+    asking = await browser.get(path)
+
+    assert asking.status_code == 400
+    assert "This link has expired" in asking.text
+    assert "Portfolio Tracker" not in asking.text
+
+
 async def test_another_apps_connection_gets_no_manage_link(
     browser: httpx.AsyncClient, api: httpx.AsyncClient, stack: Stack, app: RegisteredApp, bus: Bus
 ) -> None:
