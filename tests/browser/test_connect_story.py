@@ -47,6 +47,20 @@ async def enter_openai(page: Page, key: str, base_url: str) -> None:
     await page.get_by_label("OpenAI base URL (optional)").fill(base_url)
 
 
+async def confirm_manage_link(
+    page: Page, stack: Stack, app_name: str, photo: Path | None = None
+) -> None:
+    """Opening a manage link only asks whose keys it opens; say yes and land on /manage."""
+    await page.wait_for_url(f"{stack.connect_url}/manage/start?token=*")
+    await expect(page.get_by_role("heading", level=1)).to_have_text(
+        f"Manage your AI keys for {app_name}?"
+    )
+    if photo is not None:
+        await page.screenshot(path=photo, full_page=True)
+    await page.get_by_role("button", name="Manage my keys").click()
+    await page.wait_for_url(f"{stack.connect_url}/manage")
+
+
 async def status_of(page: Page, stack: Stack) -> dict[str, object]:
     """What the example app says about this browser's connection (GET /api/byorouter/status)."""
     answer = await page.request.get(f"{stack.example_app_url}/api/byorouter/status")
@@ -130,7 +144,9 @@ async def test_a_person_connects_a_key_chats_replaces_the_key_and_disconnects(
 
     # Manage API Keys: the provider is shown masked; replace the key.
     await page.get_by_role("button", name="Manage API Keys").click()
-    await page.wait_for_url(f"{stack.connect_url}/manage")
+    await confirm_manage_link(
+        page, stack, "BYORouter demo", screenshots / "connect-manage-confirm.png"
+    )
     row = page.locator("#row-openai")
     await expect(row.locator("code.masked")).to_have_text(f"sk-...{key[-4:]}")
     await expect(row).to_contain_text("Working")
@@ -149,7 +165,7 @@ async def test_a_person_connects_a_key_chats_replaces_the_key_and_disconnects(
 
     # Disconnect in Connect, after a confirmation.
     await page.get_by_role("button", name="Manage API Keys").click()
-    await page.wait_for_url(f"{stack.connect_url}/manage")
+    await confirm_manage_link(page, stack, "BYORouter demo")
     await page.get_by_role("link", name="Disconnect…").click()
     await expect(page.get_by_role("heading", level=1)).to_have_text(
         "Disconnect from BYORouter demo?"

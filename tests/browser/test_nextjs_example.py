@@ -27,7 +27,12 @@ from byorouter_cli.dev.admin_bus import connect_admin, run_sync
 from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
-from tests.browser.test_connect_story import TEST_WAIT_MS, enter_openai, new_key
+from tests.browser.test_connect_story import (
+    TEST_WAIT_MS,
+    confirm_manage_link,
+    enter_openai,
+    new_key,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -250,7 +255,7 @@ async def test_a_person_connects_chats_streamed_manages_and_disconnects_in_the_n
 
     # Manage API Keys: a one-time link to the connection on the Connect page.
     await page.get_by_role("button", name="Manage API Keys").click()
-    await page.wait_for_url(f"{stack.connect_url}/manage")
+    await confirm_manage_link(page, stack, APP_NAME)
     row = page.locator("#row-openai")
     await expect(row.locator("code.masked")).to_have_text(f"sk-...{key[-4:]}")
     await expect(row).to_contain_text("Working")
@@ -283,7 +288,7 @@ async def test_a_disconnect_on_the_connect_page_shows_in_the_nextjs_app(
     assert chat_status(stack, app, connection_id) == 200
 
     await page.get_by_role("button", name="Manage API Keys").click()
-    await page.wait_for_url(f"{stack.connect_url}/manage")
+    await confirm_manage_link(page, stack, APP_NAME)
     await page.get_by_role("link", name="Disconnect…").click()
     await page.get_by_role("button", name="Yes, disconnect").click()
     await page.get_by_role("link", name=f"Return to {APP_NAME}").click()
