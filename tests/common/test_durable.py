@@ -66,11 +66,22 @@ async def until(check: object, within_s: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_a_publish_before_the_stream_exists_is_stored_once_it_is_made(
+async def test_a_publish_while_the_stream_is_gone_is_stored_once_it_is_made_again(
     nc: NatsClient, stream: DurableStream, event: Event[Report]
 ) -> None:
     publisher = DurablePublisher(nc, stream, give_up_s=10)
-    # No ensure_stream first: nobody stores the subject yet, so the first try gets no ack.
+    await publisher.start()
+    # Deleted by someone: nobody stores the subject, so the first try gets no ack.
+    await nc.jetstream().delete_stream(stream.name)
+    publisher.publish(event.subject, Report(n=1).model_dump_json().encode(), "id-1")
+    await publisher.close(grace_s=10)
+    assert await stored(nc, stream) == 1
+
+
+async def test_a_publish_made_before_start_is_stored_too(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    publisher = DurablePublisher(nc, stream, give_up_s=10)
     publisher.publish(event.subject, Report(n=1).model_dump_json().encode(), "id-1")
     await publisher.close(grace_s=10)
     assert await stored(nc, stream) == 1
@@ -80,7 +91,7 @@ async def test_the_same_message_id_is_stored_once(
     nc: NatsClient, stream: DurableStream, event: Event[Report]
 ) -> None:
     publisher = DurablePublisher(nc, stream)
-    await publisher.ensure_stream()
+    await publisher.start()
     for msg_id in ("a", "a", "b"):
         publisher.publish(event.subject, Report(n=1).model_dump_json().encode(), msg_id)
     await publisher.close(grace_s=10)
@@ -131,3 +142,15 @@ async def test_a_record_that_failed_is_delivered_again_and_acked_once_it_succeed
     finally:
         await recorder.stop()
     assert seen == [7, 7]
+
+
+async def test_acks_that_come_late_are_retried_and_still_stored_once_each(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    # Every ack is "late": each message is also sent again, and the message id dedupes it.
+    publisher = DurablePublisher(nc, stream, ack_timeout_s=0.001, backoff_s=(0.01, 0.05))
+    await publisher.start()
+    for n in range(20):
+        publisher.publish(event.subject, Report(n=n).model_dump_json().encode(), f"id-{n}")
+    await publisher.close(grace_s=10)
+    assert await stored(nc, stream) == 20

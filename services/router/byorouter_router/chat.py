@@ -113,7 +113,7 @@ class ChatRouter:
     async def start(self) -> None:
         # The loop's clock: the same one the request deadline is measured on.
         self._chain = FallbackChain(self._retry, clock=asyncio.get_running_loop().time)
-        await self._usage.ensure_stream()
+        await self._usage.start()
         self._discovery.add(ENDPOINT_NAME, CHAT.subject, CHAT.service, CHAT.description)
         self._requests = await self._nc.subscribe(
             CHAT.subject, queue=CHAT.service, cb=self.on_request
