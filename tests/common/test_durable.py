@@ -154,3 +154,17 @@ async def test_acks_that_come_late_are_retried_and_still_stored_once_each(
         publisher.publish(event.subject, Report(n=n).model_dump_json().encode(), f"id-{n}")
     await publisher.close(grace_s=10)
     assert await stored(nc, stream) == 20
+
+
+async def test_the_owner_puts_changed_limits_back_and_a_publisher_leaves_them(
+    nc: NatsClient, stream: DurableStream
+) -> None:
+    js = nc.jetstream()
+    await ensure_stream(js, stream)
+    changed = (await js.stream_info(stream.name)).config
+    changed.max_age = 90.0  # someone changed it: unrecorded reports would live by other rules
+    await js.update_stream(changed)
+    await ensure_stream(js, stream, repair=False)
+    assert (await js.stream_info(stream.name)).config.max_age == 90.0
+    await ensure_stream(js, stream)
+    assert (await js.stream_info(stream.name)).config.max_age == stream.max_age_s

@@ -63,8 +63,11 @@ def _differs(have: StreamConfig, want: StreamConfig) -> bool:
     )
 
 
-async def ensure_stream(js: JetStreamContext, stream: DurableStream) -> None:
-    """Create `stream` if missing, or put its subjects and limits back if they were changed."""
+async def ensure_stream(
+    js: JetStreamContext, stream: DurableStream, *, repair: bool = True
+) -> None:
+    """Create `stream` if missing; if `repair`, put its subjects and limits back if they were
+    changed (its owner does; a publisher may only create it)."""
     want = stream_config(stream)
     try:
         info = await js.stream_info(stream.name)
@@ -75,7 +78,7 @@ async def ensure_stream(js: JetStreamContext, stream: DurableStream) -> None:
             # Another copy created it meanwhile (with the same contract, so the same limits).
             await js.stream_info(stream.name)
         return
-    if _differs(info.config, want):
+    if repair and _differs(info.config, want):
         await js.update_stream(want)
 
 
@@ -121,7 +124,7 @@ class DurablePublisher:
         """Create the stream (if the bus refuses, publishing tries again later) and listen for
         acks."""
         try:
-            await ensure_stream(self._js, self._stream)
+            await ensure_stream(self._js, self._stream, repair=False)
         except BUS_ERRORS as exc:
             log.warning(
                 "cannot create a durable stream yet",
@@ -224,7 +227,7 @@ class DurablePublisher:
                 if isinstance(exc, nats.js.errors.NoStreamResponseError):
                     # Nobody stores the subject: the stream was deleted, or never made.
                     with contextlib.suppress(*BUS_ERRORS):
-                        await ensure_stream(self._js, self._stream)
+                        await ensure_stream(self._js, self._stream, repair=False)
 
     async def close(self, grace_s: float) -> None:
         """Wait up to `grace_s` for messages still unacknowledged; the rest are logged lost."""
