@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -168,3 +169,36 @@ async def test_the_owner_puts_changed_limits_back_and_a_publisher_leaves_them(
     assert (await js.stream_info(stream.name)).config.max_age == 90.0
     await ensure_stream(js, stream)
     assert (await js.stream_info(stream.name)).config.max_age == stream.max_age_s
+
+
+async def test_a_deleted_consumer_is_made_again_and_recording_goes_on(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    seen: list[int] = []
+
+    async def record(report: Report) -> None:
+        seen.append(report.n)
+
+    consumer = DurableConsumer(stream, "recorder", "test")
+    recorder = DurableRecorder(nc, consumer, event, record)
+    recorder.start()
+    js = nc.jetstream()
+    try:
+
+        async def consuming() -> bool:
+            try:
+                await js.consumer_info(stream.name, consumer.name)
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+        await until(consuming)
+        await js.delete_consumer(stream.name, consumer.name)
+        await js.publish(event.subject, Report(n=1).model_dump_json().encode())
+
+        async def recorded() -> bool:
+            return seen == [1]
+
+        await until(recorded, within_s=15)
+    finally:
+        await recorder.stop()

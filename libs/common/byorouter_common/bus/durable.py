@@ -187,6 +187,12 @@ class DurablePublisher:
     def _retry(
         self, subject: str, data: bytes, msg_id: str, first_delay_s: float | None = None
     ) -> None:
+        if first_delay_s is None and not self._retrying:
+            # Once per episode, not once per report: an outage would otherwise flood the log.
+            log.warning(
+                "durable events not acknowledged; retrying",
+                extra={"subject": subject, "msg_id": msg_id},
+            )
         task = asyncio.create_task(self._deliver(subject, data, msg_id, first_delay_s))
         self._retrying.add(task)
         task.add_done_callback(self._retrying.discard)
@@ -197,12 +203,7 @@ class DurablePublisher:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._give_up_s
         delay, cap = self._backoff_s
-        if first_delay_s is None:
-            log.warning(
-                "durable event not acknowledged yet; retrying",
-                extra={"subject": subject, "msg_id": msg_id},
-            )
-        else:
+        if first_delay_s is not None:
             delay = first_delay_s
         attempts = 0
         while True:
@@ -331,11 +332,15 @@ class DurableRecorder:
                 except nats.errors.ConnectionClosedError:
                     return
                 except BUS_ERRORS as exc:
+                    # The consumer or its stream may be gone (deleted): make them again.
                     log.warning(
                         "pulling from a durable stream failed",
                         extra={"consumer": self._consumer.name, "error": type(exc).__name__},
                     )
                     await asyncio.sleep(1.0)
+                    with contextlib.suppress(*BUS_ERRORS):
+                        await subscription.unsubscribe()
+                    subscription = await self._subscribe()
                     continue
                 for message in messages:
                     await self._record(message)
