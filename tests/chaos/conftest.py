@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -93,18 +93,17 @@ async def discovery_answers(nc: NatsClient, service: str, listen_s: float = 0.3)
     return answers
 
 
-@pytest.fixture(scope="session")
-async def chaos_bus(chaos_stack: Stack) -> AsyncIterator[Bus]:
+@pytest.fixture
+async def target(chaos_stack: Stack) -> Target:
+    """A fresh app and connection per test, so its usage counts only that test's requests.
+    Made on a connection of its own: a test that restarts NATS would break a shared one."""
     nc = await connect(chaos_stack.nats_settings(), "chaos-tests")
-    yield Bus(nc)
-    await nc.close()
-
-
-@pytest.fixture(scope="session")
-async def target(chaos_bus: Bus, chaos_stack: Stack) -> Target:
-    tenant = await create_app_with_connection(
-        chaos_bus, chaos_stack.upstream_base_url, name="chaos"
-    )
+    try:
+        tenant = await create_app_with_connection(
+            Bus(nc), chaos_stack.upstream_base_url, name="chaos"
+        )
+    finally:
+        await nc.close()
     return Target(chaos_stack.gateway_url, tenant.app_api_key, tenant.connection_id)
 
 
@@ -115,6 +114,22 @@ def tunnel_target(chaos_stack: Stack) -> Target:
     demo = chaos_stack.create_demo()
     chaos_stack.start_demo_tunnel(demo)
     return Target(chaos_stack.gateway_url, demo["app_api_key"], demo["connection_id"])
+
+
+async def usage_totals(target: Target) -> tuple[int, int, int]:
+    """The connection's recorded usage: (requests, partial requests, completion tokens)."""
+    async with httpx.AsyncClient(base_url=target.gateway_url, timeout=10) as client:
+        response = await client.get(
+            f"/v1/connections/{target.connection_id}/usage",
+            headers={"Authorization": f"Bearer {target.app_api_key}"},
+        )
+    response.raise_for_status()
+    rows = response.json()["data"]
+    return (
+        sum(r["requests"] for r in rows),
+        sum(r["partial_requests"] for r in rows),
+        sum(r["completion_tokens"] for r in rows),
+    )
 
 
 async def recorded_requests(stack: Stack) -> list[dict[str, object]]:

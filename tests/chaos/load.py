@@ -208,6 +208,7 @@ class Figures:
     violations: list[Outcome]
     error_window_s: float  # from the fault to the end of the last failed request
     slowest_s: float
+    outcomes: list[Outcome]  # every request of the run (and the probes after it)
 
     def line(self) -> str:
         codes = ", ".join(f"{code} x{n}" for code, n in self.errors.most_common()) or "none"
@@ -229,6 +230,7 @@ def figures(fault: str, outcomes: list[Outcome], fault_at: float) -> Figures:
         violations=[o for o in outcomes if o.kind in VIOLATIONS],
         error_window_s=max(0.0, window),
         slowest_s=max((o.took_s for o in outcomes), default=0.0),
+        outcomes=outcomes,
     )
 
 
@@ -239,8 +241,11 @@ def served_twice(recorded: list[dict[str, Any]], tags: Iterator[str] | list[str]
     return sorted(tag for tag, n in counts.items() if n > 1)
 
 
-async def wait_serving(target: Target, within_s: float, check: Callable[[Outcome], bool]) -> float:
-    """Seconds until a fresh streamed and a plain request both complete; fails after `within_s`."""
+async def wait_serving(
+    target: Target, within_s: float, check: Callable[[Outcome], bool], seen: list[Outcome]
+) -> float:
+    """Seconds until a fresh streamed and a plain request both complete; fails after `within_s`.
+    Every probe's outcome is added to `seen`."""
     load = Load(target, workers=0, bound_s=10)
     began = time.monotonic()
     client = target.client(15)
@@ -249,6 +254,7 @@ async def wait_serving(target: Target, within_s: float, check: Callable[[Outcome
             results = [
                 await load.one(client, stream, f"probe-{next(_tags)}") for stream in (True, False)
             ]
+            seen.extend(results)
             if all(check(r) for r in results):
                 return time.monotonic() - began
             assert time.monotonic() - began < within_s, f"not serving again: {results}"

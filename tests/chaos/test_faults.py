@@ -21,12 +21,14 @@ import pytest
 
 from byorouter_cli.dev.demo import TUNNEL_CLIENT
 from byorouter_cli.dev.stack import Stack
-from tests.chaos.conftest import recorded_requests, wait_for_copies
+from tests.chaos.conftest import recorded_requests, usage_totals, wait_for_copies
 from tests.chaos.load import (
     CLEAR_ERROR,
     COMPLETE,
+    PROMPT,
     Figures,
     Load,
+    Outcome,
     Target,
     figures,
     is_openai_error,
@@ -59,8 +61,8 @@ async def under_load(
         await asyncio.sleep(after_s)
     finally:
         outcomes = await load.stop()
-    serving_again = await wait_serving(target, 30, lambda o: o.kind == COMPLETE)
     found = figures(name, outcomes, fault_at)
+    serving_again = await wait_serving(target, 30, lambda o: o.kind == COMPLETE, outcomes)
     line = f"{found.line()}; a new request completes {serving_again:.1f} s after the load"
     FIGURES.append(line)
     print("\nCHAOS " + line)
@@ -68,6 +70,35 @@ async def under_load(
     assert served_twice(await recorded_requests(stack), [o.tag for o in outcomes]) == []
     assert found.complete > 0
     return found
+
+
+async def assert_usage_matches(
+    stack: Stack, target: Target, outcomes: list[Outcome], *, lost_with_the_router: bool = False
+) -> None:
+    """Recorded usage is what was served: every request the upstream received is counted once,
+    and every answer an app got whole is counted whole.
+
+    A request the upstream answered counts even when the bus lost its end on the way to the
+    app (the app got a clear error): the provider served, and bills, all of it. Only a router
+    killed while holding a request takes that request's count with it.
+    """
+    tags = {o.tag for o in outcomes}
+    served = len({r["tag"] for r in await recorded_requests(stack)} & tags)
+    complete = sum(o.kind == COMPLETE for o in outcomes)
+    # Long enough for a report JetStream delivered but never saw acknowledged to come again.
+    deadline = time.monotonic() + 60
+    while True:
+        requests, partial, tokens = await usage_totals(target)
+        counted = requests == served or (lost_with_the_router and complete <= requests < served)
+        if counted and requests - partial >= complete:
+            break
+        assert time.monotonic() < deadline, (
+            f"usage counts {requests} requests ({partial} partial); the upstream served {served}, "
+            f"{complete} of them whole to the app"
+        )
+        await asyncio.sleep(0.5)
+    # The fake answers every complete request with one completion token per word.
+    assert tokens >= complete * len(PROMPT.split())
 
 
 def kill(stack: Stack, name: str) -> Callable[[], None]:
@@ -82,6 +113,7 @@ async def test_steady_load_without_a_fault_completes_every_request(
 ) -> None:
     found = await under_load(chaos_stack, target, "no fault", lambda: None, after_s=3)
     assert found.complete == found.requests
+    await assert_usage_matches(chaos_stack, target, found.outcomes)
 
 
 async def test_a_router_copy_killed_mid_stream(chaos_stack: Stack, target: Target) -> None:
@@ -90,10 +122,14 @@ async def test_a_router_copy_killed_mid_stream(chaos_stack: Stack, target: Targe
     assert found.error_window_s < 3.0 + 3.0
     await wait_for_copies(chaos_stack, {"router": 2})
     assert chaos_stack.restarts("router") >= 1
+    await assert_usage_matches(chaos_stack, target, found.outcomes, lost_with_the_router=True)
 
 
 async def test_a_keystore_copy_killed(chaos_stack: Stack, target: Target) -> None:
-    await under_load(chaos_stack, target, "keystore copy killed", kill(chaos_stack, "keystore"))
+    found = await under_load(
+        chaos_stack, target, "keystore copy killed", kill(chaos_stack, "keystore")
+    )
+    await assert_usage_matches(chaos_stack, target, found.outcomes)
     await wait_for_copies(chaos_stack, {"keystore": 2})
 
 
@@ -102,6 +138,7 @@ async def test_nats_restarted(chaos_stack: Stack, target: Target) -> None:
         chaos_stack, target, "NATS restarted (down 1 s)", lambda: chaos_stack.restart_nats(1.0)
     )
     assert found.error_window_s < 10
+    await assert_usage_matches(chaos_stack, target, found.outcomes)
 
 
 async def test_postgres_restarted(chaos_stack: Stack, target: Target) -> None:
@@ -110,7 +147,11 @@ async def test_postgres_restarted(chaos_stack: Stack, target: Target) -> None:
         time.sleep(2.0)
         chaos_stack.start_postgres()
 
-    await under_load(chaos_stack, target, "PostgreSQL restarted (down 2 s)", restart, after_s=8)
+    found = await under_load(
+        chaos_stack, target, "PostgreSQL restarted (down 2 s)", restart, after_s=8
+    )
+    # Usage finished while the database was down waits in JetStream and is recorded after.
+    await assert_usage_matches(chaos_stack, target, found.outcomes)
 
 
 async def test_upstream_cut_mid_stream(chaos_stack: Stack, target: Target) -> None:
@@ -125,6 +166,8 @@ async def test_upstream_cut_mid_stream(chaos_stack: Stack, target: Target) -> No
     assert all(o.kind == CLEAR_ERROR for o in streamed_cuts), streamed_cuts[:3]
     assert {o.code for o in streamed_cuts} == {"upstream_error"}
     assert found.complete == found.requests, "other requests are not disturbed"
+    # A cut stream is billed as partial: what it delivered.
+    await assert_usage_matches(chaos_stack, target, found.outcomes + outcomes)
 
 
 async def stream_lines(target: Target, model: str) -> tuple[int, list[str], float]:
@@ -213,6 +256,7 @@ async def test_a_slow_reading_client_neither_stalls_others_nor_is_buffered_witho
     client = target.client(120)
     read: list[str] = []
     peak = before
+    slow_tag = f"slow-reader-{time.monotonic_ns()}"
 
     async def slow_reader() -> None:
         nonlocal peak
@@ -220,6 +264,7 @@ async def test_a_slow_reading_client_neither_stalls_others_nor_is_buffered_witho
             model="openai/repeat-30000",
             messages=[{"role": "user", "content": "seventy bytes of prompt " * 3}],
             stream=True,
+            user=slow_tag,
         ) as response:
             async for line in response.iter_lines():
                 if line.startswith("data: "):
@@ -243,3 +288,5 @@ async def test_a_slow_reading_client_neither_stalls_others_nor_is_buffered_witho
     assert found.complete == found.requests
     assert found.slowest_s < 3.0, "the others are not held up behind the slow reader"
     assert peak - before < 64
+    slow = Outcome(slow_tag, True, COMPLETE, 0.0, 0.0, status=200)
+    await assert_usage_matches(chaos_stack, target, [*found.outcomes, slow])
