@@ -67,3 +67,26 @@ def test_default_without_an_app_default_is_not_found() -> None:
     with pytest.raises(ByoError) as caught:
         choose_provider("default/gpt-4o", _connection("openai"))
     assert caught.value.code == "model_not_found"
+
+
+def test_a_vendor_prefix_says_there_is_no_such_provider_and_how_openrouter_reaches_it() -> None:
+    with pytest.raises(ByoError) as caught:
+        choose_provider("google/gemini-2.5-flash-lite", _connection("openai", "openrouter"))
+    message = caught.value.message
+    assert caught.value.code == "model_not_found"
+    assert "no provider google" in message
+    assert "openrouter/google/gemini-2.5-flash-lite" in message
+    assert "OpenRouter key" in message
+
+
+def test_a_vendor_prefix_without_openrouter_says_to_connect_it() -> None:
+    with pytest.raises(ByoError) as caught:
+        choose_provider("google/gemini-2.5-flash-lite", _connection("openai"))
+    assert "openrouter/google/gemini-2.5-flash-lite" in caught.value.message
+    assert "has no openrouter provider" in caught.value.message
+
+
+def test_an_odd_prefix_is_never_quoted_back() -> None:
+    with pytest.raises(ByoError) as caught:
+        choose_provider("goo gle\n/x", _connection("openrouter"))
+    assert "goo" not in caught.value.message
