@@ -172,5 +172,6 @@ async def test_models_are_listed_with_the_anthropic_prefix(
     listing = await bus.request(MODELS, ref)
     assert [card.id for card in listing.data] == [f"anthropic/{m[0]}" for m in FAKE_MODELS]
     assert all(card.created > 0 and card.owned_by == "anthropic" for card in listing.data)
+    assert [card.name for card in listing.data] == [m[1] for m in FAKE_MODELS]
     keys = {r["headers"].get("x-api-key") for r in claude.requests() if r["path"] == "/v1/models"}
     assert key in keys

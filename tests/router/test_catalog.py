@@ -50,3 +50,18 @@ async def test_models_of_a_missing_connection_are_404(bus: Bus) -> None:
     with pytest.raises(ByoError) as caught:
         await bus.request(MODELS, ref)
     assert caught.value.status == 404
+
+
+async def test_an_embedding_model_is_marked_so_a_picker_can_leave_it_out_of_chat(
+    bus: Bus, upstream: FakeOpenAI
+) -> None:
+    ref = await connect(
+        bus, provider("openai", upstream.base_url, "sk-user-" + secrets.token_hex(8))
+    )
+    listing = await bus.request(MODELS, ref)
+    kinds = {card.id: card.kind for card in listing.data}
+    assert kinds["openai/text-embedding-3-small"] == "embedding"
+    assert kinds["openai/gpt-4o"] == "chat"
+    card = next(c for c in listing.data if c.id == "openai/gpt-4o")
+    # OpenAI's list has no names or lengths: the upstream id is the name, no length is invented.
+    assert (card.name, card.context_length) == ("gpt-4o", None)

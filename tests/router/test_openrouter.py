@@ -213,6 +213,10 @@ async def test_models_are_openrouters_list_prefixed_using_the_users_key(
     ref = await connect(bus, _openrouter(openrouter.base_url, key))
     listing = await bus.request(MODELS, ref)
     assert [card.id for card in listing.data] == [f"openrouter/{m[0]}" for m in FAKE_MODELS]
+    # What a model picker shows: OpenRouter's own display names and context lengths.
+    assert [(c.name, c.context_length, c.kind) for c in listing.data] == [
+        (name, context, "chat") for _, name, context in FAKE_MODELS
+    ]
     listed = [r for r in openrouter.requests() if r["path"] == "/api/v1/models"]
     assert listed[-1]["headers"]["Authorization"] == f"Bearer {key}"
     assert listed[-1]["headers"]["X-Title"] == "BYORouter"

@@ -39,11 +39,21 @@ class StreamDone(Contract):
     usage: dict[str, Any] | None = None
 
 
+ModelKind = Literal["chat", "embedding"]
+
+
 class ModelCard(Contract):
+    """One entry of an OpenAI model list, plus what a model picker needs (extra fields the
+    `openai` SDK passes through): the kind, a display name, the context length when the
+    provider says it."""
+
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str
+    kind: ModelKind = "chat"
+    name: str | None = None
+    context_length: int | None = None
 
 
 class ModelList(Contract):

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from byorouter_common.contracts.router import ModelCard
+from byorouter_common.redact import redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +71,32 @@ class Provider(Protocol):
 
     async def list_models(self, credential: ProviderCredential) -> list[ModelCard]:
         """The upstream's models, ids already prefixed with the provider name."""
+
+
+def model_card(
+    provider: str,
+    entry: dict[str, Any],
+    *,
+    created: int = 0,
+    owned_by: str | None = None,
+    name_field: str = "name",
+) -> ModelCard:
+    """A provider's model-list entry (which has a string `id`) as a prefixed `ModelCard`.
+
+    Upstream names and lengths are optional extras: OpenRouter sends `name` and
+    `context_length`, Anthropic `display_name`, OpenAI neither (its id is then the name).
+    """
+    upstream_id: str = entry["id"]
+    name = entry.get(name_field)
+    context = entry.get("context_length")
+    architecture = entry.get("architecture")
+    outputs = architecture.get("output_modalities") if type(architecture) is dict else None
+    embeds = "embed" in upstream_id.lower() or (type(outputs) is list and "embeddings" in outputs)
+    return ModelCard(
+        id=f"{provider}/{upstream_id}",
+        created=created,
+        owned_by=owned_by or provider,
+        kind="embedding" if embeds else "chat",
+        name=redact(name)[:200] if type(name) is str and name else upstream_id,
+        context_length=context if type(context) is int and context > 0 else None,
+    )

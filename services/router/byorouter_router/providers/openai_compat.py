@@ -32,7 +32,7 @@ from multidict import CIMultiDictProxy
 from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import redact
-from byorouter_router.providers.base import ChatReply, ProviderCredential
+from byorouter_router.providers.base import ChatReply, ProviderCredential, model_card
 from byorouter_router.providers.errors import (
     MAX_ERROR_BODY,
     Timeouts,
@@ -294,12 +294,11 @@ class OpenAICompatProvider:
             created = entry.get("created")
             owned_by = entry.get("owned_by")
             cards.append(
-                ModelCard(
-                    id=f"{self.name}/{entry['id']}",
+                model_card(
+                    self.name,
+                    entry,
                     created=created if isinstance(created, int) else 0,
-                    owned_by=redact(owned_by)
-                    if isinstance(owned_by, str) and owned_by
-                    else self.name,
+                    owned_by=redact(owned_by) if isinstance(owned_by, str) and owned_by else None,
                 )
             )
         return cards

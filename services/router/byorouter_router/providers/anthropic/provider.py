@@ -26,7 +26,7 @@ from byorouter_router.providers.anthropic.response import (
     mid_stream_error,
     to_chat_completion,
 )
-from byorouter_router.providers.base import ChatReply, ProviderCredential
+from byorouter_router.providers.base import ChatReply, ProviderCredential, model_card
 from byorouter_router.providers.errors import (
     Timeouts,
     overloaded_error,
@@ -274,10 +274,11 @@ class AnthropicProvider:
         if type(entries) is not list:
             raise self._broken("sent a malformed model list")
         cards = [
-            ModelCard(
-                id=f"{self.name}/{entry['id']}",
+            model_card(
+                self.name,
+                entry,
                 created=_timestamp(entry.get("created_at")),
-                owned_by=self.name,
+                name_field="display_name",
             )
             for entry in entries
             if type(entry) is dict and type(entry.get("id")) is str
