@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
+from byorouter_fakes.openai import MODELS as FAKE_OPENAI_MODELS
 from tests.gateway.gateway_client import Tenant, chat_body, new_tenant
 
 OPENAI_KEY = "sk-proj-gateway0test0key0AbCd"
@@ -56,6 +57,10 @@ async def test_connection_shows_providers_with_masked_labels_only(
     assert providers.status_code == 200
     listing = providers.json()
     assert listing["object"] == "list"
+    # Each provider names the models it offers now (seed 000 builds its model picker from this).
+    models = [entry.pop("models") for entry in listing["data"]]
+    assert [m["id"] for m in models[0]] == [f"openai/{m}" for m in FAKE_OPENAI_MODELS]
+    assert models[1] == []  # no Anthropic is reachable from here: left out, not fatal
     assert listing["data"] == [
         {
             "provider": "openai",
@@ -127,3 +132,15 @@ async def test_models_of_the_connection_are_listed_provider_prefixed(
     assert "openai/gpt-4o-mini" in ids
     assert all(i.startswith("openai/") for i in ids)
     assert all(m["object"] == "model" and m["owned_by"] for m in listing["data"])
+
+
+async def test_models_tell_a_picker_their_kind_and_name_in_the_openai_list_shape(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    response = await http.get("/v1/models", headers=tenant.headers)
+    cards = {m["id"]: m for m in response.json()["data"]}
+    assert cards["openai/text-embedding-3-small"]["kind"] == "embedding"
+    assert cards["openai/gpt-4o-mini"]["kind"] == "chat"
+    assert cards["openai/gpt-4o-mini"]["name"] == "gpt-4o-mini"
+    assert cards["openai/gpt-4o-mini"]["context_length"] is None
+    assert {"id", "object", "created", "owned_by"} <= cards["openai/gpt-4o-mini"].keys()

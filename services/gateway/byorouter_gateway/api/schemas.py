@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts import router as rt
 from byorouter_common.errors import ErrorEnvelope
 
 
@@ -125,9 +126,15 @@ class ConnectionView(BaseModel):
         )
 
 
+class ProviderWithModelsView(ProviderView):
+    """A provider and the models it offers now, as in GET /v1/models (empty when it fails)."""
+
+    models: list[rt.ModelCard]
+
+
 class ProviderList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[ProviderView]
+    data: list[ProviderWithModelsView]
 
 
 class ConnectionDeletedView(BaseModel):

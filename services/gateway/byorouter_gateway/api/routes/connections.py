@@ -6,15 +6,19 @@ that does not exist, so an app cannot even learn that it exists.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts import router as rt
 from byorouter_gateway.api.schemas import (
     APP_ERRORS,
     ConnectionDeletedView,
     ConnectionView,
     ProviderList,
     ProviderView,
+    ProviderWithModelsView,
     UsageList,
     UsageView,
 )
@@ -43,14 +47,28 @@ async def get_connection(
 
 @router.get(
     "/v1/connections/{connection_id}/providers",
-    summary="The providers of a connection (masked)",
+    summary="The providers of a connection (masked), each with the models it offers now",
     responses=APP_ERRORS,
 )
 async def list_connection_providers(
     connection_id: str, principal: AppPrincipalDep, bus: BusDep
 ) -> ProviderList:
-    info = await bus.request(ks.CONNECTION_GET, _ref(principal, connection_id))
-    return ProviderList(data=[ProviderView.of(p) for p in info.providers])
+    ref = _ref(principal, connection_id)
+    info, listing = await asyncio.gather(
+        bus.request(ks.CONNECTION_GET, ref), bus.request(rt.MODELS, ref)
+    )
+    by_provider: dict[str, list[rt.ModelCard]] = {}
+    for card in listing.data:
+        # `default/...` models are the app's provider, not one of this connection's.
+        by_provider.setdefault(card.id.partition("/")[0], []).append(card)
+    return ProviderList(
+        data=[
+            ProviderWithModelsView(
+                **ProviderView.of(p).model_dump(), models=by_provider.get(p.provider, [])
+            )
+            for p in info.providers
+        ]
+    )
 
 
 @router.get(
