@@ -48,8 +48,9 @@ def test_event_id_and_retry_fields_are_skipped() -> None:
 def test_crlf_line_ends_read_like_lf_even_when_split_between_cr_and_lf() -> None:
     decoder = SseDecoder()
     assert decoder.feed(b'data: {"a":1}\r') == []
-    assert decoder.feed(b"\n\r") == []
-    assert decoder.feed(b'\ndata: {"b":2}\r\n\r\n') == [b'{"a":1}', b'{"b":2}']
+    # The "\r" ends the blank line whatever follows, so the event is complete here.
+    assert decoder.feed(b"\n\r") == [b'{"a":1}']
+    assert decoder.feed(b'\ndata: {"b":2}\r\n\r\n') == [b'{"b":2}']
 
 
 def test_data_without_the_space_after_the_colon_is_read_whole() -> None:
