@@ -262,3 +262,29 @@ async def test_an_empty_form_asks_for_a_key_and_issues_no_code(
     assert answer.status_code == 400
     assert "Enter at least one key" in answer.text
     assert "location" not in answer.headers
+
+
+async def test_a_first_try_with_only_seed_000s_parameters_is_told_everything_it_must_add(
+    browser: httpx.AsyncClient, app: RegisteredApp
+) -> None:
+    # client_id, redirect_uri and state only: what an app that read no further sends.
+    page = await browser.get(
+        f"/authorize?client_id={app.client_id}&redirect_uri={quote(app.redirect_uris[0])}&state=s"
+    )
+    assert page.status_code == 303
+    returned = query_of(page.headers["location"])
+    assert returned["error"] == ["invalid_request"]
+    assert returned["state"] == ["s"]
+    description = returned["error_description"][0]
+    assert "Missing code_challenge, code_challenge_method" in description
+    assert "response_type=code" in description
+    assert "S256" in description
+    assert "docs/connect.md#1-send-the-browser-to-connect" in description
+
+
+async def test_a_missing_method_alone_is_named_alone(
+    browser: httpx.AsyncClient, app: RegisteredApp
+) -> None:
+    page = await browser.get(authorize_query(app, None, state="s", code_challenge="A" * 43))
+    description = query_of(page.headers["location"])["error_description"][0]
+    assert description.startswith("Missing code_challenge_method.")

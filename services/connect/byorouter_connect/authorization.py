@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 
 from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
-from byorouter_connect.deps import bus_of
+from byorouter_connect.deps import bus_of, settings_of
 from byorouter_connect.pages import PageError
 from byorouter_connect.security import (
     CSRF_COOKIE,
@@ -41,9 +41,12 @@ _Params = Mapping[str, list[bytes]]
 class ErrorRedirect(Exception):
     """An authorization problem the app should hear about: 303 to its redirect URI."""
 
-    def __init__(self, authorization: Authorization, error: str, description: str) -> None:
+    def __init__(
+        self, authorization: Authorization, error: str, description: str, error_uri: str = ""
+    ) -> None:
         super().__init__(description)
-        self.url = authorization.redirect_url(error=error, error_description=description)
+        extra = {"error_uri": error_uri} if error_uri else {}
+        self.url = authorization.redirect_url(error=error, error_description=description, **extra)
         self.csp = authorization.csp
 
 
@@ -181,9 +184,13 @@ async def check_authorization(request: Request, params: _Params) -> Authorizatio
         )
     challenge = _single_text(params, "code_challenge")
     method = _single_text(params, "code_challenge_method")
-    if not challenge:
+    missing = [name for name in _PKCE_PARAMS if not _single_text(params, name)]
+    if missing:
         raise ErrorRedirect(
-            authorization, "invalid_request", "PKCE is required: send code_challenge (S256)."
+            authorization,
+            "invalid_request",
+            _missing_pkce(missing, "response_type" not in params),
+            settings_of(request).connect_guide_url,
         )
     if method != "S256":
         raise ErrorRedirect(authorization, "invalid_request", "code_challenge_method must be S256.")
@@ -194,6 +201,20 @@ async def check_authorization(request: Request, params: _Params) -> Authorizatio
             "code_challenge must be the base64url SHA-256 of the code verifier (43 characters).",
         )
     return Authorization(app, redirect_uri, authorization.state, challenge)
+
+
+_PKCE_PARAMS: Final = ("code_challenge", "code_challenge_method")
+GUIDE_SECTION: Final = "docs/connect.md#1-send-the-browser-to-connect"
+
+
+def _missing_pkce(missing: list[str], no_response_type: bool) -> str:
+    """What a first try that followed only client_id, redirect_uri and state must add."""
+    also = " (and response_type=code, assumed when absent)" if no_response_type else ""
+    return (
+        f"Missing {', '.join(missing)}{also}. BYORouter requires PKCE with S256: send "
+        "code_challenge=BASE64URL(SHA256(code_verifier)) and code_challenge_method=S256, then "
+        f"code_verifier with the code exchange. Guide: {GUIDE_SECTION}."
+    )
 
 
 _BASE64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

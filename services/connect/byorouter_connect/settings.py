@@ -31,3 +31,6 @@ class ConnectSettings(ServiceSettings):
     # BYOROUTER_TUNNEL_PUBLIC_URL: where a person's `byorouter-tunnel` dials in (the tunnel
     # service's WebSocket, wss:// in production), shown in the command the tunnel pages give.
     tunnel_public_url: str = "ws://127.0.0.1:4001/tunnel"
+    # BYOROUTER_CONNECT_GUIDE_URL: where the Connect guide (docs/connect.md) is published; when
+    # set, an authorization request refused for missing PKCE links to it as `error_uri`.
+    connect_guide_url: str = ""
