@@ -10,6 +10,7 @@ import httpx
 
 from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
+from byorouter_connect.manage import disconnected_return_url
 from tests.connect.conftest import (
     RegisteredApp,
     confirm_manage_link,
@@ -293,3 +294,11 @@ async def test_a_disconnected_session_can_change_nothing(
     assert late.status_code == 401
     assert (await browser.get("/manage")).headers["location"] == "/manage/done"
     assert (await manage_link(api, app, connection_id)).status_code == 404
+
+
+def test_the_disconnected_return_link_keeps_the_apps_query_and_fragment() -> None:
+    assert (
+        disconnected_return_url("https://app.example/settings?tab=ai#keys", "conn_1")
+        == "https://app.example/settings?tab=ai&byorouter=disconnected&connection_id=conn_1#keys"
+    )
+    assert disconnected_return_url(None, "conn_1") is None

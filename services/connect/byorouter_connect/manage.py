@@ -433,7 +433,25 @@ async def done(request: Request) -> Response:
     view = await _view(request, session)
     if view.connection.status == "active":
         return RedirectResponse("/manage", status_code=303)
-    return render("done.html", page_title="Disconnected", view=view)
+    return render(
+        "done.html",
+        page_title="Disconnected",
+        view=view,
+        return_link=disconnected_return_url(view.return_url, view.connection.connection_id),
+    )
+
+
+def disconnected_return_url(return_url: str | None, connection_id: str) -> str | None:
+    """The app's return URL telling it what happened, as an authorization error would.
+
+    The app learns at once that its stored connection id is dead, instead of at the next chat.
+    """
+    if return_url is None:
+        return None
+    outcome = urlencode({"byorouter": "disconnected", "connection_id": connection_id})
+    base, hash_mark, fragment = return_url.partition("#")
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}{outcome}{hash_mark}{fragment}"
 
 
 # --- the tunnel to the person's own server ----------------------------------------------------
