@@ -40,7 +40,7 @@ class SseDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The data of every event that `data` completes (often none); raises `OversizedEvent`."""
-        if self._after_cr:
+        if self._after_cr and data:
             self._after_cr = False
             if data.startswith(b"\n"):
                 data = data[1:]
