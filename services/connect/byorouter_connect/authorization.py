@@ -185,7 +185,7 @@ async def check_authorization(request: Request, params: _Params) -> Authorizatio
     challenge = _single_text(params, "code_challenge")
     method = _single_text(params, "code_challenge_method")
     missing = [name for name in _PKCE_PARAMS if not _single_text(params, name)]
-    if missing:
+    if missing or not challenge:
         raise ErrorRedirect(
             authorization,
             "invalid_request",
