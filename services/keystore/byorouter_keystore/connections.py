@@ -41,6 +41,7 @@ from byorouter_keystore.shared import (
 )
 from byorouter_keystore.tables import App, AppDefaultProvider, Connection, Credential, Tunnel
 from byorouter_keystore.tunnels import revoke_tunnels_of_connection, routable_tunnels
+from byorouter_keystore.webhooks import enqueue_connection_event, enqueue_credential_transition
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ async def delete_connection(session: AsyncSession, app_id: str, connection_id: s
         delete(Credential).where(Credential.connection_id == connection.id)
     )
     tunnels = await revoke_tunnels_of_connection(session, connection.id)
+    await enqueue_connection_event(session, app_id, connection.id, disconnected=True)
     audit(
         session,
         "connection.deleted",
@@ -327,6 +329,15 @@ class ConnectionHandlers(Handlers):
 
     async def on_credential_status(self, event: events.CredentialStatusEvent) -> None:
         async with self.sessions.begin() as session:
+            # In the same transaction as the status: the app hears of each change exactly once.
+            await enqueue_credential_transition(
+                session,
+                event.app_id,
+                event.connection_id,
+                event.provider,
+                event.status,
+                event.last_error,
+            )
             changed = await set_credential_status(
                 session,
                 event.app_id,

@@ -21,6 +21,7 @@ from byorouter_keystore.keys import KeyHandlers
 from byorouter_keystore.settings import KeystoreSettings
 from byorouter_keystore.tunnels import TunnelHandlers
 from byorouter_keystore.usage import UsageHandlers
+from byorouter_keystore.webhooks import WebhookHandlers
 
 log = logging.getLogger("byorouter_keystore")
 
@@ -49,6 +50,7 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
     ConsentHandlers(runtime, sessions, keyring).register()
     ManageHandlers(runtime, sessions, keyring).register()
     TunnelHandlers(runtime, sessions, keyring).register()
+    WebhookHandlers(runtime, sessions, keyring).register()
     # Before any subscriber starts: a copy serves nothing until its KEK is confirmed.
     await keys.confirm_first()
 

@@ -39,3 +39,26 @@ class KeystoreSettings(ServiceSettings):
     # BYOROUTER_CODE_PURGE_INTERVAL_S: how often connections whose authorization code expired
     # without its app ever exchanging it are revoked and their keys erased.
     code_purge_interval_s: float = Field(default=30.0, gt=0)
+
+    # BYOROUTER_ALLOW_PRIVATE_UPSTREAMS: let webhook URLs reach loopback/private/link-local
+    # addresses, as the router lets base URLs. Off in production (SSRF); on for tests.
+    allow_private_upstreams: bool = False
+    # Seconds to wait before each retry of a webhook delivery (each +-20% jitter); after the
+    # last one fails the delivery is marked failed. JSON in the environment: [5, 30, ...].
+    webhook_retry_schedule_s: tuple[float, ...] = (
+        5,
+        30,
+        120,
+        600,
+        3600,
+        3 * 3600,
+        6 * 3600,
+        12 * 3600,
+        24 * 3600,
+    )
+    # One attempt's whole budget: a receiver that hangs costs a sender slot this long, no more.
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # Deliveries in flight per keystore copy.
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    # How often each copy looks for due deliveries.
+    webhook_poll_interval_s: float = Field(default=1.0, gt=0, le=60)

@@ -50,6 +50,7 @@ from byorouter_keystore.tables import (
     Tunnel,
 )
 from byorouter_keystore.tunnels import check_tunnel_of
+from byorouter_keystore.webhooks import enqueue_connection_event
 
 
 def session_expired() -> ByoError:
@@ -400,6 +401,12 @@ class ManageHandlers(Handlers):
             await change(session, context)
             # Reloaded: the change may have deleted rows or revoked the connection.
             await session.refresh(context.connection)
+            await enqueue_connection_event(
+                session,
+                context.app.id,
+                context.connection.id,
+                disconnected=context.connection.status == "revoked",
+            )
             view = await self._view(session, context)
         await self.connection_changed(
             context.connection.id,

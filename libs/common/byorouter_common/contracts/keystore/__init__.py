@@ -78,6 +78,20 @@ from byorouter_common.contracts.keystore.tunnels import (
     TunnelSessionRefresh,
     TunnelToken,
 )
+from byorouter_common.contracts.keystore.webhooks import (
+    WEBHOOK_ADD,
+    WEBHOOK_EVENT_TYPES,
+    WEBHOOK_LIST,
+    WEBHOOK_REMOVE,
+    WebhookAdd,
+    WebhookCreated,
+    WebhookEventType,
+    WebhookInfo,
+    WebhookList,
+    WebhookListRequest,
+    WebhookRemove,
+    WebhookRemoved,
+)
 
 # What operators may call (admin's permissions are derived from it): every keystore endpoint but
 # the Connect flow's, which only Connect and the gateway reach (`connect_flow.KEYSTORE_ENDPOINTS`).
@@ -104,6 +118,9 @@ ENDPOINTS = (
     TUNNEL_AUTHENTICATE,
     TUNNEL_SESSION_REFRESH,
     TUNNEL_PRESENCE,
+    WEBHOOK_ADD,
+    WEBHOOK_LIST,
+    WEBHOOK_REMOVE,
 )
 
 __all__ = [
@@ -132,6 +149,10 @@ __all__ = [
     "TUNNEL_ROTATE",
     "TUNNEL_SESSION_REFRESH",
     "USAGE_GET",
+    "WEBHOOK_ADD",
+    "WEBHOOK_EVENT_TYPES",
+    "WEBHOOK_LIST",
+    "WEBHOOK_REMOVE",
     "AppAuthenticate",
     "AppCreate",
     "AppCreated",
@@ -172,5 +193,13 @@ __all__ = [
     "TunnelToken",
     "UsageReport",
     "UsageRow",
+    "WebhookAdd",
+    "WebhookCreated",
+    "WebhookEventType",
+    "WebhookInfo",
+    "WebhookList",
+    "WebhookListRequest",
+    "WebhookRemove",
+    "WebhookRemoved",
     "connect_flow",
 ]
