@@ -19,6 +19,7 @@ from byorouter_cli.commands.shared import (
 )
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts.keystore import headless as hl
 
 app_cli = typer.Typer(help="Apps: who may call the gateway.", no_args_is_help=True)
 app_key_cli = typer.Typer(help="An app's API keys.", no_args_is_help=True)
@@ -156,3 +157,33 @@ def app_clear_default(client_id: ClientIdOption, json_mode: JsonFlag = False) ->
         )
 
     run_on_bus(json_mode, work, render)
+
+
+# --- headless connections -----------------------------------------------------------------------
+
+
+@app_cli.command("headless")
+def app_headless(
+    client_id: ClientIdOption,
+    off: Annotated[
+        bool, typer.Option("--off", help="Stop allowing it (connections already made stay).")
+    ] = False,
+    json_mode: JsonFlag = False,
+) -> None:
+    """Allow the app's server to store its users' keys itself (POST /v1/connections), or stop.
+
+    Its server then sees those keys in transit: allow it only for an app you trust with them.
+    """
+
+    async def work(bus: Bus) -> ks.AppInfo:
+        return await bus.request(
+            ks.APP_HEADLESS_SET, hl.AppHeadlessSet(client_id=client_id, enabled=not off)
+        )
+
+    def render(info: ks.AppInfo) -> tuple[Mapping[str, Any], str]:
+        state = "on" if info.headless else "off"
+        return (
+            {"client_id": info.client_id, "headless": info.headless},
+            f"Headless connections for {info.client_id} ({info.name}): {state}",
+        )
+

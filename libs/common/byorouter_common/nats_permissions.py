@@ -31,6 +31,7 @@ from byorouter_common.contracts.base import (
     service_wildcard,
 )
 from byorouter_common.contracts.keystore import connect_flow as cn
+from byorouter_common.contracts.keystore import headless as hl
 
 ADMIN: Final = "admin"
 SERVICE_USERS: Final = ("keystore", "router", "gateway", "connect", "tunnel")
@@ -66,6 +67,9 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
         ks.TUNNEL_GET,
         ks.TUNNEL_ROTATE,
         ks.TUNNEL_REVOKE,
+        # Headless apps: their server stores keys and tests them (keystore refuses other apps).
+        *hl.GATEWAY_ENDPOINTS,
+        rt.PROVIDER_TEST,
     ),
     # Connect changes connections only through a consent or a live manage session. (It may
     # still read one, masked: tests/security uses that as its example of an allowed call.)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Final
+from dataclasses import dataclass, field
+from typing import Annotated, Final, TypeVar
 
 from fastapi import Depends, Header, Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from byorouter_common import errors
@@ -28,6 +29,7 @@ from byorouter_gateway.settings import GatewaySettings
 
 CONNECTION_HEADER: Final = "x-byorouter-connection"
 CONNECTION_ID: Final = re.compile(r"^conn_[A-Za-z0-9]{8,64}$")
+CREDENTIAL_TESTS_MESSAGE: Final = "Too many key tests for this app; wait a minute, then test again."
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class Gateway:
     bus: Callable[[], Bus]
     app_keys: AppKeyAuth
     rate_limiter: TokenBuckets
+    # Key tests (POST /v1/credentials/test) per app: each makes the router call a provider of
+    # the caller's choosing, so unthrottled it would check stolen keys for anyone.
+    credential_tests: TokenBuckets = field(
+        default_factory=lambda: TokenBuckets.per_minute(30, CREDENTIAL_TESTS_MESSAGE)
+    )
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -165,3 +172,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:
         raise errors.bad_request("The client closed the request.", code="client_closed") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def json_body(request: Request, model: type[Body], limit: int) -> Body:
+    """`model` from the JSON body (at most `limit` bytes); a refusal names the field and the
+    rule, never the value sent (it may be a key)."""
+    raw = await read_body(request, limit)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise errors.bad_request(f"Invalid request body: {first['msg']}.", param=param) from None

@@ -16,12 +16,15 @@ from byorouter_gateway.api.routes import (
     chat,
     connect_sessions,
     connections,
+    credentials,
     models,
     oauth,
+    pushed_authorizations,
     tunnels,
+    user_preferences,
 )
 from byorouter_gateway.auth import AppKeyAuth
-from byorouter_gateway.deps import Gateway
+from byorouter_gateway.deps import CREDENTIAL_TESTS_MESSAGE, Gateway
 from byorouter_gateway.errors import install_error_handlers
 from byorouter_gateway.middleware import RequestContextMiddleware
 from byorouter_gateway.settings import GatewaySettings
@@ -63,11 +66,23 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
             settings.rate_limit_burst,
             "Too many requests for this app; slow down.",
         ),
+        credential_tests=TokenBuckets.per_minute(
+            settings.credential_tests_per_app_per_min, CREDENTIAL_TESTS_MESSAGE
+        ),
     )
     install_error_handlers(app)
 
     # Routes spell their full paths: the route template is what spans and access lines show.
-    for resource in (chat, models, connections, connect_sessions, tunnels):
+    for resource in (
+        chat,
+        models,
+        connections,
+        connect_sessions,
+        pushed_authorizations,
+        tunnels,
+        credentials,
+        user_preferences,
+    ):
         app.include_router(resource.router)
     app.include_router(
         health_router(bus_provider, dependencies=DEPENDENCIES, timeout_s=settings.ready_timeout_s)

@@ -55,5 +55,8 @@ class GatewaySettings(ServiceSettings):
     # IP, per gateway copy; beyond that every attempt is refused with 429 until the budget refills.
     oauth_failures_per_app_per_min: int = Field(default=10, ge=1)
     oauth_failures_per_ip_per_min: int = Field(default=60, ge=1)
+    # Key tests (POST /v1/credentials/test, seed 002's /api/ai/test-connection) per minute per
+    # app, per gateway copy.
+    credential_tests_per_app_per_min: int = Field(default=30, ge=1)
     # How long a manage link from POST /v1/connect/sessions may wait to be opened.
     manage_link_ttl_s: int = Field(default=300, ge=10, le=900)

@@ -120,6 +120,7 @@ def app_info(app: App, default: AppDefaultProvider | None = None) -> ks.AppInfo:
         has_default_provider=default is not None,
         default_provider=provider_name(default) if default is not None else None,
         default_provider_label=default.label if default is not None else None,
+        headless=app.headless,
     )
 
 

@@ -17,6 +17,7 @@ from byorouter_keystore.connect_flow.manage import ManageHandlers
 from byorouter_keystore.connections import ConnectionHandlers
 from byorouter_keystore.crypto import KeyringError
 from byorouter_keystore.db import create_engine, safe_url, session_factory
+from byorouter_keystore.headless import HeadlessHandlers
 from byorouter_keystore.keys import KeyHandlers
 from byorouter_keystore.settings import KeystoreSettings
 from byorouter_keystore.tunnels import TunnelHandlers
@@ -50,6 +51,7 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
     ConsentHandlers(runtime, sessions, keyring).register()
     ManageHandlers(runtime, sessions, keyring).register()
     TunnelHandlers(runtime, sessions, keyring).register()
+    HeadlessHandlers(runtime, sessions, keyring).register()
     WebhookHandlers(runtime, sessions, keyring).register()
     # Before any subscriber starts: a copy serves nothing until its KEK is confirmed.
     await keys.confirm_first()

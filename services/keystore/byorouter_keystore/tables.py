@@ -45,6 +45,9 @@ class App(Base):
     # Kept exactly as registered: redirect URIs are matched byte for byte.
     redirect_uris: Mapped[list[str]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Its server may store its users' keys without Connect (seeing them in transit); off until
+    # the operator turns it on (migration 0010).
+    headless: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
 
 class AppKey(Base):

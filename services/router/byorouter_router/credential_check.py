@@ -132,7 +132,7 @@ def plain_words(provider: str, base_url: str | None, exc: ByoError) -> str:
     return f"{name} could not list its models: {exc.message}"
 
 
-def _success(provider: str, models: list[str]) -> ProviderTestResult:
+def _success(provider: str, models: list[str], *, listed: bool = False) -> ProviderTestResult:
     count = len(models)
     noun = "model" if count == 1 else "models"
     lead = "Connected" if provider == "selfhosted" else "Key works"
@@ -140,7 +140,7 @@ def _success(provider: str, models: list[str]) -> ProviderTestResult:
         ok=True,
         message=f"{lead} — {count} {noun} available",
         model_count=count,
-        models=sorted(models)[:MAX_LISTED_MODELS] if provider in _PICKS_MODEL else [],
+        models=sorted(models)[:MAX_LISTED_MODELS] if listed or provider in _PICKS_MODEL else [],
     )
 
 
@@ -177,7 +177,7 @@ class CredentialChecker:
         except TimeoutError:
             where = _where(request.provider, base_url)
             return ProviderTestResult(ok=False, message=f"{where} did not answer in time")
-        return _success(request.provider, models)
+        return _success(request.provider, models, listed=request.list_models)
 
     async def _list(self, credential: ProviderCredential) -> list[str]:
         provider = self._providers.get(credential.provider)

@@ -67,6 +67,9 @@ class ProviderTest(Contract):
     provider: ProviderName
     api_key: SecretStr | None = None
     base_url: str | None = Field(default=None, max_length=2048)
+    # List the models of every provider, not only where a person picks one from the list
+    # (the API's test-connection answers with the models found).
+    list_models: bool = False
 
     @field_serializer("api_key", when_used="json")
     def _reveal(self, value: SecretStr | None) -> str | None:
@@ -109,7 +112,7 @@ PROVIDER_TEST = Endpoint(
 CANCEL_PREFIX = "byorouter.router.cancel"
 
 # What operators may call (admin's permissions are derived from it); `PROVIDER_TEST` is Connect's
-# alone, so it is not here.
+# and the gateway's (for headless apps) alone, so it is not here.
 ENDPOINTS = (CHAT, MODELS)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
@@ -299,3 +299,135 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
     resolved: dict[str, Any] = resolve(schema)
     return resolved
+
+
+# --- headless connections and key tests ---------------------------------------------------------
+# The field limits are keystore's (`ks.ProviderCredentialInput`); a key is never echoed back.
+
+MAX_KEY_CHARS = 4096
+
+
+class ProviderKeyInput(BaseModel):
+    """One provider of a headless connection: the user's key, as the Connect page takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: ks.ProviderName
+    api_key: SecretStr | None = Field(default=None, max_length=MAX_KEY_CHARS)
+    base_url: str | None = Field(default=None, max_length=2048)
+    preferred_model: str | None = Field(default=None, max_length=200)
+    # selfhosted: a tunnel of this connection (POST /api/tunnel/register makes one).
+    tunnel_id: str | None = Field(default=None, max_length=64)
+
+    def credential(self) -> ks.ProviderCredentialInput:
+        return ks.ProviderCredentialInput(
+            provider=self.provider,
+            api_key=self.api_key,
+            base_url=self.base_url,
+            preferred_model=self.preferred_model,
+            tunnel_id=self.tunnel_id,
+        )
+
+
+class ConnectionCreateRequest(BaseModel):
+    """POST /v1/connections: providers in the order they are tried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    providers: list[ProviderKeyInput] = Field(min_length=1, max_length=8)
+    fallback_to_default: bool = False
+
+
+class ConnectionUpdateRequest(BaseModel):
+    """PATCH /v1/connections/{id}: every field optional; the changes apply together or not at all.
+
+    `providers` are added, or replace the stored provider of the same kind (key included);
+    then `remove_providers` go; then `order`, `preferred_models`, `fallback_to_default`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    providers: list[ProviderKeyInput] = Field(default_factory=list, max_length=8)
+    remove_providers: list[ks.ProviderName] = Field(default_factory=list, max_length=8)
+    order: list[ks.ProviderName] | None = Field(default=None, min_length=1, max_length=8)
+    preferred_models: dict[ks.ProviderName, str | None] = Field(default_factory=dict)
+    fallback_to_default: bool | None = None
+
+
+class ProviderKeyReplace(BaseModel):
+    """PUT /v1/connections/{id}/providers/{provider}: that provider's key and settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: SecretStr | None = Field(default=None, max_length=MAX_KEY_CHARS)
+    base_url: str | None = Field(default=None, max_length=2048)
+    preferred_model: str | None = Field(default=None, max_length=200)
+    tunnel_id: str | None = Field(default=None, max_length=64)
+
+
+class CredentialTestRequest(BaseModel):
+    """POST /v1/credentials/test: try a key before storing it; nothing is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: ks.ProviderName
+    api_key: SecretStr | None = Field(default=None, max_length=MAX_KEY_CHARS)
+    base_url: str | None = Field(default=None, max_length=2048)
+    # A model the app means to use: the answer says whether the provider lists it.
+    model: str | None = Field(default=None, max_length=200)
+
+
+class CredentialTestResult(BaseModel):
+    """The Connect page's Test answer, in the same words, with every model the provider lists."""
+
+    object: Literal["credential_test"] = "credential_test"
+    ok: bool
+    message: str
+    model_count: int
+    models: list[str]
+    # Whether `model` (seed 002: `modelId`) is among `models`; null when none was asked about
+    # or the key did not work.
+    model_available: bool | None = None
+
+
+# Seed 002's names for providers; `default` is the app's own AI, which stores no user key.
+SeedProvider = Literal["default", "openrouter", "self-hosted", "selfhosted", "openai", "anthropic"]
+
+
+class SeedAiProviderPreference(BaseModel):
+    """Seed 002's `POST /api/user-preferences/ai-provider` body, as the seed writes it.
+
+    `openRouterBaseUrl` is ours (not the seed's): an OpenRouter-compatible endpoint other than
+    openrouter.ai. Fields the seed's preferences hold but BYORouter does not use are ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    ai_provider: SeedProvider = Field(alias="aiProvider")
+    open_router_api_key: SecretStr | None = Field(
+        default=None, alias="openRouterApiKey", max_length=MAX_KEY_CHARS
+    )
+    open_router_model_preference: str | None = Field(
+        default=None, alias="openRouterModelPreference", max_length=200
+    )
+    open_router_base_url: str | None = Field(
+        default=None, alias="openRouterBaseUrl", max_length=2048
+    )
+    fallback_to_default: bool = Field(default=False, alias="fallbackToDefault")
+    tunnel_id: str | None = Field(default=None, alias="tunnelId", max_length=64)
+    self_hosted_url: str | None = Field(default=None, alias="selfHostedUrl", max_length=2048)
+    self_hosted_auth_key: SecretStr | None = Field(
+        default=None, alias="selfHostedAuthKey", max_length=MAX_KEY_CHARS
+    )
+
+
+class SeedTestConnection(BaseModel):
+    """Seed 002's `POST /api/ai/test-connection` body; `baseUrl` is ours, for self-hosted
+    servers and OpenRouter-compatible endpoints."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    provider: SeedProvider
+    api_key: SecretStr | None = Field(default=None, alias="apiKey", max_length=MAX_KEY_CHARS)
+    model_id: str | None = Field(default=None, alias="modelId", max_length=200)
+    base_url: str | None = Field(default=None, alias="baseUrl", max_length=2048)

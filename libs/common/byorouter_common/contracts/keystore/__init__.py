@@ -48,6 +48,7 @@ from byorouter_common.contracts.keystore.connections import (
     UsageReport,
     UsageRow,
 )
+from byorouter_common.contracts.keystore.headless import APP_HEADLESS_SET
 from byorouter_common.contracts.keystore.keys import (
     KEYS_PRUNE,
     KEYS_ROTATE,
@@ -103,6 +104,7 @@ ENDPOINTS = (
     APP_KEY_REVOKE,
     APP_DEFAULT_SET,
     APP_DEFAULT_CLEAR,
+    APP_HEADLESS_SET,
     CONNECTION_CREATE,
     CONNECTION_GET,
     CONNECTION_DELETE,
@@ -129,6 +131,7 @@ __all__ = [
     "APP_DEFAULT_CLEAR",
     "APP_DEFAULT_SET",
     "APP_GET",
+    "APP_HEADLESS_SET",
     "APP_KEY_CREATE",
     "APP_KEY_REVOKE",
     "CONNECTION_CREATE",

@@ -44,6 +44,8 @@ class AppInfo(Contract):
     has_default_provider: bool = False
     default_provider: ProviderName | None = None
     default_provider_label: str | None = None
+    # Its server may store its users' keys itself (`headless.APP_HEADLESS_SET`).
+    headless: bool = False
 
 
 class AppAuthenticate(Contract):

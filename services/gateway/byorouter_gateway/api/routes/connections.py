@@ -7,24 +7,34 @@ that does not exist, so an app cannot even learn that it exists.
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
+from byorouter_common.contracts.keystore import headless as hl
 from byorouter_gateway.api.schemas import (
     APP_ERRORS,
+    ConnectionCreateRequest,
     ConnectionDeletedView,
+    ConnectionUpdateRequest,
     ConnectionView,
+    ProviderKeyInput,
+    ProviderKeyReplace,
     ProviderList,
     ProviderView,
     ProviderWithModelsView,
     UsageList,
     UsageView,
 )
-from byorouter_gateway.deps import AppPrincipalDep, BusDep, checked_connection_id
+from byorouter_gateway.deps import AppPrincipalDep, BusDep, checked_connection_id, json_body
 
 router = APIRouter(tags=["connections"])
+
+# Eight providers with their keys and URLs fit easily.
+MAX_BODY: Final = 64 * 1024
 
 
 def _ref(principal: ks.AppPrincipal, connection_id: str) -> ks.ConnectionRef:
@@ -93,3 +103,98 @@ async def delete_connection(
 ) -> ConnectionDeletedView:
     deleted = await bus.request(ks.CONNECTION_DELETE, _ref(principal, connection_id))
     return ConnectionDeletedView(id=deleted.connection_id, deleted=deleted.deleted)
+
+
+# --- headless connections: the app's server stores its user's keys (keystore refuses with 403
+# unless the operator allowed this app) --------------------------------------------------------
+
+
+@router.post(
+    "/v1/connections",
+    status_code=201,
+    summary="Create a connection with the user's keys (headless apps)",
+    responses=APP_ERRORS,
+)
+async def create_connection(
+    request: Request, response: Response, principal: AppPrincipalDep, bus: BusDep
+) -> ConnectionView:
+    body = await json_body(request, ConnectionCreateRequest, MAX_BODY)
+    info = await bus.request(
+        hl.HEADLESS_CONNECTION_CREATE,
+        hl.HeadlessConnectionCreate(
+            app_id=principal.app_id,
+            providers=[p.credential() for p in body.providers],
+            fallback_to_default=body.fallback_to_default,
+        ),
+    )
+    response.headers["Location"] = f"/v1/connections/{info.connection_id}"
+    return ConnectionView.of(info)
+
+
+async def update_connection(
+    bus: BusDep, principal: ks.AppPrincipal, connection_id: str, body: ConnectionUpdateRequest
+) -> ConnectionView:
+    info = await bus.request(
+        hl.HEADLESS_CONNECTION_UPDATE,
+        hl.HeadlessConnectionUpdate(
+            app_id=principal.app_id,
+            connection_id=checked_connection_id(connection_id),
+            providers=[p.credential() for p in body.providers],
+            remove_providers=body.remove_providers,
+            order=body.order,
+            preferred_models=body.preferred_models,
+            fallback_to_default=body.fallback_to_default,
+        ),
+    )
+    return ConnectionView.of(info)
+
+
+@router.patch(
+    "/v1/connections/{connection_id}",
+    summary="Replace keys, add or remove providers, change order and preferences (headless)",
+    responses=APP_ERRORS,
+)
+async def patch_connection(
+    connection_id: str, request: Request, principal: AppPrincipalDep, bus: BusDep
+) -> ConnectionView:
+    body = await json_body(request, ConnectionUpdateRequest, MAX_BODY)
+    return await update_connection(bus, principal, connection_id, body)
+
+
+@router.put(
+    "/v1/connections/{connection_id}/providers/{provider}",
+    summary="Add a provider, or replace its key (headless); the connection id stays",
+    responses=APP_ERRORS,
+)
+async def put_connection_provider(
+    connection_id: str,
+    provider: ks.ProviderName,
+    request: Request,
+    principal: AppPrincipalDep,
+    bus: BusDep,
+) -> ConnectionView:
+    body = await json_body(request, ProviderKeyReplace, MAX_BODY)
+    change = ConnectionUpdateRequest(
+        providers=[
+            ProviderKeyInput(
+                provider=provider,
+                api_key=body.api_key,
+                base_url=body.base_url,
+                preferred_model=body.preferred_model,
+                tunnel_id=body.tunnel_id,
+            )
+        ]
+    )
+    return await update_connection(bus, principal, connection_id, change)
+
+
+@router.delete(
+    "/v1/connections/{connection_id}/providers/{provider}",
+    summary="Remove a provider and erase its key (headless); the last one cannot go",
+    responses=APP_ERRORS,
+)
+async def delete_connection_provider(
+    connection_id: str, provider: ks.ProviderName, principal: AppPrincipalDep, bus: BusDep
+) -> ConnectionView:
+    change = ConnectionUpdateRequest(remove_providers=[provider])
+    return await update_connection(bus, principal, connection_id, change)
