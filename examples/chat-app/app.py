@@ -268,6 +268,9 @@ def create_app(config: Config) -> FastAPI:
             elif answer.status_code == 404:
                 # Disconnected in Connect (or by another tab): the gateway refuses it now.
                 notice = f"{error_message(answer)}. Your keys are disconnected; connect again."
+                # Connect's "Return to the app" link says so itself (the gateway confirmed it).
+                if request.query_params.get("byorouter") == "disconnected":
+                    notice = "You disconnected on the Connect page: your keys were erased."
                 session.pop("connection_id", None)
                 connection_id = None
             else:

@@ -179,8 +179,11 @@ async def test_a_person_connects_a_key_chats_replaces_the_key_and_disconnects(
     refused = gateway_refuses(stack, demo_app, connection_id)
     assert refused.status_code == 404
     await page.get_by_role("link", name="Return to BYORouter demo").click()
-    await page.wait_for_url(f"{stack.example_app_url}/")
-    await expect(page.locator("#notice")).to_contain_text("BYORouter answered 404")
+    # The return link says what happened (?byorouter=disconnected); the gateway confirms it.
+    await page.wait_for_url(f"{stack.example_app_url}/?byorouter=disconnected")
+    await expect(page.locator("#notice")).to_have_text(
+        "You disconnected on the Connect page: your keys were erased."
+    )
     await expect(page.get_by_role("link", name="Connect API Keys")).to_be_visible()
     assert (await status_of(page, stack))["connected"] is False
 

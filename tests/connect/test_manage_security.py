@@ -298,7 +298,7 @@ async def test_a_disconnected_session_can_change_nothing(
 
 def test_the_disconnected_return_link_keeps_the_apps_query_and_fragment() -> None:
     assert (
-        disconnected_return_url("https://app.example/settings?tab=ai#keys", "conn_1")
-        == "https://app.example/settings?tab=ai&byorouter=disconnected&connection_id=conn_1#keys"
+        disconnected_return_url("https://app.example/settings?tab=ai#keys")
+        == "https://app.example/settings?tab=ai&byorouter=disconnected#keys"
     )
-    assert disconnected_return_url(None, "conn_1") is None
+    assert disconnected_return_url(None) is None

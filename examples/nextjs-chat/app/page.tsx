@@ -23,6 +23,14 @@ export default function Home() {
   const [notice, setNotice] = useState<string>();
   useEffect(() => {
     if (status?.notice !== undefined) setNotice(status.notice);
+    // Connect's "Return to the app" after a disconnect says so (?byorouter=disconnected); the
+    // status answer has confirmed it with the gateway by now.
+    const url = new URL(window.location.href);
+    if (status !== undefined && url.searchParams.get("byorouter") === "disconnected") {
+      if (!status.connected) setNotice("You disconnected on the Connect page: your keys were erased.");
+      url.searchParams.delete("byorouter");
+      window.history.replaceState(null, "", url.pathname + url.search);
+    }
   }, [status]);
 
   const connected = status?.connected === true;

@@ -136,7 +136,16 @@ def manage_page(
         page_title=f"Your AI keys for {view.app_name}",
         view=view,
         connected=connected,
-        addable=[form for form in PROVIDER_FORMS if form.provider not in connected_names],
+        # What the app's provider policy still lets this connection add.
+        addable=[
+            form
+            for form in PROVIDER_FORMS
+            if form.provider not in connected_names
+            and (
+                form.provider in view.allowed_providers
+                or (form.provider == "selfhosted" and "tunnel" in view.allowed_providers)
+            )
+        ],
         forms=FORMS_BY_PROVIDER,
         csrf_token=session_csrf_token(session),
         notice=notice,
@@ -437,18 +446,19 @@ async def done(request: Request) -> Response:
         "done.html",
         page_title="Disconnected",
         view=view,
-        return_link=disconnected_return_url(view.return_url, view.connection.connection_id),
+        return_link=disconnected_return_url(view.return_url),
     )
 
 
-def disconnected_return_url(return_url: str | None, connection_id: str) -> str | None:
+def disconnected_return_url(return_url: str | None) -> str | None:
     """The app's return URL telling it what happened, as an authorization error would.
 
-    The app learns at once that its stored connection id is dead, instead of at the next chat.
+    The app learns at once that the connection its session holds is gone, instead of at the
+    next chat. No connection id: ids stay out of URLs a browser opens (history, logs).
     """
     if return_url is None:
         return None
-    outcome = urlencode({"byorouter": "disconnected", "connection_id": connection_id})
+    outcome = urlencode({"byorouter": "disconnected"})
     base, hash_mark, fragment = return_url.partition("#")
     separator = "&" if "?" in base else "?"
     return f"{base}{separator}{outcome}{hash_mark}{fragment}"
