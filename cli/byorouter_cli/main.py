@@ -19,6 +19,7 @@ from byorouter_cli.commands.app import app_cli
 from byorouter_cli.commands.connection import connection_cli
 from byorouter_cli.commands.dev import dev
 from byorouter_cli.commands.keys import keys_cli
+from byorouter_cli.commands.webhooks import webhooks_cli
 
 cli = typer.Typer(
     name="byorouter",
@@ -30,6 +31,7 @@ cli = typer.Typer(
 cli.add_typer(app_cli, name="app")
 cli.add_typer(connection_cli, name="connection")
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(webhooks_cli, name="webhooks")
 cli.command("dev")(dev)
 
 

@@ -517,6 +517,8 @@ class Stack:
         if name == "keystore":
             env["DATABASE_URL"] = self.database_url
             env["BYOROUTER_KEYRING_FILE"] = str(self.keyring_file)
+            # Webhook receivers of a local stack (and its tests) listen on loopback too.
+            env["BYOROUTER_ALLOW_PRIVATE_UPSTREAMS"] = "true"
         elif name == "router":
             # The fake upstream listens on loopback, which the router refuses by default.
             env["BYOROUTER_ALLOW_PRIVATE_UPSTREAMS"] = "true"
