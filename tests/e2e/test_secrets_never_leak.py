@@ -100,3 +100,68 @@ async def test_canary_keys_never_appear_in_logs_traces_or_responses(stack: Any, 
             assert canary not in text, f"secret found in {name}"
         for body in seen:
             assert canary not in body
+
+
+async def test_keys_sent_headless_never_appear_in_logs_or_responses(stack: Any, bus: Bus) -> None:
+    from byorouter_common.contracts.keystore import headless as hl
+
+    shaped = "sk-canary" + secrets.token_hex(20)
+    plain = "plaincanary" + secrets.token_hex(20)
+    app = await bus.request(ks.APP_CREATE, ks.AppCreate(name="headless canary app"))
+    await bus.request(hl.APP_HEADLESS_SET, hl.AppHeadlessSet(client_id=app.client_id, enabled=True))
+    headers = {"Authorization": f"Bearer {app.app_api_key.get_secret_value()}"}
+    base = stack.upstream_base_url
+    seen: list[str] = []
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=15) as http:
+        created = await http.post(
+            "/v1/connections",
+            headers=headers,
+            json={"providers": [{"provider": "openai", "api_key": shaped, "base_url": base}]},
+        )
+        assert created.status_code == 201, created.text
+        conn = created.json()["id"]
+        calls: list[tuple[str, str, Any]] = [
+            (
+                "PATCH",
+                f"/v1/connections/{conn}",
+                {"providers": [{"provider": "selfhosted", "api_key": plain, "base_url": base}]},
+            ),
+            (
+                "PUT",
+                f"/v1/connections/{conn}/providers/openai",
+                {"api_key": plain, "base_url": "x"},
+            ),
+            (
+                "POST",
+                "/v1/connections",
+                {"providers": [{"provider": "openai", "api_key": plain, "base_url": "not a url"}]},
+            ),
+            (
+                "POST",
+                "/v1/credentials/test",
+                {"provider": "openai", "api_key": shaped, "base_url": base},
+            ),
+            ("POST", "/v1/credentials/test", {"provider": "openai", "api_key": plain, "bogus": 1}),
+            ("POST", "/api/ai/test-connection", {"provider": "openrouter", "apiKey": plain}),
+            (
+                "POST",
+                "/api/user-preferences/ai-provider",
+                {"aiProvider": "openrouter", "openRouterApiKey": plain},
+            ),
+            (
+                "POST",
+                "/api/user-preferences/ai-provider",
+                {"aiProvider": "openrouter", "openRouterApiKey": 5},
+            ),
+        ]
+        seen.append(created.text + str(created.headers))
+        for method, path, body in calls:
+            response = await http.request(method, path, headers=headers, json=body)
+            seen.append(response.text + str(response.headers))
+    stack.flush_logs()
+    logs = {p.name: p.read_text(errors="replace") for p in Path(stack.logs_dir).glob("*.log")}
+    for canary in (shaped, plain):
+        for name, text in logs.items():
+            assert canary not in text, f"secret found in {name}"
+        for body in seen:
+            assert canary not in body
