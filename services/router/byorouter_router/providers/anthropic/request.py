@@ -41,6 +41,9 @@ def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     if type(messages) is not list or not messages:
         raise _invalid("The request has no messages.", "messages")
     system, turns = _translate_messages(messages)
+    if not turns:
+        # Anthropic refuses a request of system messages only; say so before connecting.
+        raise _invalid("The request has no user or assistant message.", "messages")
     request: dict[str, Any] = {
         "model": model,
         "messages": turns,
@@ -158,7 +161,7 @@ def _text_part(part: Any, where: str) -> Block:
 def _user_content(content: Any, where: str) -> Content:
     if type(content) is str:
         return content
-    if type(content) is list:
+    if type(content) is list and content:
         return [_content_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
     raise _invalid(f"{where} has no content.", "messages")
 

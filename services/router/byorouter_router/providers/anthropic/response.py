@@ -118,6 +118,7 @@ class StreamTranslator:
     """
 
     __slots__ = (
+        "_argless",
         "_created",
         "_include_usage",
         "_input_usage",
@@ -134,6 +135,9 @@ class StreamTranslator:
         self._output_tokens = 0
         # Content block index -> OpenAI tool_calls index.
         self._tool_indexes: dict[int, int] = {}
+        # Tool blocks given no argument yet: OpenAI clients parse "" as bad JSON, so their
+        # block's end sends "{}", what the non-streamed answer says for the same call.
+        self._argless: set[int] = set()
         self._prefix = _chunk_prefix("msg_" + secrets.token_hex(12), model, created)
         self.finish_reason: str | None = None
         self.finished = False
@@ -147,7 +151,7 @@ class StreamTranslator:
 
     def translate(self, event: dict[str, Any], out: list[bytes]) -> None:
         """Append the chunks for one Anthropic event to `out`; events without a counterpart
-        (ping, content_block_stop, thinking) add nothing."""
+        (ping, thinking) add nothing."""
         kind = event.get("type")
         if kind == "content_block_delta":
             delta = event.get("delta")
@@ -163,6 +167,7 @@ class StreamTranslator:
                 index = self._tool_indexes.get(block_index) if type(block_index) is int else None
                 fragment = delta.get("partial_json")
                 if index is not None and type(fragment) is str and fragment:
+                    self._argless.discard(block_index)
                     out.append(
                         self._chunk(
                             b'{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}'
@@ -182,6 +187,8 @@ class StreamTranslator:
                 self._tool_indexes[block_index] = index
                 tool_input = block.get("input")
                 arguments = orjson.dumps(tool_input).decode() if tool_input else ""
+                if not arguments:
+                    self._argless.add(block_index)
                 out.append(
                     self._chunk(
                         b'{"tool_calls":[{"index":%d,"id":%b,"type":"function",'
@@ -198,6 +205,16 @@ class StreamTranslator:
                 text = block.get("text")
                 if type(text) is str and text:
                     out.append(self._chunk(b'{"content":' + orjson.dumps(text) + b"}"))
+        elif kind == "content_block_stop":
+            block_index = event.get("index")
+            if block_index in self._argless:
+                self._argless.discard(block_index)
+                out.append(
+                    self._chunk(
+                        b'{"tool_calls":[{"index":%d,"function":{"arguments":"{}"}}]}'
+                        % self._tool_indexes[block_index]
+                    )
+                )
         elif kind == "message_start":
             message = event.get("message")
             if type(message) is dict:
