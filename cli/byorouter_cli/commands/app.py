@@ -20,6 +20,8 @@ from byorouter_cli.commands.shared import (
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.keystore import headless as hl
+from byorouter_common.contracts.keystore import provider_policy as pp
+from byorouter_common.contracts.keystore.names import PROVIDER_KINDS
 
 app_cli = typer.Typer(help="Apps: who may call the gateway.", no_args_is_help=True)
 app_key_cli = typer.Typer(help="An app's API keys.", no_args_is_help=True)
@@ -187,3 +189,48 @@ def app_headless(
             f"Headless connections for {info.client_id} ({info.name}): {state}",
         )
 
+    run_on_bus(json_mode, work, render)
+
+
+# --- the app's provider policy -----------------------------------------------------------------
+
+
+@app_cli.command("policy")
+def app_policy(
+    client_id: ClientIdOption,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            help="A provider kind its users may connect: openai, anthropic, openrouter, "
+            "selfhosted (a server URL) or tunnel; repeat for several.",
+        ),
+    ] = None,
+    allow_all: Annotated[
+        bool, typer.Option("--allow-all", help="Allow every kind again (the default).")
+    ] = False,
+    json_mode: JsonFlag = False,
+) -> None:
+    """Set which kinds of provider the app's users may connect. Connections that hold a kind no
+    longer allowed stop using it at once (the router falls back to their other providers)."""
+    if allow_all == bool(allow):
+        raise typer.BadParameter("Give --allow (one or more) or --allow-all.")
+    unknown = [kind for kind in allow or () if kind not in PROVIDER_KINDS]
+    if unknown:
+        raise typer.BadParameter(
+            f"Unknown kind {unknown[0]!r}; use: {', '.join(PROVIDER_KINDS)}.", param_hint="--allow"
+        )
+    request = pp.AppPolicySet(client_id=client_id, allowed_providers=None if allow_all else allow)
+
+    async def work(bus: Bus) -> pp.AppPolicy:
+        return await bus.request(pp.APP_POLICY_SET, request)
+
+    def render(policy: pp.AppPolicy) -> tuple[Mapping[str, Any], str]:
+        kinds = policy.allowed_providers
+        return (
+            {"client_id": policy.client_id, "allowed_providers": kinds},
+            f"Users of {policy.client_id} may connect: "
+            + (", ".join(kinds) if kinds is not None else "every kind of provider"),
+        )
+
+    run_on_bus(json_mode, work, render)

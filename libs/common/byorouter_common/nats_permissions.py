@@ -32,6 +32,7 @@ from byorouter_common.contracts.base import (
 )
 from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.contracts.keystore import headless as hl
+from byorouter_common.contracts.keystore import provider_policy as pp
 
 ADMIN: Final = "admin"
 SERVICE_USERS: Final = ("keystore", "router", "gateway", "connect", "tunnel")
@@ -63,6 +64,7 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
         rt.CHAT,
         rt.MODELS,
         *_GATEWAY_FLOW,
+        pp.PAR_CREATE,
         ks.TUNNEL_REGISTER,
         ks.TUNNEL_GET,
         ks.TUNNEL_ROTATE,
@@ -77,6 +79,8 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
         *(e for e in cn.KEYSTORE_ENDPOINTS if e not in _GATEWAY_FLOW),
         rt.PROVIDER_TEST,
         ks.CONNECTION_GET,
+        # A pushed authorization request (RFC 9126) the app's server made through the gateway.
+        pp.PAR_OPEN,
         # The Connect page's tunnel option: set up, show, rotate and revoke the user's tunnel.
         ks.TUNNEL_REGISTER,
         ks.TUNNEL_GET,
@@ -103,6 +107,7 @@ ANNOUNCES: Final[Mapping[str, tuple[Event[Any], ...]]] = {
         events.APP_KEY_REVOKED,
         events.CONNECTION_CHANGED,
         events.APP_DEFAULT_CHANGED,
+        events.APP_POLICY_CHANGED,
         events.KEYRING_ROTATED,
         events.TUNNEL_CHANGED,
     ),

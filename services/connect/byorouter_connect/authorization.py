@@ -18,9 +18,11 @@ from typing import Final
 from urllib.parse import parse_qsl, quote
 
 from fastapi import Request
+from pydantic import SecretStr
 from starlette.responses import RedirectResponse, Response
 
 from byorouter_common.contracts.keystore import connect_flow as cn
+from byorouter_common.contracts.keystore import provider_policy as pp
 from byorouter_common.errors import ByoError
 from byorouter_connect.deps import bus_of, settings_of
 from byorouter_connect.pages import PageError
@@ -58,6 +60,13 @@ class Authorization:
     redirect_uri: str
     state: bytes | None
     code_challenge: str = ""
+    # Set when the app's server pushed the request (RFC 9126): the forms then carry only it and
+    # the client id, and every post reads the rest (and the narrowed policy) from keystore again.
+    request_uri: str | None = None
+    allowed_providers: tuple[str, ...] = ()
+
+    def allows(self, kind: str) -> bool:
+        return kind in (self.allowed_providers or self.app.allowed_providers)
 
     def redirect_url(self, **params: str) -> str:
         """The redirect URI with `params` and the original state appended (RFC 6749 4.1.2)."""
@@ -74,6 +83,8 @@ class Authorization:
 
     def hidden_fields(self) -> dict[str, str]:
         """What the page's forms carry back (the state base64url-encoded, byte for byte)."""
+        if self.request_uri is not None:
+            return {"client_id": self.app.client_id, "request_uri": self.request_uri}
         fields = {
             "client_id": self.app.client_id,
             "redirect_uri": self.redirect_uri,
@@ -101,7 +112,13 @@ def query_params(request: Request) -> dict[str, list[bytes]]:
 def form_params(form: Mapping[str, str]) -> dict[str, list[bytes]]:
     params = {
         name: [form[name].encode()]
-        for name in ("client_id", "redirect_uri", "code_challenge", "code_challenge_method")
+        for name in (
+            "client_id",
+            "redirect_uri",
+            "code_challenge",
+            "code_challenge_method",
+            "request_uri",
+        )
         if name in form
     }
     if "state_b64" in form:
@@ -150,8 +167,13 @@ def unavailable(exc: ByoError) -> PageError:
     )
 
 
-async def check_authorization(request: Request, params: _Params) -> Authorization:
-    """The request's app and redirect URI (else `PageError`), then the rest (else redirect)."""
+async def check_authorization(
+    request: Request, params: _Params, *, opening: bool = False
+) -> Authorization:
+    """The request's app and redirect URI (else `PageError`), then the rest (else redirect).
+
+    `opening`: the GET that starts the consent, which spends a pushed request's request_uri.
+    """
     client_id = _single_text(params, "client_id")
     if not client_id or len(client_id) > 200:
         raise _unknown_app()
@@ -163,6 +185,8 @@ async def check_authorization(request: Request, params: _Params) -> Authorizatio
         if exc.status == 404:
             raise _unknown_app() from None
         raise unavailable(exc) from None
+    if "request_uri" in params:
+        return await _pushed_authorization(request, app, params, opening=opening)
     redirect_uri = _single_text(params, "redirect_uri")
     # A plain string compare: no normalising of case, slashes, ports or escapes.
     if (
@@ -214,6 +238,45 @@ def _missing_pkce(missing: list[str], no_response_type: bool) -> str:
         f"Missing {', '.join(missing)}{also}. BYORouter requires PKCE with S256: send "
         "code_challenge=BASE64URL(SHA256(code_verifier)) and code_challenge_method=S256, then "
         f"code_verifier with the code exchange. Guide: {GUIDE_SECTION}."
+    )
+
+
+def _expired_request() -> PageError:
+    return PageError(
+        400,
+        "This link has expired",
+        "The link that sent you here can be used once and only for a few minutes. Go back to "
+        "the app and start again.",
+    )
+
+
+async def _pushed_authorization(
+    request: Request, app: cn.ConsentApp, params: _Params, *, opening: bool
+) -> Authorization:
+    """What the app's server pushed; every other query parameter is ignored (RFC 9126 4), so
+    nothing the browser adds or changes can widen the flow."""
+    request_uri = _single_text(params, "request_uri")
+    if not request_uri or len(request_uri) > 200:
+        raise _expired_request()
+    try:
+        pushed = await bus_of(request).request(
+            pp.PAR_OPEN,
+            pp.PushedAuthorizationOpen(
+                client_id=app.client_id, request_uri=SecretStr(request_uri), open=opening
+            ),
+        )
+    except ByoError as exc:
+        if exc.status in (400, 404):
+            raise _expired_request() from None
+        raise unavailable(exc) from None
+    state = base64.urlsafe_b64decode(pushed.state_b64) if pushed.state_b64 is not None else None
+    return Authorization(
+        app,
+        pushed.redirect_uri,
+        state,
+        pushed.code_challenge,
+        request_uri=request_uri,
+        allowed_providers=tuple(pushed.allowed_providers),
     )
 
 

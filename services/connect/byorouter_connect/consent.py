@@ -76,7 +76,15 @@ def consent_page(
         return_to=cn.origin_of(authorization.redirect_uri),
         hidden=authorization.hidden_fields(),
         csrf_token=csrf,
-        providers=PROVIDER_FORMS,
+        # Only what the app's provider policy (narrowed by a pushed request) allows.
+        providers=[
+            form
+            for form in PROVIDER_FORMS
+            if authorization.allows(form.provider)
+            or (form.provider == "selfhosted" and authorization.allows("tunnel"))
+        ],
+        offer_tunnel=authorization.allows("tunnel"),
+        offer_direct_url=authorization.allows("selfhosted"),
         shown=shown,
         results=results or {},
         problems=problems or [],
@@ -93,7 +101,7 @@ def consent_page(
 @router.get("/authorize")
 async def authorize(request: Request) -> Response:
     try:
-        authorization = await check_authorization(request, query_params(request))
+        authorization = await check_authorization(request, query_params(request), opening=True)
     except ErrorRedirect as exc:
         return error_redirect(exc)
     return consent_page(request, authorization)
@@ -202,10 +210,14 @@ async def connect(request: Request) -> Response:
                 fallback_to_default=fallback,
                 code_ttl_s=settings_of(request).code_ttl_s,
                 selfhosted_tunnel=tunnel,
+                request_uri=SecretStr(authorization.request_uri)
+                if authorization.request_uri is not None
+                else None,
             ),
         )
     except ByoError as exc:
-        if exc.status == 400:
+        # 403: a provider the app's policy does not allow, posted although the page hid it.
+        if exc.status in (400, 403):
             return consent_page(
                 request,
                 authorization,

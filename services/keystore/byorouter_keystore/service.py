@@ -11,6 +11,7 @@ from byorouter_common.bus import map_dependency_errors
 from byorouter_common.service import Service, ServiceRuntime
 from byorouter_keystore.app_default import AppDefaultHandlers
 from byorouter_keystore.apps import AppHandlers
+from byorouter_keystore.bindings import BindingHandlers
 from byorouter_keystore.commands import COMMANDS, load_keyring
 from byorouter_keystore.connect_flow.consent import ConsentHandlers
 from byorouter_keystore.connect_flow.manage import ManageHandlers
@@ -19,6 +20,7 @@ from byorouter_keystore.crypto import KeyringError
 from byorouter_keystore.db import create_engine, safe_url, session_factory
 from byorouter_keystore.headless import HeadlessHandlers
 from byorouter_keystore.keys import KeyHandlers
+from byorouter_keystore.provider_policy import ProviderPolicyHandlers
 from byorouter_keystore.settings import KeystoreSettings
 from byorouter_keystore.tunnels import TunnelHandlers
 from byorouter_keystore.usage import UsageHandlers
@@ -51,8 +53,10 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
     ConsentHandlers(runtime, sessions, keyring).register()
     ManageHandlers(runtime, sessions, keyring).register()
     TunnelHandlers(runtime, sessions, keyring).register()
+    BindingHandlers(runtime, sessions, keyring).register()
     HeadlessHandlers(runtime, sessions, keyring).register()
     WebhookHandlers(runtime, sessions, keyring).register()
+    ProviderPolicyHandlers(runtime, sessions, keyring).register()
     # Before any subscriber starts: a copy serves nothing until its KEK is confirmed.
     await keys.confirm_first()
 

@@ -48,6 +48,8 @@ class App(Base):
     # Its server may store its users' keys without Connect (seeing them in transit); off until
     # the operator turns it on (migration 0010).
     headless: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    # The provider kinds its users may connect; None allows every kind (migration 0011).
+    allowed_providers: Mapped[list[str] | None] = mapped_column(JSONB)
 
 
 class AppKey(Base):
@@ -72,6 +74,9 @@ class Connection(Base):
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), server_default="active")
     fallback_to_default: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    # The kinds its connect flow was narrowed to by a pushed authorization request; None: only
+    # the app's policy applies. Either way the app's current policy narrows it further.
+    allowed_providers: Mapped[list[str] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -100,6 +105,9 @@ class Credential(Base):
     kek_version: Mapped[int] = mapped_column(Integer, index=True)
     wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    # Migration 0012: which associated data the secret was sealed with (`crypto.BINDING_*`);
+    # rows from before it are 1 until keystore re-seals them (`bindings`).
+    binding_version: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), server_default="ok")
     last_error: Mapped[str | None] = mapped_column(Text)
     # selfhosted only: the tunnel to the user's server (migration 0005); `base_url`, if set, is
@@ -223,6 +231,26 @@ class ManageSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class PushedAuthorization(Base):
+    """An app server's pushed authorization request (RFC 9126); its request_uri is stored hashed.
+
+    Opened once (`opened_at`), spent by the consent it ends in (`used_at`).
+    """
+
+    __tablename__ = "pushed_authorizations"
+
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    state: Mapped[bytes | None] = mapped_column(LargeBinary)
+    code_challenge: Mapped[str] = mapped_column(String(64))
+    allowed_providers: Mapped[list[str] | None] = mapped_column(JSONB)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 # --- apps' own default providers (migration 0004) ----------------------------------------------
 
 # What the envelope's associated data names as the owner of an app default. A connection id
@@ -250,6 +278,8 @@ class AppDefaultProvider(Base):
     kek_version: Mapped[int] = mapped_column(Integer, index=True)
     wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    # As on `Credential` (migration 0012).
+    binding_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -368,6 +368,15 @@ class ChatRouter:
             if default is None:
                 raise RuntimeError("app default candidate without an app default")
             return self._providers[default.provider], default
+        if candidate.provider in connection.blocked:
+            raise ByoError(
+                403,
+                "provider_not_allowed",
+                f"This app no longer lets its users use {candidate.provider} providers, so the "
+                f"user's {candidate.provider} key was not used. Ask for a model of another "
+                "provider the user connected, or ask the user to connect one the app allows.",
+                param="model",
+            )
         return self._providers[candidate.provider], connection.providers[candidate.provider]
 
     def _publish_usage(

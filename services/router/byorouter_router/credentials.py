@@ -11,7 +11,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from byorouter_common.contracts.events import AppDefaultChangedEvent, ConnectionChangedEvent
+from byorouter_common.contracts.events import (
+    AppDefaultChangedEvent,
+    AppPolicyChangedEvent,
+    ConnectionChangedEvent,
+)
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
 from byorouter_router.fallback import FallbackTarget
 from byorouter_router.providers.base import ProviderCredential
@@ -35,6 +39,8 @@ class ConnectionCredentials:
     # The app's own default provider (its `provider` is the kind: openai, anthropic, ...) and
     # its configured model; it serves `default/<model>`, and falls back only if allowed.
     app_default: ProviderCredential | None = None
+    # Providers the connection holds that the app's provider policy no longer allows.
+    blocked: frozenset[str] = frozenset()
 
     def is_failing(self, provider: str) -> bool:
         """Whether keystore has this provider's key marked as rejected."""
@@ -77,6 +83,7 @@ class ConnectionCredentials:
             )
             if default is not None
             else None,
+            frozenset(resolved.blocked_providers),
         )
 
 
@@ -150,4 +157,7 @@ class CredentialCache:
         self.invalidate(event.app_id, event.connection_id)
 
     async def on_app_default_changed(self, event: AppDefaultChangedEvent) -> None:
+        self.invalidate_app(event.app_id)
+
+    async def on_app_policy_changed(self, event: AppPolicyChangedEvent) -> None:
         self.invalidate_app(event.app_id)

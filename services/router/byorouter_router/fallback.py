@@ -23,7 +23,13 @@ from byorouter_router.providers.errors import StalledUpstream
 # Set when the provider did not accept the request at all; the connection's own set-up is at
 # fault, not the request, so another provider may well answer.
 _MISCONFIGURED: Final = frozenset(
-    {"provider_misconfigured", "upstream_not_allowed", "provider_not_supported"}
+    {
+        "provider_misconfigured",
+        "upstream_not_allowed",
+        "provider_not_supported",
+        # The app's provider policy no longer allows it; another of the user's providers may do.
+        "provider_not_allowed",
+    }
 )
 # No tunnel client is connected: asking again in a moment rarely helps; the next provider may.
 _OFFLINE: Final = frozenset({"tunnel_offline"})

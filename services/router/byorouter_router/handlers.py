@@ -78,6 +78,9 @@ class RouterHandlers:
         subscribe_event(
             self.runtime.broker, events.APP_DEFAULT_CHANGED, self.credentials.on_app_default_changed
         )
+        subscribe_event(
+            self.runtime.broker, events.APP_POLICY_CHANGED, self.credentials.on_app_policy_changed
+        )
         discovery = self.runtime.discovery
         serve(
             self.runtime.broker,

@@ -40,6 +40,9 @@ def choose_provider(model_id: Any, connection: ConnectionCredentials) -> tuple[s
             + _has(connection),
             param="model",
         )
+    if prefix in connection.blocked:
+        # The chat path refuses it (403, provider_not_allowed) and falls back if it can.
+        return prefix, model
     if prefix not in connection.providers:
         raise ByoError(
             404,

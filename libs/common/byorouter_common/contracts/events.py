@@ -30,6 +30,12 @@ class AppDefaultChangedEvent(Contract):
     app_id: str
 
 
+class AppPolicyChangedEvent(Contract):
+    """An app's provider policy changed: every connection of it may have lost providers."""
+
+    app_id: str
+
+
 class TunnelChangedEvent(Contract):
     """A tunnel was revoked or its token rotated: tunnel copies close revoked sockets at once."""
 
@@ -95,6 +101,11 @@ APP_DEFAULT_CHANGED = Event(
     "byorouter.events.app_default.changed",
     AppDefaultChangedEvent,
     "An app's default provider was set or cleared; routers drop that app's cached connections.",
+)
+APP_POLICY_CHANGED = Event(
+    "byorouter.events.app_policy.changed",
+    AppPolicyChangedEvent,
+    "An app's provider policy changed; routers drop that app's cached connections.",
 )
 TUNNEL_CHANGED = Event(
     "byorouter.events.tunnel.changed",

@@ -35,6 +35,7 @@ from byorouter_keystore.connect_flow.one_time import (
 )
 from byorouter_keystore.connections import create_connection, delete_connection, get_connection
 from byorouter_keystore.crypto import KeyringStore
+from byorouter_keystore.provider_policy import in_order, policy_of, spend_authorization
 from byorouter_keystore.shared import Handlers, audit, connection_info, get_app
 from byorouter_keystore.tables import App, AuthorizationCode, Connection, Credential, Tunnel
 
@@ -82,9 +83,22 @@ async def issue_code(
         raise errors.bad_request(
             "redirect_uri is not registered for this app.", code="invalid_redirect_uri"
         )
+    narrowed = None
+    redirect_uri, code_challenge = grant.redirect_uri, grant.code_challenge
+    if grant.request_uri is not None:
+        # What the app's server pushed wins over anything the browser carried.
+        pushed = await spend_authorization(session, app, grant.request_uri.get_secret_value())
+        narrowed = pushed.allowed_providers
+        redirect_uri, code_challenge = pushed.redirect_uri, pushed.code_challenge
     fallback = grant.fallback_to_default and await offers_default_provider(session, app)
     connection, credentials = await create_connection(
-        session, keyring, app.id, grant.providers, fallback, grant.selfhosted_tunnel
+        session,
+        keyring,
+        app.id,
+        grant.providers,
+        fallback,
+        grant.selfhosted_tunnel,
+        narrowed_policy=narrowed,
     )
     await purge_expired(session)
     code = new_one_time_secret()
@@ -94,8 +108,8 @@ async def issue_code(
             code_hash=secret_hash(code),
             app_id=app.id,
             connection_id=connection.id,
-            redirect_uri=grant.redirect_uri,
-            code_challenge=grant.code_challenge,
+            redirect_uri=redirect_uri,
+            code_challenge=code_challenge,
             expires_at=expires_in(grant.code_ttl_s),
         )
         .returning(AuthorizationCode.expires_at)
@@ -262,6 +276,7 @@ async def consent_app(session: AsyncSession, app: App) -> cn.ConsentApp:
         name=app.name,
         redirect_uris=app.redirect_uris,
         offers_default_provider=await offers_default_provider(session, app),
+        allowed_providers=in_order(policy_of(app)),
     )
 
 

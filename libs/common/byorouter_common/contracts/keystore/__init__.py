@@ -7,7 +7,7 @@ know which module a name lives in. The Connect flow stays in its own namespace,
 
 from __future__ import annotations
 
-from byorouter_common.contracts.keystore import connect_flow
+from byorouter_common.contracts.keystore import connect_flow, provider_policy
 from byorouter_common.contracts.keystore.apps import (
     APP_AUTHENTICATE,
     APP_CREATE,
@@ -120,6 +120,7 @@ ENDPOINTS = (
     TUNNEL_AUTHENTICATE,
     TUNNEL_SESSION_REFRESH,
     TUNNEL_PRESENCE,
+    provider_policy.APP_POLICY_SET,
     WEBHOOK_ADD,
     WEBHOOK_LIST,
     WEBHOOK_REMOVE,

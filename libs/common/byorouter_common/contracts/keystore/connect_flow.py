@@ -21,7 +21,12 @@ from pydantic import Field, SecretStr, field_serializer
 
 from byorouter_common.contracts.base import Contract, Endpoint
 from byorouter_common.contracts.keystore.connections import ConnectionInfo, ProviderCredentialInput
-from byorouter_common.contracts.keystore.names import SERVICE, ProviderName
+from byorouter_common.contracts.keystore.names import (
+    PROVIDER_KINDS,
+    SERVICE,
+    ProviderKind,
+    ProviderName,
+)
 
 # An authorization code lives at most this long (RFC 9700 recommends minutes, not more).
 MAX_CODE_TTL_S: Final = 600
@@ -99,6 +104,8 @@ class ConsentApp(Contract):
     # The app runs an AI of its own that a connection may fall back to; otherwise the page
     # hides the "fall back to the app's AI" choice.
     offers_default_provider: bool = False
+    # The app's provider policy (`provider_policy`): the kinds the page may offer.
+    allowed_providers: list[ProviderKind] = Field(default_factory=lambda: list(PROVIDER_KINDS))
 
 
 class AuthorizationGrant(Contract):
@@ -116,6 +123,13 @@ class AuthorizationGrant(Contract):
     # (TUNNEL_REGISTER) right after, so the self-hosted provider's base_url, then only the
     # direct address used while the tunnel is offline, may be empty.
     selfhosted_tunnel: bool = False
+    # The pushed authorization request (RFC 9126) this consent answers: keystore then takes the
+    # redirect URI, PKCE challenge and narrowed provider policy from it, and spends it.
+    request_uri: SecretStr | None = None
+
+    @field_serializer("request_uri", when_used="json")
+    def _reveal_request_uri(self, value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
 
 
 class AuthorizationCode(Contract):
@@ -248,6 +262,8 @@ class ManageView(Contract):
 
     app_name: str
     offers_default_provider: bool = False
+    # What this connection may add: the app's provider policy, narrowed as its connect flow was.
+    allowed_providers: list[ProviderKind] = Field(default_factory=lambda: list(PROVIDER_KINDS))
     return_url: str | None
     expires_at: datetime
     connection: ConnectionInfo

@@ -95,6 +95,9 @@ class ResolvedConnection(Contract):
     # The app's own default provider when the operator set one, whatever `fallback_to_default`
     # says: it serves `default/<model>` always, and is a fallback only if the connection allows.
     app_default: ResolvedProvider | None = None
+    # Providers the connection holds that the app's provider policy no longer allows: left out
+    # of `providers`, named here so the router can say why it will not use them.
+    blocked_providers: list[str] = Field(default_factory=list)
 
 
 # --- usage ----------------------------------------------------------------------------------

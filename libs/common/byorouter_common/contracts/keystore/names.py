@@ -8,3 +8,14 @@ SERVICE: Final = "keystore"
 
 ProviderName = Literal["openai", "anthropic", "openrouter", "selfhosted"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "anthropic", "openrouter", "selfhosted")
+
+# What an app's provider policy names: the four providers, with a self-hosted server split by
+# how it is reached (`selfhosted`: a direct URL; `tunnel`: through a secure tunnel).
+ProviderKind = Literal["openai", "anthropic", "openrouter", "selfhosted", "tunnel"]
+PROVIDER_KINDS: tuple[ProviderKind, ...] = (
+    "openai",
+    "anthropic",
+    "openrouter",
+    "selfhosted",
+    "tunnel",
+)
