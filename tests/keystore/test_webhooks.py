@@ -20,7 +20,7 @@ from standardwebhooks import Webhook as Verifier
 from byorouter_cli.backends import NatsServer
 from byorouter_common import errors
 from byorouter_common.bus import Bus
-from byorouter_common.contracts import events
+from byorouter_common.contracts import Empty, events
 from byorouter_common.contracts import keystore as ks
 from byorouter_keystore.webhooks import check_webhook_url
 from tests.conftest import (
@@ -268,3 +268,20 @@ def test_private_or_secret_carrying_urls_are_refused(url: str) -> None:
 
 def test_a_public_url_is_accepted() -> None:
     check_webhook_url("https://hooks.example.com/byorouter", allow_private=False)
+
+
+async def test_webhook_secrets_survive_a_key_rotation_and_prune(
+    keystore: list[KeystoreProcess], nc: NatsClient, receiver: Receiver
+) -> None:
+    bus = Bus(nc, timeout_s=10)
+    hooked = await app_with_webhook(bus, receiver.url)
+    rotated = await bus.request(ks.KEYS_ROTATE, Empty(), timeout_s=30)
+    pruned = await bus.request(ks.KEYS_PRUNE, Empty())
+    assert pruned.removed_versions == [rotated.active_version - 1]
+
+    await bus.request(
+        ks.CONNECTION_DELETE,
+        ks.ConnectionRef(app_id=hooked.app_id, connection_id=hooked.connection_id),
+    )
+    await receiver.wait_for(1, within_s=5)
+    assert verified(hooked.secret, receiver.received[0])["type"] == "connection.disconnected"

@@ -44,6 +44,7 @@ from byorouter_keystore.tables import (
     KeystoreCopy,
     app_default_owner,
 )
+from byorouter_keystore.webhooks import rewrap_webhook_secrets, webhook_kek_versions_in_use
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,11 @@ async def rotate_keys(
     await announce(new.active)
     result = await rewrap_credentials(sessions, keyring, batch_size)
     defaults = await rewrap_app_defaults(sessions, keyring, batch_size)
+    _, webhooks_undecryptable = await rewrap_webhook_secrets(sessions, keyring, batch_size)
     result = RewrapResult(
-        result.rewrapped, result.undecryptable + defaults.undecryptable, defaults.rewrapped
+        result.rewrapped,
+        result.undecryptable + defaults.undecryptable + webhooks_undecryptable,
+        defaults.rewrapped,
     )
     async with sessions.begin() as session:
         audit(
@@ -384,6 +388,8 @@ async def prune_keys(
     in_use = set(await kek_versions_in_use(session))
     # Apps' default provider keys are stored credentials too.
     in_use |= set(await app_default_kek_versions_in_use(session))
+    # So are webhook signing secrets.
+    in_use |= set(await webhook_kek_versions_in_use(session))
     removed = await keyring.prune(in_use)
     if removed:
         audit(

@@ -32,8 +32,16 @@ from standardwebhooks import Webhook as Signer
 from byorouter_common import errors
 from byorouter_common.bus import serve
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.errors import ByoError
 from byorouter_common.public_addresses import PublicOnlyResolver, is_forbidden_host
-from byorouter_keystore.crypto import KeyringStore, SealedSecret, seal, unseal
+from byorouter_keystore.crypto import (
+    KeyringStore,
+    SealedSecret,
+    UnknownKekVersion,
+    rewrap,
+    seal,
+    unseal,
+)
 from byorouter_keystore.settings import KeystoreSettings
 from byorouter_keystore.shared import BASE_URL_RULE, Handlers, audit, get_app, is_plain_http_url
 from byorouter_keystore.tables import Connection, Credential, Webhook, WebhookDelivery
@@ -150,6 +158,51 @@ async def remove_webhook(session: AsyncSession, webhook_id: str) -> None:
         raise webhook_not_found()
     await session.delete(webhook)
     audit(session, "webhook.removed", webhook.app_id, webhook_id)
+
+
+# --- key rotation: the signing secrets are sealed like provider keys -------------------------
+
+
+async def webhook_kek_versions_in_use(session: AsyncSession) -> dict[int, int]:
+    """How many webhook secrets each KEK version wraps: prune must keep every one of them."""
+    rows = await session.execute(
+        select(Webhook.kek_version, func.count()).group_by(Webhook.kek_version)
+    )
+    return dict(rows.tuples().all())
+
+
+async def rewrap_webhook_secrets(
+    sessions: async_sessionmaker[AsyncSession], keyring: KeyringStore, batch_size: int
+) -> tuple[int, int]:
+    """Move webhook secrets' data keys onto the active KEK; (re-wrapped, undecryptable)."""
+    rewrapped = failed = 0
+    last_id = ""
+    while True:
+        async with sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(Webhook.id, Webhook.kek_version, Webhook.wrapped_dek)
+                    .where(Webhook.kek_version != keyring.current.active, Webhook.id > last_id)
+                    .order_by(Webhook.id)
+                    .limit(batch_size)
+                )
+            ).all()
+            if not rows:
+                return rewrapped, failed
+            last_id = rows[-1].id
+            for row in rows:
+                sealed = SealedSecret(row.kek_version, row.wrapped_dek, b"")
+                try:
+                    new_wrapped = rewrap(keyring.current, sealed, row.id, _SEAL_PURPOSE)
+                except (UnknownKekVersion, ByoError):
+                    failed += 1
+                    continue
+                await session.execute(
+                    update(Webhook)
+                    .where(Webhook.id == row.id, Webhook.kek_version == row.kek_version)
+                    .values(kek_version=keyring.current.active, wrapped_dek=new_wrapped)
+                )
+                rewrapped += 1
 
 
 # --- the outbox ---------------------------------------------------------------------------------
@@ -309,8 +362,12 @@ class WebhookSender:
             claimed = []
             for delivery, webhook in rows:
                 delivery.next_attempt_at = func.now() + lease
-                sealed = SealedSecret(webhook.kek_version, webhook.wrapped_dek, webhook.ciphertext)
-                secret = unseal(self._keyring.current, sealed, webhook.id, _SEAL_PURPOSE).decode()
+                secret = self._open_secret(webhook)
+                if secret is None:
+                    # Nothing could sign it, now or later: fail it rather than block the rest.
+                    delivery.status = "failed"
+                    delivery.last_error = "The webhook's signing secret cannot be decrypted."
+                    continue
                 claimed.append(
                     _Claimed(
                         id=delivery.id,
@@ -322,6 +379,21 @@ class WebhookSender:
                     )
                 )
         return claimed
+
+    def _open_secret(self, webhook: Webhook) -> str | None:
+        sealed = SealedSecret(webhook.kek_version, webhook.wrapped_dek, webhook.ciphertext)
+        try:
+            try:
+                return unseal(self._keyring.current, sealed, webhook.id, _SEAL_PURPOSE).decode()
+            except UnknownKekVersion:
+                # Another copy rotated and we have not heard yet: read the file and retry once.
+                self._keyring.reload()
+                return unseal(self._keyring.current, sealed, webhook.id, _SEAL_PURPOSE).decode()
+        except (UnknownKekVersion, ByoError):
+            log.warning(
+                "webhook signing secret cannot be decrypted", extra={"webhook_id": webhook.id}
+            )
+            return None
 
     async def _deliver(self, claimed: _Claimed) -> None:
         error = await self._post(claimed)
