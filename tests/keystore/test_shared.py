@@ -9,29 +9,51 @@ import pytest
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
 from byorouter_keystore.connect_flow.consent import s256
-from byorouter_keystore.crypto import Keyring, KeyringStore, write_keyring_file
+from byorouter_keystore.crypto import Destination, Keyring, KeyringStore, write_keyring_file
 from byorouter_keystore.shared import is_plain_http_url, open_api_key, seal_api_key
 from byorouter_keystore.tables import app_default_owner
 
 API_KEY = "sk-proj-unit-test-secret-0123456789"
+DIRECT = Destination("https://api.openai.com/v1")
 
 
 def test_a_sealed_api_key_opens_only_for_the_owner_it_was_sealed_to() -> None:
     keyring = KeyringStore(Keyring.generate(), None)
-    sealed = seal_api_key(keyring, API_KEY, "conn_a", "openai")
+    sealed = seal_api_key(keyring, API_KEY, "conn_a", "openai", DIRECT)
 
-    assert open_api_key(keyring, sealed, "conn_a", "openai") == API_KEY
+    assert open_api_key(keyring, sealed, "conn_a", "openai", DIRECT) == API_KEY
     # An app default is sealed to its app, so a credential row copied there does not open.
     with pytest.raises(ByoError) as err:
-        open_api_key(keyring, sealed, app_default_owner("app_a"), "openai")
+        open_api_key(keyring, sealed, app_default_owner("app_a"), "openai", DIRECT)
+    assert err.value.code == "credential_undecryptable"
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        Destination("https://api.openai.com.attacker.example/v1"),
+        Destination(None),
+        Destination("https://api.openai.com/v1", "tun_planted"),
+        # The same characters split differently between the fields must not pass either.
+        Destination("https://api.openai.com/v1|", None),
+    ],
+)
+def test_a_sealed_api_key_opens_only_for_the_destination_it_was_sealed_to(
+    elsewhere: Destination,
+) -> None:
+    keyring = KeyringStore(Keyring.generate(), None)
+    sealed = seal_api_key(keyring, API_KEY, "conn_a", "openai", DIRECT)
+
+    with pytest.raises(ByoError) as err:
+        open_api_key(keyring, sealed, "conn_a", "openai", elsewhere)
     assert err.value.code == "credential_undecryptable"
 
 
 def test_a_provider_without_a_key_opens_as_none() -> None:
     keyring = KeyringStore(Keyring.generate(), None)
-    sealed = seal_api_key(keyring, None, "conn_a", "selfhosted")
+    sealed = seal_api_key(keyring, None, "conn_a", "selfhosted", Destination(None, "tun_a"))
 
-    assert open_api_key(keyring, sealed, "conn_a", "selfhosted") is None
+    assert open_api_key(keyring, sealed, "conn_a", "selfhosted", Destination(None, "tun_a")) is None
 
 
 def test_a_key_sealed_after_another_copy_rotated_opens_after_one_reload(tmp_path: Path) -> None:
@@ -41,9 +63,9 @@ def test_a_key_sealed_after_another_copy_rotated_opens_after_one_reload(tmp_path
     stale = KeyringStore.from_file(path)
     rotated = old.with_new_version()
     write_keyring_file(path, rotated)
-    sealed = seal_api_key(KeyringStore(rotated, None), API_KEY, "conn_a", "openai")
+    sealed = seal_api_key(KeyringStore(rotated, None), API_KEY, "conn_a", "openai", DIRECT)
 
-    assert open_api_key(stale, sealed, "conn_a", "openai") == API_KEY
+    assert open_api_key(stale, sealed, "conn_a", "openai", DIRECT) == API_KEY
     assert stale.current.active == rotated.active
 
 

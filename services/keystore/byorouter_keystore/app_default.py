@@ -2,7 +2,8 @@
 
 The key is envelope-encrypted with the same code as connections' credentials (a fresh data key
 per secret), but sealed to the app (`app_default_owner`) rather than to a connection, so a row
-copied between apps, or between an app default and a connection's credential, does not decrypt.
+copied between apps, or between an app default and a connection's credential, does not decrypt;
+its base URL is sealed with it, so neither does a row pointed at another server.
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
-from byorouter_keystore.crypto import KeyringStore, SealedSecret, UnknownKekVersion, undecryptable
+from byorouter_keystore.crypto import Destination, KeyringStore, UnknownKekVersion, undecryptable
 from byorouter_keystore.shared import (
     BASE_URL_RULE,
     KEY_REQUIRED,
     Handlers,
     audit,
+    destination_of,
     get_app,
     is_plain_http_url,
     open_api_key,
     provider_name,
     rowcount,
     seal_api_key,
+    sealed_of,
+    store_sealed,
 )
 from byorouter_keystore.tables import App, AppDefaultProvider, app_default_owner
 
@@ -57,15 +61,19 @@ async def set_default(
     app = await get_app(session, request.client_id)
     key = request.api_key.get_secret_value().strip() if request.api_key is not None else ""
     owner_row = await session.get(AppDefaultProvider, app.id, with_for_update=True)
-    sealed = seal_api_key(keyring, key or None, app_default_owner(app.id), request.provider)
+    sealed = seal_api_key(
+        keyring,
+        key or None,
+        app_default_owner(app.id),
+        request.provider,
+        Destination(request.base_url),
+    )
     row = owner_row or AppDefaultProvider(app_id=app.id)
     row.provider = request.provider
     row.base_url = request.base_url
     row.model = request.model.strip() if request.model is not None else None
     row.label = mask_key(key) if key else None
-    row.kek_version = sealed.kek_version
-    row.wrapped_dek = sealed.wrapped_dek
-    row.ciphertext = sealed.ciphertext
+    store_sealed(row, sealed)
     if owner_row is None:
         session.add(row)
     await session.flush()
@@ -98,10 +106,10 @@ async def offers_default_provider(session: AsyncSession, app: App) -> bool:
 
 
 def open_default(keyring: KeyringStore, row: AppDefaultProvider) -> str | None:
-    """The default's API key (None when it has none); a 500 if the row will not decrypt."""
-    sealed = SealedSecret(row.kek_version, row.wrapped_dek, row.ciphertext)
+    """The default's API key (None when it has none); a 500 if the row will not decrypt, or no
+    longer names the base URL it was sealed to."""
     try:
-        return open_api_key(keyring, sealed, row.owner, row.provider)
+        return open_api_key(keyring, sealed_of(row), row.owner, row.provider, destination_of(row))
     except (UnknownKekVersion, ByoError) as exc:
         # Tampered with, copied from another app, or outlived its KEK: the log names the app,
         # never anything of the row's contents.

@@ -1,7 +1,8 @@
 """Connections and their credentials: a user's provider keys for one app, envelope-encrypted.
 
-Each credential's key is sealed under its own data key, bound to its connection and provider
-(see `crypto`); `resolve_credentials` is the one place that opens them, for the router.
+Each credential's key is sealed under its own data key, bound to its connection, provider and
+destination (see `crypto`); `resolve_credentials` is the one place that opens them, for the
+router, and hands out only the destination the key opened with.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from byorouter_common.bus import consume_event, serve
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.tunnel import is_tunnel_id
-from byorouter_common.errors import ByoError
 from byorouter_common.redact import mask_key
 from byorouter_keystore import ids
 from byorouter_keystore.app_default import default_of, open_default
-from byorouter_keystore.crypto import KeyringStore, SealedSecret, UnknownKekVersion, undecryptable
+from byorouter_keystore.crypto import Destination, KeyringStore
 from byorouter_keystore.shared import (
     BASE_URL_RULE,
     KEY_REQUIRED,
@@ -32,12 +32,14 @@ from byorouter_keystore.shared import (
     audit,
     connection_info,
     credentials_of,
+    destination_of,
     is_plain_http_url,
-    open_api_key,
+    open_credential,
     owned_connection,
     provider_name,
     rowcount,
     seal_api_key,
+    store_sealed,
 )
 from byorouter_keystore.tables import App, AppDefaultProvider, Connection, Credential, Tunnel
 from byorouter_keystore.tunnels import revoke_tunnels_of_connection, routable_tunnels
@@ -122,7 +124,6 @@ async def create_connection(
     credentials = []
     for priority, p in enumerate(providers):
         key = p.api_key.get_secret_value().strip() if p.api_key is not None else ""
-        sealed = seal_api_key(keyring, key or None, connection.id, p.provider)
         credential = Credential(
             id=ids.new_credential_id(),
             connection_id=connection.id,
@@ -131,10 +132,11 @@ async def create_connection(
             base_url=p.base_url,
             preferred_model=p.preferred_model,
             label=mask_key(key) if key else None,
-            kek_version=sealed.kek_version,
-            wrapped_dek=sealed.wrapped_dek,
-            ciphertext=sealed.ciphertext,
             status="ok",
+        )
+        destination = Destination(p.base_url)
+        store_sealed(
+            credential, seal_api_key(keyring, key or None, connection.id, p.provider, destination)
         )
         session.add(credential)
         credentials.append(credential)
@@ -183,26 +185,10 @@ async def delete_connection(session: AsyncSession, app_id: str, connection_id: s
 class ResolvedCredential:
     credential: Credential
     api_key: str | None
+    # Where the key was sealed to go: the key opened with it, so it is what the router gets.
+    destination: Destination
     # The active tunnel the credential routes through, if any.
     tunnel: Tunnel | None = None
-
-
-def _unseal(keyring: KeyringStore, credential: Credential) -> str | None:
-    sealed = SealedSecret(credential.kek_version, credential.wrapped_dek, credential.ciphertext)
-    try:
-        return open_api_key(keyring, sealed, credential.connection_id, credential.provider)
-    except (UnknownKekVersion, ByoError) as exc:
-        # A row that will not open was tampered with or outlived its KEK: worth an operator's
-        # attention, and the log line names the row, never its contents.
-        log.warning(
-            "stored credential cannot be decrypted",
-            extra={
-                "credential_id": credential.id,
-                "connection_id": credential.connection_id,
-                "reason": type(exc).__name__,
-            },
-        )
-        raise undecryptable() from None
 
 
 async def resolve_credentials(
@@ -212,7 +198,10 @@ async def resolve_credentials(
     tunnels = await routable_tunnels(session, credentials)
     resolved = [
         ResolvedCredential(
-            c, _unseal(keyring, c), tunnels.get(c.tunnel_id) if c.tunnel_id else None
+            c,
+            open_credential(keyring, c),
+            destination_of(c),
+            tunnels.get(c.tunnel_id) if c.tunnel_id else None,
         )
         for c in credentials
     ]
@@ -304,7 +293,7 @@ class ConnectionHandlers(Handlers):
                 ks.ResolvedProvider(
                     provider=provider_name(r.credential),
                     api_key=SecretStr(r.api_key) if r.api_key is not None else None,
-                    base_url=r.credential.base_url,
+                    base_url=r.destination.base_url,
                     preferred_model=r.credential.preferred_model,
                     priority=r.credential.priority,
                     status="failing" if r.credential.status == "failing" else "ok",
@@ -322,7 +311,7 @@ class ConnectionHandlers(Handlers):
         return ks.ResolvedProvider(
             provider=provider_name(default),
             api_key=SecretStr(api_key) if api_key is not None else None,
-            base_url=default.base_url,
+            base_url=destination_of(default).base_url,
             preferred_model=default.model,
             priority=0,
         )

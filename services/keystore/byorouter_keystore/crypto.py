@@ -4,8 +4,10 @@ Each credential gets its own random 256-bit data key (DEK). The secret is sealed
 AES-256-GCM under the DEK, and the DEK is wrapped with AES-256-GCM under the active
 key-encryption key (KEK). Both layers carry associated data naming the connection and provider
 (the wrap also names the KEK version), so a row copied to another connection or provider fails
-to decrypt instead of handing out someone else's key. Rotation re-wraps DEKs only; the sealed
-secrets never change.
+to decrypt instead of handing out someone else's key. Since binding v2 the secret's associated
+data also names its `Destination` (base URL, tunnel), so a row pointed at another address does
+not open either (docs/decisions/0015-destination-binding.md). Rotation re-wraps DEKs only; the
+sealed secrets never change.
 
 The keyring is JSON ``{"active": N, "keys": {"1": "<base64 of 32 bytes>", ...}}``, kept in a file
 of mode 0600 (rewritten atomically) or, for containers, given inline in ``BYOROUTER_KEYRING``.
@@ -35,7 +37,12 @@ from byorouter_common.errors import ByoError
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _SECRET_AAD = b"byorouter/credential/v1|"
+_SECRET_AAD_V2 = b"byorouter/credential/v2|"
 _DEK_AAD = b"byorouter/dek/v1|"
+# v1: the secret names its owner and provider only (rows stored before migration 0012).
+# v2: it names its destination too. Only v2 is ever written; v1 rows are re-sealed (`bindings`).
+BINDING_V1 = 1
+BINDING_VERSION = 2
 
 
 class KeyringError(Exception):
@@ -129,18 +136,43 @@ class Keyring:
 
 @dataclass(frozen=True)
 class SealedSecret:
-    """What is stored for one credential: which KEK wraps the DEK, the wrapped DEK, the secret."""
+    """What is stored for one credential: which KEK wraps the DEK, the wrapped DEK, the secret,
+    and which associated-data layout the secret was sealed with."""
 
     kek_version: int
     wrapped_dek: bytes
     ciphertext: bytes
+    binding_version: int = BINDING_VERSION
 
 
-def _secret_aad(connection_id: str, provider: str) -> bytes:
-    return _SECRET_AAD + f"{connection_id}|{provider}".encode()
+@dataclass(frozen=True)
+class Destination:
+    """Everything besides the provider that decides where a key is sent; sealed with the key."""
+
+    base_url: str | None = None
+    tunnel_id: str | None = None
+
+
+NOWHERE = Destination()
+
+
+def _field(value: str | None) -> str:
+    # Length-prefixed, so no URL (which may hold '|') can pass for another split of the fields.
+    return "-" if value is None else f"{len(value)}:{value}"
+
+
+def _secret_aad(
+    connection_id: str, provider: str, destination: Destination, binding_version: int
+) -> bytes:
+    if binding_version == BINDING_V1:
+        return _SECRET_AAD + f"{connection_id}|{provider}".encode()
+    fields = (connection_id, provider, destination.base_url, destination.tunnel_id)
+    return _SECRET_AAD_V2 + "|".join(map(_field, fields)).encode()
 
 
 def _dek_aad(kek_version: int, connection_id: str, provider: str) -> bytes:
+    # No destination here: the secret's own tag already refuses another one, and rotation
+    # re-wraps data keys without having to read (or race with edits of) base URLs and tunnels.
     return _DEK_AAD + f"{kek_version}|{connection_id}|{provider}".encode()
 
 
@@ -156,19 +188,37 @@ def _decrypt(key: bytes, sealed: bytes, aad: bytes) -> bytes:
         raise undecryptable() from None
 
 
-def seal(keyring: Keyring, plaintext: bytes, connection_id: str, provider: str) -> SealedSecret:
-    """Encrypt `plaintext` under a fresh DEK wrapped by the active KEK, bound to its owner."""
+def seal(
+    keyring: Keyring,
+    plaintext: bytes,
+    connection_id: str,
+    provider: str,
+    destination: Destination = NOWHERE,
+) -> SealedSecret:
+    """Encrypt `plaintext` under a fresh DEK wrapped by the active KEK, bound to its owner,
+    provider and destination (binding v2)."""
     dek = AESGCM.generate_key(bit_length=KEY_BYTES * 8)
-    ciphertext = _encrypt(dek, plaintext, _secret_aad(connection_id, provider))
+    aad = _secret_aad(connection_id, provider, destination, BINDING_VERSION)
+    ciphertext = _encrypt(dek, plaintext, aad)
     version = keyring.active
     wrapped = _encrypt(keyring.kek(version), dek, _dek_aad(version, connection_id, provider))
-    return SealedSecret(version, wrapped, ciphertext)
+    return SealedSecret(version, wrapped, ciphertext, BINDING_VERSION)
 
 
-def unseal(keyring: Keyring, sealed: SealedSecret, connection_id: str, provider: str) -> bytes:
-    """The plaintext; `UnknownKekVersion` if the KEK is missing, a 500 `ByoError` if tampered."""
+def unseal(
+    keyring: Keyring,
+    sealed: SealedSecret,
+    connection_id: str,
+    provider: str,
+    destination: Destination = NOWHERE,
+) -> bytes:
+    """The plaintext; `UnknownKekVersion` if the KEK is missing, a 500 `ByoError` if tampered
+    (a v2 secret whose destination is not the one it was sealed with is tampered)."""
+    if sealed.binding_version not in (BINDING_V1, BINDING_VERSION):
+        raise undecryptable()
     dek = _unwrap(keyring, sealed, connection_id, provider)
-    return _decrypt(dek, sealed.ciphertext, _secret_aad(connection_id, provider))
+    aad = _secret_aad(connection_id, provider, destination, sealed.binding_version)
+    return _decrypt(dek, sealed.ciphertext, aad)
 
 
 def rewrap(keyring: Keyring, sealed: SealedSecret, connection_id: str, provider: str) -> bytes:

@@ -7,6 +7,7 @@ happens or not at all).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -21,7 +22,15 @@ from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.keystore import ProviderName
 from byorouter_common.errors import ByoError
 from byorouter_common.service import ServiceRuntime
-from byorouter_keystore.crypto import KeyringStore, SealedSecret, UnknownKekVersion, seal, unseal
+from byorouter_keystore.crypto import (
+    Destination,
+    KeyringStore,
+    SealedSecret,
+    UnknownKekVersion,
+    seal,
+    undecryptable,
+    unseal,
+)
 from byorouter_keystore.settings import KeystoreSettings
 from byorouter_keystore.tables import (
     App,
@@ -31,6 +40,8 @@ from byorouter_keystore.tables import (
     Credential,
     Tunnel,
 )
+
+log = logging.getLogger(__name__)
 
 # Providers that cannot be called without a key; a self-hosted server may need none.
 KEY_REQUIRED: frozenset[str] = frozenset({"openai", "anthropic", "openrouter"})
@@ -130,28 +141,81 @@ def secret_document(api_key: str | None) -> bytes:
 
 
 def seal_api_key(
-    keyring: KeyringStore, api_key: str | None, owner: str, provider: str
+    keyring: KeyringStore,
+    api_key: str | None,
+    owner: str,
+    provider: str,
+    destination: Destination,
 ) -> SealedSecret:
-    """Seal `api_key` (None: the provider needs none) under a fresh data key, bound to its owner."""
-    return seal(keyring.current, secret_document(api_key), owner, provider)
+    """Seal `api_key` (None: the provider needs none) under a fresh data key, bound to its owner,
+    provider and destination: a row whose address changes afterwards no longer opens."""
+    return seal(keyring.current, secret_document(api_key), owner, provider, destination)
 
 
 def open_api_key(
-    keyring: KeyringStore, sealed: SealedSecret, owner: str, provider: str
+    keyring: KeyringStore,
+    sealed: SealedSecret,
+    owner: str,
+    provider: str,
+    destination: Destination,
 ) -> str | None:
-    """The API key a sealed secret holds (None when it has none).
+    """The API key a sealed secret holds (None when it has none), if `destination` is where it
+    was sealed to go.
 
     Raises `UnknownKekVersion` or `ByoError` if it will not open, for the caller to log (naming
     the row, never its contents) and answer with `undecryptable`.
     """
     try:
-        plaintext = unseal(keyring.current, sealed, owner, provider)
+        plaintext = unseal(keyring.current, sealed, owner, provider, destination)
     except UnknownKekVersion:
         # Another copy rotated and we have not seen its event yet: read the file and retry once.
         keyring.reload()
-        plaintext = unseal(keyring.current, sealed, owner, provider)
+        plaintext = unseal(keyring.current, sealed, owner, provider, destination)
     api_key = orjson.loads(plaintext).get("api_key")
     return api_key if isinstance(api_key, str) else None
+
+
+def sealed_of(row: Credential | AppDefaultProvider) -> SealedSecret:
+    return SealedSecret(row.kek_version, row.wrapped_dek, row.ciphertext, row.binding_version)
+
+
+def destination_of(row: Credential | AppDefaultProvider) -> Destination:
+    """Where the row says its key goes; only trustworthy once the key opened with it."""
+    tunnel_id = row.tunnel_id if isinstance(row, Credential) else None
+    return Destination(row.base_url, tunnel_id)
+
+
+def store_sealed(row: Credential | AppDefaultProvider, sealed: SealedSecret) -> None:
+    """Put a freshly sealed secret on its row (every column `sealed_of` reads back)."""
+    row.kek_version = sealed.kek_version
+    row.wrapped_dek = sealed.wrapped_dek
+    row.ciphertext = sealed.ciphertext
+    row.binding_version = sealed.binding_version
+
+
+def open_credential(keyring: KeyringStore, credential: Credential) -> str | None:
+    """The credential's key, if its row still names the destination it was sealed to; else a 500
+    `undecryptable` (logged, naming the row)."""
+    try:
+        return open_api_key(
+            keyring,
+            sealed_of(credential),
+            credential.connection_id,
+            credential.provider,
+            destination_of(credential),
+        )
+    except (UnknownKekVersion, ByoError) as exc:
+        # A row that will not open was tampered with (pointed elsewhere, say) or outlived its
+        # KEK: worth an operator's attention, and the log line names the row, never its contents.
+        log.warning(
+            "stored credential cannot be decrypted",
+            extra={
+                "credential_id": credential.id,
+                "connection_id": credential.connection_id,
+                "reason": type(exc).__name__,
+            },
+        )
+        raise undecryptable() from None
 
 
 # --- what the bus sees --------------------------------------------------------------------------

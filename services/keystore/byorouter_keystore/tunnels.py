@@ -26,13 +26,15 @@ from byorouter_common.contracts import tunnel as tn
 from byorouter_common.contracts.base import Empty
 from byorouter_common.errors import ByoError
 from byorouter_keystore import ids
-from byorouter_keystore.crypto import KeyringStore
+from byorouter_keystore.crypto import Destination, KeyringStore
 from byorouter_keystore.shared import (
     Handlers,
     audit,
     credentials_of,
+    open_credential,
     owned_connection,
     seal_api_key,
+    store_sealed,
 )
 from byorouter_keystore.tables import Connection, Credential, Tunnel, TunnelSession
 
@@ -152,27 +154,29 @@ async def register_tunnel(
     session.add(tunnel)
     await session.flush()
     if selfhosted is None:
-        sealed = seal_api_key(keyring, None, connection.id, "selfhosted")
-        session.add(
-            Credential(
-                id=ids.new_credential_id(),
-                connection_id=connection.id,
-                provider="selfhosted",
-                priority=max((c.priority for c in credentials), default=-1) + 1,
-                base_url=None,
-                preferred_model=request.models[0].name if request.models else None,
-                label=None,
-                kek_version=sealed.kek_version,
-                wrapped_dek=sealed.wrapped_dek,
-                ciphertext=sealed.ciphertext,
-                status="ok",
-                tunnel_id=tunnel.id,
-            )
+        selfhosted = Credential(
+            id=ids.new_credential_id(),
+            connection_id=connection.id,
+            provider="selfhosted",
+            priority=max((c.priority for c in credentials), default=-1) + 1,
+            base_url=None,
+            preferred_model=request.models[0].name if request.models else None,
+            label=None,
+            status="ok",
+            tunnel_id=tunnel.id,
         )
+        api_key = None
+        session.add(selfhosted)
     else:
+        # The key is bound to where it may go: pointing it at the new tunnel means re-sealing.
+        api_key = open_credential(keyring, selfhosted)
         selfhosted.tunnel_id = tunnel.id
         selfhosted.status = "ok"
         selfhosted.last_error = None
+    destination = Destination(selfhosted.base_url, tunnel.id)
+    store_sealed(
+        selfhosted, seal_api_key(keyring, api_key, connection.id, "selfhosted", destination)
+    )
     await session.flush()
     audit(
         session,

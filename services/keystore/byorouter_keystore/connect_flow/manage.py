@@ -30,7 +30,7 @@ from byorouter_keystore.connect_flow.one_time import (
     secret_hash,
 )
 from byorouter_keystore.connections import delete_connection, validate_providers
-from byorouter_keystore.crypto import KeyringStore
+from byorouter_keystore.crypto import Destination, KeyringStore
 from byorouter_keystore.shared import (
     Handlers,
     app_not_found,
@@ -40,6 +40,7 @@ from byorouter_keystore.shared import (
     owned_connection,
     provider_name,
     seal_api_key,
+    store_sealed,
 )
 from byorouter_keystore.tables import (
     App,
@@ -241,7 +242,10 @@ async def set_provider(
     if p.tunnel_id is not None and (kept is None or p.tunnel_id != kept.tunnel_id):
         await check_tunnel_of(session, connection.id, p.tunnel_id)
     key = p.api_key.get_secret_value().strip() if p.api_key is not None else ""
-    sealed = seal_api_key(keyring, key or None, connection.id, p.provider)
+    # Re-sealed with every change, so the new base URL and tunnel are the ones bound to the key.
+    sealed = seal_api_key(
+        keyring, key or None, connection.id, p.provider, Destination(p.base_url, p.tunnel_id)
+    )
     current = existing.get(p.provider)
     if current is None:
         session.add(
@@ -256,6 +260,7 @@ async def set_provider(
                 kek_version=sealed.kek_version,
                 wrapped_dek=sealed.wrapped_dek,
                 ciphertext=sealed.ciphertext,
+                binding_version=sealed.binding_version,
                 status="ok",
                 tunnel_id=p.tunnel_id,
             )
@@ -267,9 +272,7 @@ async def set_provider(
         if p.preferred_model is not None:
             current.preferred_model = p.preferred_model
         current.label = mask_key(key) if key else None
-        current.kek_version = sealed.kek_version
-        current.wrapped_dek = sealed.wrapped_dek
-        current.ciphertext = sealed.ciphertext
+        store_sealed(current, sealed)
         # A new key deserves a fresh verdict from the provider.
         current.status = "ok"
         current.last_error = None
