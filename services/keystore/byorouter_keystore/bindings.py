@@ -2,7 +2,7 @@
 
 Migration 0012 holds no keyring, so it can only mark the rows already there as v1; every keystore
 copy re-seals the v1 rows it finds when it starts and every few minutes after, which also catches
-rows a copy not yet upgraded wrote during a rolling upgrade (decision 0015). A v1 row opens with
+rows a copy not yet upgraded wrote during a rolling upgrade (decision 0016). A v1 row opens with
 the address it has at that moment, and from then on only with that address.
 """
 

@@ -6,7 +6,7 @@ key-encryption key (KEK). Both layers carry associated data naming the connectio
 (the wrap also names the KEK version), so a row copied to another connection or provider fails
 to decrypt instead of handing out someone else's key. Since binding v2 the secret's associated
 data also names its `Destination` (base URL, tunnel), so a row pointed at another address does
-not open either (docs/decisions/0015-destination-binding.md). Rotation re-wraps DEKs only; the
+not open either (docs/decisions/0016-destination-binding.md). Rotation re-wraps DEKs only; the
 sealed secrets never change.
 
 The keyring is JSON ``{"active": N, "keys": {"1": "<base64 of 32 bytes>", ...}}``, kept in a file

@@ -2,7 +2,7 @@
 
 Binding v2 also seals the base URL and tunnel a key may go to. A migration holds no keyring, so
 it cannot re-seal: it marks every existing row v1, and keystore re-seals them to v2 when it
-starts and every few minutes after (`byorouter_keystore.bindings`; decision 0015).
+starts and every few minutes after (`byorouter_keystore.bindings`; decision 0016).
 
 Revision ID: 0012
 Revises: 0011
