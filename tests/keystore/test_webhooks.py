@@ -285,3 +285,40 @@ async def test_webhook_secrets_survive_a_key_rotation_and_prune(
     )
     await receiver.wait_for(1, within_s=5)
     assert verified(hooked.secret, receiver.received[0])["type"] == "connection.disconnected"
+
+
+async def test_tunnel_online_and_offline_are_told_once_per_change(
+    keystore: list[KeystoreProcess], nc: NatsClient, receiver: Receiver
+) -> None:
+    bus = Bus(nc, timeout_s=10)
+    app = await bus.request(ks.APP_CREATE, ks.AppCreate(name="tunnel webhook app"))
+    connection = await bus.request(
+        ks.CONNECTION_CREATE,
+        ks.ConnectionCreate(
+            app_id=app.app_id,
+            providers=[ks.ProviderCredentialInput(provider="selfhosted", base_url=receiver.url)],
+        ),
+    )
+    created = await bus.request(
+        ks.WEBHOOK_ADD, ks.WebhookAdd(client_id=app.client_id, url=receiver.url)
+    )
+    tunnel = await bus.request(
+        ks.TUNNEL_REGISTER,
+        ks.TunnelRegister(app_id=app.app_id, connection_id=connection.connection_id),
+    )
+
+    # As the tunnel service reports: connected, a models update, gone, and back.
+    for online, models in ((True, []), (True, ["llama3"]), (False, []), (True, [])):
+        await bus.request(
+            ks.TUNNEL_PRESENCE,
+            ks.TunnelPresence(tunnel_id=tunnel.tunnel_id, online=online, models=models),
+        )
+    await receiver.wait_for(3)
+    await asyncio.sleep(1)
+    secret = created.secret.get_secret_value()
+    got = [verified(secret, d) for d in receiver.received]
+    assert [e["type"] for e in got] == ["tunnel.online", "tunnel.offline", "tunnel.online"]
+    assert got[0]["data"] == {
+        "connection_id": connection.connection_id,
+        "tunnel_id": tunnel.tunnel_id,
+    }

@@ -315,6 +315,8 @@ class Tunnel(Base):
     models: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
     client_version: Mapped[str | None] = mapped_column(String(64))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # As the tunnel service last reported it (migration 0013); a change of it is a webhook event.
+    online: Mapped[bool] = mapped_column(Boolean, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -37,6 +37,7 @@ from byorouter_keystore.shared import (
     store_sealed,
 )
 from byorouter_keystore.tables import Connection, Credential, Tunnel, TunnelSession
+from byorouter_keystore.webhooks import enqueue_event
 
 TOKEN_PREFIX: Final = "byo_tun_"  # noqa: S105 (a prefix, not a secret)
 SESSION_PREFIX: Final = "byo_tses_"
@@ -382,10 +383,28 @@ async def record_presence(session: AsyncSession, request: ks.TunnelPresence) -> 
     """When a client was last connected, with the models and version it reported."""
     if not tn.is_tunnel_id(request.tunnel_id):
         return
-    values: dict[str, object] = {"last_seen_at": func.now(), "models": request.models}
+    values: dict[str, object] = {
+        "last_seen_at": func.now(),
+        "models": request.models,
+        "online": request.online,
+    }
     if request.client_version is not None:
         values["client_version"] = request.client_version
+    # The row locked while read, so two copies reporting at once make one event, not two.
+    tunnel = await session.scalar(
+        select(Tunnel).where(Tunnel.id == request.tunnel_id).with_for_update()
+    )
+    if tunnel is None:
+        return
+    was_online = tunnel.online
     await session.execute(update(Tunnel).where(Tunnel.id == request.tunnel_id).values(**values))
+    if was_online != request.online:
+        await enqueue_event(
+            session,
+            tunnel.app_id,
+            "tunnel.online" if request.online else "tunnel.offline",
+            {"connection_id": tunnel.connection_id, "tunnel_id": tunnel.id},
+        )
 
 
 # --- bus handlers -------------------------------------------------------------------------------
