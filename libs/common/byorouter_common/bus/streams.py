@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 
 from byorouter_common import errors
 from byorouter_common.bus.failures import bus_error
-from byorouter_common.bus.uploads import HDR_PARTS, MORE, split_request
+from byorouter_common.bus.uploads import HDR_PART, HDR_PARTS, MORE, split_request
 from byorouter_common.contracts import HDR_KIND, HDR_MORE, HDR_SEQ
 from byorouter_common.errors import ByoError
 from byorouter_common.telemetry import inject_headers
@@ -48,6 +48,7 @@ class ReplyStream:
         "_inbox",
         "_mux",
         "_pieces",
+        "_pieces_kind",
         "_queue",
         "_rest",
         "_what",
@@ -73,6 +74,7 @@ class ReplyStream:
         self._expected = 0
         self._what = what
         self._pieces: list[bytes] = []
+        self._pieces_kind = ""
         self.finished = False
         # A caller relaying to a client that needs its own keep-alives (SSE) turns this on.
         self.pass_keepalives = False
@@ -113,8 +115,15 @@ class ReplyStream:
             if kind == MORE and self._rest:
                 await self._send_rest(data.decode())
                 continue
+            if self._pieces and kind != self._pieces_kind:
+                # A message began in pieces and another one came before its last piece.
+                self.finished = True
+                raise ByoError(
+                    502, "stream_gap", f"Reply stream from the {self._what} lost a message."
+                )
             if HDR_MORE in headers:
                 self._pieces.append(data)
+                self._pieces_kind = kind
                 continue
             if self._pieces:
                 self._pieces.append(data)
@@ -130,8 +139,8 @@ class ReplyStream:
     async def _send_rest(self, subject: str) -> None:
         rest, self._rest = self._rest, []
         try:
-            for part in rest:
-                await self._mux.nc.publish(subject, part)
+            for place, part in enumerate(rest, 1):
+                await self._mux.nc.publish(subject, part, headers={HDR_PART: str(place)})
         except (nats.errors.Error, OSError) as exc:
             self.finished = True
             raise bus_error(exc, self._what, self._idle) from None

@@ -4,8 +4,10 @@ subject the responder names.
 A request on a queue-group subject must reach one responder whole, so its later parts cannot
 simply follow it there (the queue would spread them). The caller sends the first part with
 `Byo-Parts: N`; the responder that took it subscribes a subject of its own and answers `more`
-with that subject as the body; the caller sends the other N-1 parts there, in order. Requests
-that fit one message (nearly all) cost nothing: one header lookup on the responder's side.
+with that subject as the body; the caller sends the other N-1 parts there, in order, each
+with `Byo-Part: i` (1 .. N-1), so a part out of place or twice is refused rather than joined into
+a wrong request. Requests that fit one message (nearly all) cost nothing: one header lookup on
+the responder's side.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from nats.aio.msg import Msg
 from byorouter_common.errors import ByoError
 
 HDR_PARTS = "Byo-Parts"
+# The place of each later part (1 .. N-1); a sender without it (an older copy) is taken in order.
+HDR_PART = "Byo-Part"
 # The reply kind that asks for the rest of a request sent in parts; its body is the subject.
 MORE = "more"
 # Room left in a bus message for its subject and headers.
@@ -67,17 +71,21 @@ async def receive_rest(
 
     Raises a 400 `ByoError` when the parts do not all arrive within `timeout_s` each.
     """
-    received: asyncio.Queue[bytes] = asyncio.Queue()
+    received: asyncio.Queue[Msg] = asyncio.Queue()
 
     async def on_part(msg: Msg) -> None:
-        received.put_nowait(msg.data)
+        received.put_nowait(msg)
 
     sub = await nc.subscribe(upload_subject, cb=on_part)
     pieces = [first]
     try:
         await writer.send(MORE, upload_subject.encode())
-        for _ in range(parts - 1):
-            pieces.append(await asyncio.wait_for(received.get(), timeout_s))
+        for place in range(1, parts):
+            msg = await asyncio.wait_for(received.get(), timeout_s)
+            named = (msg.headers or {}).get(HDR_PART)
+            if named is not None and named != str(place):
+                raise ByoError(400, "bad_request", "The request arrived out of order.")
+            pieces.append(msg.data)
     except TimeoutError:
         raise ByoError(400, "bad_request", "The request arrived incomplete.") from None
     finally:
