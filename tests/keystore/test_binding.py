@@ -82,6 +82,9 @@ async def victim(bus: Bus) -> AsyncIterator[tuple[str, str, dict[str, str]]]:
         ("selfhosted", "base_url = :attacker"),
         ("selfhosted", "base_url = NULL"),
         ("openai", "provider = 'openrouter'"),
+        # Claiming the row predates binding v2 does not bring the weak binding back.
+        ("openai", "binding_version = 1, base_url = :attacker"),
+        ("openai", "binding_version = 3"),
     ],
 )
 async def test_a_credential_pointed_elsewhere_in_the_database_is_never_handed_out(
