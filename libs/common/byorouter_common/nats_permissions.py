@@ -55,7 +55,8 @@ SECRET_READERS: Final = frozenset({"router"})
 _GATEWAY_FLOW: Final = (cn.CODE_EXCHANGE, cn.MANAGE_LINK_CREATE)
 CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
     "keystore": (),
-    "router": (ks.CREDENTIALS_RESOLVE,),
+    # The user's request and token caps, counted in keystore so every router copy shares them.
+    "router": (ks.CREDENTIALS_RESOLVE, ks.user_limits.LIMITS_ADMIT),
     "gateway": (
         ks.APP_AUTHENTICATE,
         ks.CONNECTION_GET,

@@ -41,6 +41,7 @@ from byorouter_connect.security import (
     tokens_match,
     well_formed_token,
 )
+from byorouter_connect.user_limits import limits_from_form
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ _NOTICES: Final = {
     "added": "{title} added.",
     "removed": "{title} removed.",
     "preferences": "Preferences saved.",
+    "limits": "Limits saved. They apply to this app's next request.",
     "tunnel_revoked": "Tunnel revoked: its clients were disconnected and its tokens refused.",
 }
 
@@ -408,6 +410,21 @@ async def set_preferences(request: Request) -> Response:
     if isinstance(changed, list):
         return await _with_problems(request, session, changed, {})
     return _back("preferences")
+
+
+@router.post("/manage/limits")
+async def set_limits(request: Request) -> Response:
+    """What this app may use of the person's keys: requests a day, tokens a month, models."""
+    form, session = await _checked_form(request)
+    limits = limits_from_form(form)
+    if isinstance(limits, list):
+        return await _with_problems(request, session, limits, {})
+    changed = await _change(
+        request, cn.LIMITS_SET, cn.LimitsSet(session=SecretStr(session), limits=limits)
+    )
+    if isinstance(changed, list):
+        return await _with_problems(request, session, changed, {})
+    return _back("limits")
 
 
 @router.get("/manage/disconnect")

@@ -43,6 +43,7 @@ from byorouter_keystore.shared import (
 )
 from byorouter_keystore.tables import App, AppDefaultProvider, Connection, Credential, Tunnel
 from byorouter_keystore.tunnels import revoke_tunnels_of_connection, routable_tunnels
+from byorouter_keystore.user_limits import limits_of, limits_status
 from byorouter_keystore.webhooks import enqueue_connection_event, enqueue_credential_transition
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,8 @@ class ConnectionHandlers(Handlers):
             connection, credentials = await get_connection(
                 session, request.app_id, request.connection_id
             )
-        return connection_info(connection, credentials)
+            limits = await limits_status(session, connection)
+        return connection_info(connection, credentials).model_copy(update={"limits": limits})
 
     async def connection_delete(self, request: ks.ConnectionRef) -> ks.ConnectionDeleted:
         async with self.sessions.begin() as session:
@@ -284,6 +286,7 @@ class ConnectionHandlers(Handlers):
             default = await default_of(session, connection.app_id)
         return ks.ResolvedConnection(
             connection_id=connection.id,
+            limits=limits_of(connection),
             app_id=connection.app_id,
             fallback_to_default=connection.fallback_to_default,
             # Whenever the app has one: the router serves `default/<model>` with it, and falls

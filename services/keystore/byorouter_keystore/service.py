@@ -24,6 +24,7 @@ from byorouter_keystore.provider_policy import ProviderPolicyHandlers
 from byorouter_keystore.settings import KeystoreSettings
 from byorouter_keystore.tunnels import TunnelHandlers
 from byorouter_keystore.usage import UsageHandlers
+from byorouter_keystore.user_limits import LimitsHandlers
 from byorouter_keystore.webhooks import WebhookHandlers
 
 log = logging.getLogger("byorouter_keystore")
@@ -57,6 +58,7 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
     HeadlessHandlers(runtime, sessions, keyring).register()
     WebhookHandlers(runtime, sessions, keyring).register()
     ProviderPolicyHandlers(runtime, sessions, keyring).register()
+    LimitsHandlers(runtime, sessions, keyring).register()
     # Before any subscriber starts: a copy serves nothing until its KEK is confirmed.
     await keys.confirm_first()
 

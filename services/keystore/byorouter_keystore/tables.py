@@ -81,6 +81,10 @@ class Connection(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+    # Limits the user set on this app (migration 0014); None: no cap, no list: every model.
+    limit_requests_per_day: Mapped[int | None] = mapped_column(BigInteger)
+    limit_tokens_per_month: Mapped[int | None] = mapped_column(BigInteger)
+    limit_models: Mapped[list[str] | None] = mapped_column(JSONB)
 
 
 class Credential(Base):
@@ -173,6 +177,19 @@ class UsageRequest(Base):
     recorded_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class LimitCounter(Base):
+    """Requests a connection with a daily cap was admitted on one day (UTC), shared by every
+    router copy (migration 0014); tokens come from `usage_daily`."""
+
+    __tablename__ = "limit_counters"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 # --- the Connect flow (migration 0003) ---------------------------------------------------------

@@ -64,6 +64,7 @@ from byorouter_router.model_ids import choose_provider
 from byorouter_router.providers.base import Provider, ProviderCredential
 from byorouter_router.reply import BusReply
 from byorouter_router.usage import ask_for_usage, usage_event, wants_usage
+from byorouter_router.user_limits import Admit, admit, allows
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("byorouter.router")
@@ -91,8 +92,10 @@ class ChatRouter:
         keepalive: KeepAliveTicker,
         deadline_s: float,
         retry: RetryPolicy | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self._nc = nc
+        self._admit = admit
         self._credentials = credentials
         self._providers = providers
         self._discovery = discovery
@@ -257,6 +260,9 @@ class ChatRouter:
                         f"The {provider_name} provider is not supported yet.",
                         param="model",
                     )
+                if connection.limits is not None and self._admit is not None:
+                    requested = Candidate(provider_name, model)
+                    await admit(self._admit, connection.limits, app_id, connection_id, requested)
                 served, reply = await self._serve(
                     request_id, connection, Candidate(provider_name, model), body, writer, deadline
                 )
@@ -306,6 +312,9 @@ class ChatRouter:
             fallback_to_default=connection.fallback_to_default,
             app_default=_app_default_target(connection),
         )
+        if connection.limits is not None:
+            # A fallback is the user's money too: only to models they allowed.
+            candidates = [c for c in candidates if allows(connection.limits, c)]
         replies: list[BusReply] = []
         tried: list[Candidate] = []
 

@@ -17,6 +17,7 @@ from byorouter_common.contracts.events import (
     ConnectionChangedEvent,
 )
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
+from byorouter_common.contracts.keystore.user_limits import UserLimits
 from byorouter_router.fallback import FallbackTarget
 from byorouter_router.providers.base import ProviderCredential
 
@@ -41,6 +42,8 @@ class ConnectionCredentials:
     app_default: ProviderCredential | None = None
     # Providers the connection holds that the app's provider policy no longer allows.
     blocked: frozenset[str] = frozenset()
+    # The user's limits on this app; None for most connections.
+    limits: UserLimits | None = None
 
     def is_failing(self, provider: str) -> bool:
         """Whether keystore has this provider's key marked as rejected."""
@@ -84,6 +87,7 @@ class ConnectionCredentials:
             if default is not None
             else None,
             frozenset(resolved.blocked_providers),
+            resolved.limits,
         )
 
 

@@ -14,6 +14,7 @@ from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as contract
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
+from byorouter_common.contracts.keystore.user_limits import LimitsAdmit, LimitsAdmitted
 from byorouter_common.contracts.router import ModelList
 from byorouter_common.service import Service, ServiceRuntime
 from byorouter_router.catalog import ModelCatalog
@@ -64,6 +65,9 @@ class RouterHandlers:
 
     async def _resolve_credentials(self, ref: ConnectionRef) -> ResolvedConnection:
         return await self.runtime.bus.request(ks.CREDENTIALS_RESOLVE, ref)
+
+    async def _admit(self, request: LimitsAdmit) -> LimitsAdmitted:
+        return await self.runtime.bus.request(ks.user_limits.LIMITS_ADMIT, request)
 
     def register(self) -> None:
         """FastStream subscribers (before `runtime.start()`), then the start and stop hooks."""
@@ -136,6 +140,7 @@ class RouterHandlers:
                 self.settings.retry_backoff_base_s,
                 self.settings.retry_backoff_cap_s,
             ),
+            admit=self._admit,
         )
         self.keepalive.start()
         await self._chat.start()

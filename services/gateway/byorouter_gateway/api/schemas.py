@@ -114,6 +114,8 @@ class ConnectionView(BaseModel):
     fallback_to_default: bool
     created_at: datetime
     providers: list[ProviderView]
+    # The limits the user set on this app and what is left (UTC day and month); null: none.
+    limits: ks.user_limits.LimitsStatus | None = None
 
     @classmethod
     def of(cls, info: ks.ConnectionInfo) -> ConnectionView:
@@ -123,6 +125,7 @@ class ConnectionView(BaseModel):
             fallback_to_default=info.fallback_to_default,
             created_at=info.created_at,
             providers=[ProviderView.of(p) for p in info.providers],
+            limits=info.limits,
         )
 
 

@@ -51,6 +51,7 @@ from byorouter_keystore.tables import (
     Tunnel,
 )
 from byorouter_keystore.tunnels import check_tunnel_of
+from byorouter_keystore.user_limits import limits_status, set_limits
 from byorouter_keystore.webhooks import enqueue_connection_event
 
 
@@ -361,6 +362,7 @@ class ManageHandlers(Handlers):
         serve(broker, cn.PROVIDER_REMOVE, self.provider_remove, discovery=discovery)
         serve(broker, cn.PREFERENCES_SET, self.preferences_set, discovery=discovery)
         serve(broker, cn.MANAGE_DISCONNECT, self.manage_disconnect, discovery=discovery)
+        serve(broker, cn.LIMITS_SET, self.limits_set, discovery=discovery)
 
     async def manage_link_create(self, request: cn.ManageLinkCreate) -> cn.ManageLink:
         async with self.sessions.begin() as session:
@@ -385,7 +387,9 @@ class ManageHandlers(Handlers):
             offers_default_provider=await offers_default_provider(session, context.app),
             return_url=context.return_url,
             expires_at=context.expires_at,
-            connection=connection_info(context.connection, credentials),
+            connection=connection_info(context.connection, credentials).model_copy(
+                update={"limits": await limits_status(session, context.connection)}
+            ),
         )
 
     async def manage_session_get(self, request: cn.ManageSessionGet) -> cn.ManageView:
@@ -433,6 +437,13 @@ class ManageHandlers(Handlers):
     async def preferences_set(self, request: cn.PreferencesSet) -> cn.ManageView:
         async def change(session: AsyncSession, context: ManageContext) -> None:
             await set_preferences(session, context, request)
+
+        return await self._change(request.session, change)
+
+    async def limits_set(self, request: cn.LimitsSet) -> cn.ManageView:
+        async def change(session: AsyncSession, context: ManageContext) -> None:
+            set_limits(session, context.connection, request.limits)
+            await session.flush()
 
         return await self._change(request.session, change)
 

@@ -7,7 +7,7 @@ know which module a name lives in. The Connect flow stays in its own namespace,
 
 from __future__ import annotations
 
-from byorouter_common.contracts.keystore import connect_flow, provider_policy
+from byorouter_common.contracts.keystore import connect_flow, provider_policy, user_limits
 from byorouter_common.contracts.keystore.apps import (
     APP_AUTHENTICATE,
     APP_CREATE,
@@ -206,4 +206,5 @@ __all__ = [
     "WebhookRemove",
     "WebhookRemoved",
     "connect_flow",
+    "user_limits",
 ]

@@ -27,6 +27,7 @@ from byorouter_common.contracts.keystore.names import (
     ProviderKind,
     ProviderName,
 )
+from byorouter_common.contracts.keystore.user_limits import UserLimits
 
 # An authorization code lives at most this long (RFC 9700 recommends minutes, not more).
 MAX_CODE_TTL_S: Final = 600
@@ -257,6 +258,12 @@ class ManageDisconnect(_SessionRequest):
     pass
 
 
+class LimitsSet(_SessionRequest):
+    """The manage page's limits form: replaces every limit of the session's connection."""
+
+    limits: UserLimits
+
+
 class ManageView(Contract):
     """Everything the manage page shows: never a key, only masked labels and health."""
 
@@ -346,6 +353,13 @@ MANAGE_DISCONNECT = Endpoint(
     SERVICE,
     "Disconnect the session's connection: revoke it and erase its keys.",
 )
+LIMITS_SET = Endpoint(
+    "byorouter.keystore.connect.limits.set",
+    LimitsSet,
+    ManageView,
+    SERVICE,
+    "Set the user's limits (requests a day, tokens a month, models) on the session's connection.",
+)
 
 # Not part of keystore's `ENDPOINTS`: operators never call the flow, only Connect and the gateway
 # may (see `nats_permissions`).
@@ -361,4 +375,5 @@ KEYSTORE_ENDPOINTS = (
     PROVIDER_REMOVE,
     PREFERENCES_SET,
     MANAGE_DISCONNECT,
+    LIMITS_SET,
 )

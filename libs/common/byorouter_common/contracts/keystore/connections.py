@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_serializer
 
 from byorouter_common.contracts.base import Contract, Endpoint
 from byorouter_common.contracts.keystore.names import SERVICE, ProviderName
+from byorouter_common.contracts.keystore.user_limits import LimitsStatus, UserLimits
 
 # --- connections ----------------------------------------------------------------------------
 
@@ -55,6 +56,8 @@ class ConnectionInfo(Contract):
     fallback_to_default: bool
     created_at: datetime
     providers: list[ProviderInfo]
+    # The limits the user set on this app, and what is left of them; None: no limits.
+    limits: LimitsStatus | None = None
 
 
 class ConnectionRef(Contract):
@@ -98,6 +101,8 @@ class ResolvedConnection(Contract):
     # Providers the connection holds that the app's provider policy no longer allows: left out
     # of `providers`, named here so the router can say why it will not use them.
     blocked_providers: list[str] = Field(default_factory=list)
+    # The user's limits on this app; None (most connections) costs the chat path nothing.
+    limits: UserLimits | None = None
 
 
 # --- usage ----------------------------------------------------------------------------------
