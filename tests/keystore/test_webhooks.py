@@ -54,11 +54,14 @@ class Receiver:
     url: str = ""
     statuses: list[int] = field(default_factory=list)
     received: list[tuple[dict[str, str], str, int]] = field(default_factory=list)
+    # How long it takes to answer: longer than the sender's timeout is a receiver that hangs.
+    delay_s: float = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         status = self.statuses.pop(0) if self.statuses else 200
         headers = {k.lower(): v for k, v in request.headers.items()}
         self.received.append((headers, await request.text(), status))
+        await asyncio.sleep(self.delay_s)
         return web.Response(status=status)
 
     async def wait_for(self, count: int, within_s: float = 15) -> None:
@@ -322,3 +325,33 @@ async def test_tunnel_online_and_offline_are_told_once_per_change(
         "connection_id": connection.connection_id,
         "tunnel_id": tunnel.tunnel_id,
     }
+
+
+async def test_a_hanging_receiver_does_not_slow_what_keystore_answers(
+    keystore: list[KeystoreProcess], nc: NatsClient, receiver: Receiver
+) -> None:
+    bus = Bus(nc, timeout_s=10)
+    hooked = await app_with_webhook(bus, receiver.url)
+    receiver.delay_s = 10  # past the 3 s timeout: every attempt hangs until it is given up
+    for _ in range(8):
+        extra = await bus.request(
+            ks.CONNECTION_CREATE,
+            ks.ConnectionCreate(
+                app_id=hooked.app_id,
+                providers=[ks.ProviderCredentialInput(provider="openai", api_key=SecretStr("k"))],
+            ),
+        )
+        await bus.request(
+            ks.CONNECTION_DELETE,
+            ks.ConnectionRef(app_id=hooked.app_id, connection_id=extra.connection_id),
+        )
+    await receiver.wait_for(8)  # all eight posts are hanging now
+
+    # What the router asks on a cache miss, answered while the sender waits on the receiver.
+    ref = ks.ConnectionRef(app_id=hooked.app_id, connection_id=hooked.connection_id)
+    took = []
+    for _ in range(20):
+        started = time.monotonic()
+        await bus.request(ks.CREDENTIALS_RESOLVE, ref)
+        took.append(time.monotonic() - started)
+    assert max(took) < 0.25, took
