@@ -56,7 +56,8 @@ class NatsServer:
     """A nats-server process on loopback; `config` may add accounts and permissions.
 
     JetStream is always on (usage is published to a stream): its files go to `store_dir`, or to
-    a temporary directory removed on `stop`.
+    a temporary directory kept across a restart (as a real server keeps its store) and removed
+    when this object goes away.
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class NatsServer:
         self.config_file = config_file
         self.log_file = log_file
         self.store_dir = store_dir
-        self._temporary_store: Path | None = None
+        self._temporary_store: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,7 +85,9 @@ class NatsServer:
             args += ["-c", str(self.config_file)]
         store = self.store_dir
         if store is None:
-            store = self._temporary_store = Path(tempfile.mkdtemp(prefix="byorouter-nats-js-"))
+            if self._temporary_store is None:
+                self._temporary_store = tempfile.TemporaryDirectory(prefix="byorouter-nats-js-")
+            store = Path(self._temporary_store.name)
         make_private_dir(store)
         # After -c: these win over a config file's own jetstream block.
         args += ["-js", "-sd", str(store)]
@@ -105,9 +108,6 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process = None
-        if self._temporary_store is not None:
-            shutil.rmtree(self._temporary_store, ignore_errors=True)
-            self._temporary_store = None
 
 
 class EmbeddedPostgres:

@@ -202,3 +202,21 @@ async def test_a_deleted_consumer_is_made_again_and_recording_goes_on(
         await until(recorded, within_s=15)
     finally:
         await recorder.stop()
+
+
+async def test_a_test_nats_server_keeps_its_streams_across_a_restart(
+    stream: DurableStream, event: Event[Report]
+) -> None:
+    server = NatsServer().start()
+    try:
+        client = await nats.connect(server.url)
+        await ensure_stream(client.jetstream(), stream)
+        await client.jetstream().publish(event.subject, b'{"n": 1}')
+        await client.close()
+        server.stop()
+        server.start()
+        client = await nats.connect(server.url)
+        assert await stored(client, stream) == 1
+        await client.close()
+    finally:
+        server.stop()
