@@ -64,6 +64,8 @@ CALLS: Final[Mapping[str, tuple[Endpoint[Any, Any], ...]]] = {
         ks.USAGE_GET,
         rt.CHAT,
         rt.MODELS,
+        rt.EMBEDDINGS,
+        rt.RESPONSES,
         *_GATEWAY_FLOW,
         pp.PAR_CREATE,
         ks.TUNNEL_REGISTER,

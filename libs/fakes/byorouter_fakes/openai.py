@@ -31,6 +31,10 @@ tests running in parallel never disturb each other:
                         1 GiB of zero bytes (streamed or not)
     anything else       success: the reply echoes the last user message
 
+POST /embeddings answers a deterministic unit vector per input (`fail-`/`busy-<status>` models
+fail as above); POST /responses (OpenAI's Responses API) echoes the input's last text as a
+Response, or with `stream: true` as its `event:`-named event stream.
+
 Every request is recorded (headers, body) under a tag, the `x-test-tag` header or else the body's
 `user` field, and served back at GET /_fake/requests?tag=...; GET /_fake/disconnects?tag=... counts
 requests whose client went away before the answer was complete. Run it in-process with
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import secrets
 import time
@@ -246,6 +251,8 @@ class FakeOpenAI(FakeUpstream):
     def api_routes(self, app: web.Application) -> None:
         app.router.add_post(self.api_prefix + "/chat/completions", self.chat_completions)
         app.router.add_get(self.api_prefix + "/models", self.list_models)
+        app.router.add_post(self.api_prefix + "/embeddings", self.embeddings)
+        app.router.add_post(self.api_prefix + "/responses", self.responses)
 
     @property
     def base_url(self) -> str:
@@ -472,6 +479,190 @@ class FakeOpenAI(FakeUpstream):
         # The fast path: the whole answer in one write, as a quick upstream delivers it.
         await response.write_eof(b"".join(events))
         return response
+
+    # --- embeddings and the Responses API --------------------------------------------------
+
+    async def _json_request(self, request: web.Request) -> tuple[dict[str, Any], str] | None:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            self._record(request, None, request.headers.get("x-test-tag", ""))
+            return None
+        user = body.get("user")
+        tag = request.headers.get("x-test-tag") or (user if isinstance(user, str) else "")
+        self._record(request, body, tag)
+        return body, tag
+
+    def _refusal(self, body: dict[str, Any] | None) -> web.Response | None:
+        """The error a request's model asks for (`fail-`/`busy-<status>`), or a missing model's."""
+        model = body.get("model") if body is not None else None
+        if not isinstance(model, str) or not model:
+            return web.Response(
+                status=400,
+                content_type=_JSON,
+                body=_error_body(
+                    "you must provide a model parameter", "invalid_request_error", None
+                ),
+            )
+        match = _BEHAVIOUR.match(model.rsplit("/", 1)[-1])
+        if match and match.group(1) in ("fail", "busy"):
+            status = int(match.group(2))
+            return self.error_response(status, model, retry_after=match.group(1) == "fail")
+        return None
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """POST /embeddings: one deterministic 8-dimension unit vector per input, from its text."""
+        parsed = await self._json_request(request)
+        body = parsed[0] if parsed else None
+        refusal = self._refusal(body)
+        if refusal is not None or body is None:
+            return refusal or web.Response(status=400)
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not texts:
+            return web.Response(
+                status=400,
+                content_type=_JSON,
+                body=_error_body("'input' is required", "invalid_request_error", None, "input"),
+            )
+        data = [
+            {"object": "embedding", "index": i, "embedding": _vector(str(text))}
+            for i, text in enumerate(texts)
+        ]
+        tokens = sum(len(str(text).split()) for text in texts)
+        return web.Response(
+            content_type=_JSON,
+            body=orjson.dumps(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": body["model"],
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            ),
+        )
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """POST /responses: the input's last text echoed, as a Response or its event stream."""
+        parsed = await self._json_request(request)
+        body = parsed[0] if parsed else None
+        refusal = self._refusal(body)
+        if refusal is not None or body is None:
+            return refusal or web.Response(status=400)
+        words = _WORD.findall(_responses_input_text(body.get("input")).strip()) or ["Hello."]
+        text = "".join(words)
+        prompt = len(words)
+        response_id = "resp_" + secrets.token_hex(12)
+        item_id = "msg_" + secrets.token_hex(12)
+        usage = {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": len(words),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + len(words),
+        }
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {
+            "id": item_id,
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }
+
+        def response(status: str, output: list[Any], usage: Any) -> dict[str, Any]:
+            return {
+                "id": response_id,
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": status,
+                "model": body["model"],
+                "output": output,
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "usage": usage,
+            }
+
+        if body.get("stream") is not True:
+            return web.Response(
+                content_type=_JSON, body=orjson.dumps(response("completed", [item], usage))
+            )
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": response("in_progress", [], None)},
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**item, "status": "in_progress", "content": []},
+            },
+            {
+                "type": "response.content_part.added",
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                "part": {**part, "text": ""},
+            },
+        ]
+        events += [
+            {
+                "type": "response.output_text.delta",
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": piece,
+            }
+            for piece in _split(words, self.stream_chunks)
+        ]
+        events += [
+            {
+                "type": "response.output_text.done",
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                "text": text,
+            },
+            {"type": "response.output_item.done", "output_index": 0, "item": item},
+            {"type": "response.completed", "response": response("completed", [item], usage)},
+        ]
+        stream = web.StreamResponse(headers=SSE_HEADERS)
+        await stream.prepare(request)
+        await stream.write_eof(
+            b"".join(
+                b"event: %s\ndata: %s\n\n"
+                % (event["type"].encode(), orjson.dumps({**event, "sequence_number": n}))
+                for n, event in enumerate(events)
+            )
+        )
+        return stream
+
+
+def _vector(text: str) -> list[float]:
+    """A unit vector that depends only on `text`, so a test can check what came back."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [b - 127.5 for b in digest[:8]]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return [round(x / norm, 6) for x in raw]
+
+
+def _responses_input_text(value: Any) -> str:
+    """The text of a Responses `input`: a string, or the last message's text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        for item in reversed(value):
+            if isinstance(item, dict):
+                content = item.get("content")
+                if isinstance(content, str):
+                    return content
+                if isinstance(content, list):
+                    return " ".join(
+                        part["text"]
+                        for part in content
+                        if isinstance(part, dict) and isinstance(part.get("text"), str)
+                    )
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,14 +12,17 @@ from byorouter_common.contracts import events
 from byorouter_common.health import health_router
 from byorouter_common.rate_limit import TokenBuckets
 from byorouter_common.service import Service, ServiceRuntime
+from byorouter_gateway.api import openapi
 from byorouter_gateway.api.routes import (
     chat,
     connect_sessions,
     connections,
     credentials,
+    embeddings,
     models,
     oauth,
     pushed_authorizations,
+    responses,
     tunnels,
     user_preferences,
 )
@@ -75,6 +78,8 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
     # Routes spell their full paths: the route template is what spans and access lines show.
     for resource in (
         chat,
+        embeddings,
+        responses,
         models,
         connections,
         connect_sessions,
@@ -88,6 +93,7 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
         health_router(bus_provider, dependencies=DEPENDENCIES, timeout_s=settings.ready_timeout_s)
     )
     oauth.install(app)
+    openapi.install(app)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -16,6 +16,7 @@ import logging
 from typing import Final
 
 import nats.errors
+import orjson
 from nats.aio.client import Client as NatsClient
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -52,6 +53,23 @@ def sse_events(lines: bytes) -> bytes:
     return b"data: " + lines.replace(b"\n", b"\n\ndata: ") + b"\n\n"
 
 
+def named_sse_events(lines: bytes) -> bytes:
+    """`event: <type>\\ndata: <line>\\n\\n` for every JSON line: a Responses API stream, whose
+    clients dispatch on the event name, which each event also carries as its `type`."""
+    out: list[bytes] = []
+    for line in lines.split(b"\n"):
+        if not line:
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            event = None
+        kind = event.get("type") if type(event) is dict else None
+        name = kind.encode() if type(kind) is str and kind.isprintable() else b"message"
+        out.append(b"event: " + name + b"\ndata: " + line + b"\n\n")
+    return b"".join(out)
+
+
 def _unexpected(kind: str) -> ByoError:
     log.warning("router sent %r where the protocol does not allow it", kind)
     return ByoError(502, "bad_router_reply", "The router sent a reply the gateway cannot use.")
@@ -69,12 +87,20 @@ class ChatRelay(Response):
     """The ASGI response for one chat completion whose request is already on the bus."""
 
     def __init__(
-        self, stream: ReplyStream, nc: NatsClient, request_id: str, *, streaming: bool
+        self,
+        stream: ReplyStream,
+        nc: NatsClient,
+        request_id: str,
+        *,
+        streaming: bool,
+        named_events: bool = False,
     ) -> None:
         self._stream = stream
         self._nc = nc
         self._request_id = request_id
         self._streaming = streaming
+        # A Responses stream: `event:` lines, no `[DONE]`, an error as `event: error`.
+        self._named_events = named_events
         # The router has said its last word: nothing upstream is left to cancel.
         self._complete = False
         # The last body message is on its way: a disconnect from now on is just the end.
@@ -146,10 +172,10 @@ class ChatRelay(Response):
                 kind, data = await stream.next()
             except ByoError as error:
                 # In-band, and without [DONE]: the answer is incomplete and the client must see so.
-                await self._finish(send, b"data: " + error.to_json() + b"\n\n")
+                await self._finish(send, self._error_event(error))
                 return
             if kind == CHUNK:
-                events = sse_events(data)
+                events = named_sse_events(data) if self._named_events else sse_events(data)
                 if events:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
             elif kind == KEEPALIVE:
@@ -158,11 +184,15 @@ class ChatRelay(Response):
                 )
             elif kind == DONE:
                 self._complete = True
-                await self._finish(send, DONE_EVENT)
+                await self._finish(send, b"" if self._named_events else DONE_EVENT)
                 return
             else:
-                await self._finish(send, b"data: " + _unexpected(kind).to_json() + b"\n\n")
+                await self._finish(send, self._error_event(_unexpected(kind)))
                 return
+
+    def _error_event(self, error: ByoError) -> bytes:
+        name = b"event: error\n" if self._named_events else b""
+        return name + b"data: " + error.to_json() + b"\n\n"
 
     async def _finish(self, send: Send, last: bytes) -> None:
         self._responded = True

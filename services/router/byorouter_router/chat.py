@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 import nats.errors
@@ -41,8 +41,11 @@ from byorouter_common.bus import (
     receive_rest,
 )
 from byorouter_common.contracts import HDR_REQUEST_ID, events
+from byorouter_common.contracts.base import Endpoint
 from byorouter_common.contracts.router import (
     CHAT,
+    EMBEDDINGS,
+    RESPONSES,
     ChatRequest,
     cancel_wildcard,
     request_id_of_cancel,
@@ -70,6 +73,11 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("byorouter.router")
 
 ENDPOINT_NAME: Final = CHAT.name
+# Served like chat (same envelope, same reply stream) and passed through to the provider.
+PASSTHROUGHS: Final[dict[Operation, Endpoint[Any, Any]]] = {
+    "embeddings": EMBEDDINGS,
+    "responses": RESPONSES,
+}
 
 
 def _app_default_target(connection: ConnectionCredentials) -> AppDefaultTarget | None:
@@ -105,6 +113,7 @@ class ChatRouter:
         self._chain: FallbackChain | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._requests: Subscription | None = None
+        self._passthroughs: list[Subscription] = []
         self._cancels: Subscription | None = None
         self._stopping = False
         self._usage = DurablePublisher(nc, events.USAGE_STREAM)
@@ -121,6 +130,15 @@ class ChatRouter:
         self._requests = await self._nc.subscribe(
             CHAT.subject, queue=CHAT.service, cb=self.on_request
         )
+        for operation, endpoint in PASSTHROUGHS.items():
+            self._discovery.add(
+                endpoint.name, endpoint.subject, endpoint.service, endpoint.description
+            )
+            self._passthroughs.append(
+                await self._nc.subscribe(
+                    endpoint.subject, queue=endpoint.service, cb=self._on_request_for(operation)
+                )
+            )
         # No queue group: only the copy holding the request acts on its cancel.
         self._cancels = await self._nc.subscribe(cancel_wildcard(), cb=self.on_cancel)
 
@@ -131,6 +149,10 @@ class ChatRouter:
             with contextlib.suppress(nats.errors.Error):
                 await self._requests.drain()  # type: ignore[no-untyped-call]
             self._requests = None
+        for subscription in self._passthroughs:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.drain()  # type: ignore[no-untyped-call]
+        self._passthroughs = []
         tasks = list(self._tasks.values())
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=grace_s)
@@ -144,17 +166,23 @@ class ChatRouter:
             self._cancels = None
         await self._usage.close(grace_s)
 
-    async def on_request(self, msg: Msg) -> None:
+    def _on_request_for(self, operation: Operation) -> Callable[[Msg], Awaitable[None]]:
+        async def on_request(msg: Msg) -> None:
+            await self.on_request(msg, operation)
+
+        return on_request
+
+    async def on_request(self, msg: Msg, operation: Operation = "chat") -> None:
         if not msg.reply:
             # Published without an inbox: there is nowhere to answer, so nothing to do.
-            self._discovery.record(ENDPOINT_NAME, 0, "no reply subject")
+            self._discovery.record(_endpoint_name(operation), 0, "no reply subject")
             return
         if parts_of(msg.headers) == 1:
-            request_id, handling = self._accept(msg, msg.data)
+            request_id, handling = self._accept(msg, msg.data, operation=operation)
         else:
             # Larger than one bus message: the rest arrives on a subject of this copy's own.
             request_id = (msg.headers or {}).get(HDR_REQUEST_ID) or msg.reply
-            handling = self._accept_parts(msg)
+            handling = self._accept_parts(msg, operation)
         task = asyncio.create_task(handling)
         self._tasks[request_id] = task
         task.add_done_callback(lambda t: self._forget(request_id, t))
@@ -168,7 +196,7 @@ class ChatRouter:
         if task is not None:
             task.cancel()
 
-    async def _accept_parts(self, msg: Msg) -> None:
+    async def _accept_parts(self, msg: Msg, operation: Operation = "chat") -> None:
         parts = parts_of(msg.headers)
         writer = StreamWriter(self._nc, msg.reply)
 
@@ -185,12 +213,17 @@ class ChatRouter:
             )
         except ByoError as error:
             await writer.error(error)
-            self._discovery.record(ENDPOINT_NAME, 0, error.code)
+            self._discovery.record(_endpoint_name(operation), 0, error.code)
             return
-        await self._accept(msg, data, writer)[1]
+        await self._accept(msg, data, writer, operation=operation)[1]
 
     def _accept(
-        self, msg: Msg, data: bytes, writer: StreamWriter | None = None
+        self,
+        msg: Msg,
+        data: bytes,
+        writer: StreamWriter | None = None,
+        *,
+        operation: Operation = "chat",
     ) -> tuple[str, Coroutine[Any, Any, None]]:
         """The request id and the coroutine that answers `msg`, parsing its JSON once.
 
@@ -206,15 +239,28 @@ class ChatRouter:
                     "Invalid chat request: expected request_id, app_id, connection_id and body."
                 ),
                 writer,
+                operation,
             )
         return request.request_id, self._answer(
-            msg, request.request_id, request.app_id, request.connection_id, request.body, writer
+            msg,
+            request.request_id,
+            request.app_id,
+            request.connection_id,
+            request.body,
+            writer,
+            operation,
         )
 
-    async def _refuse(self, msg: Msg, error: ByoError, writer: StreamWriter | None) -> None:
+    async def _refuse(
+        self,
+        msg: Msg,
+        error: ByoError,
+        writer: StreamWriter | None,
+        operation: Operation = "chat",
+    ) -> None:
         if msg.reply:
             await (writer or StreamWriter(self._nc, msg.reply)).error(error)
-        self._discovery.record(ENDPOINT_NAME, 0, error.code)
+        self._discovery.record(_endpoint_name(operation), 0, error.code)
 
     async def _answer(
         self,
@@ -224,6 +270,7 @@ class ChatRouter:
         connection_id: str,
         body: dict[str, Any],
         writer: StreamWriter | None = None,
+        operation: Operation = "chat",
     ) -> None:
         began = time.perf_counter_ns()
         deadline = asyncio.get_running_loop().time() + self._deadline_s
@@ -232,7 +279,7 @@ class ChatRouter:
         self._keepalive.add(writer)
         failure: str | None = None
         with tracer.start_as_current_span(
-            "router.chat",
+            "router.chat" if operation == "chat" else f"router.{operation}",
             context=extract_context(msg.headers) if msg.headers else None,
             kind=SpanKind.SERVER,
             attributes={"byorouter.request_id": request_id},
@@ -264,7 +311,13 @@ class ChatRouter:
                     requested = Candidate(provider_name, model)
                     await admit(self._admit, connection.limits, app_id, connection_id, requested)
                 served, reply = await self._serve(
-                    request_id, connection, Candidate(provider_name, model), body, writer, deadline
+                    request_id,
+                    connection,
+                    Candidate(provider_name, model),
+                    body,
+                    writer,
+                    deadline,
+                    operation,
                 )
                 span.set_attribute("byorouter.served_by", served.provider)
                 self._publish_usage(request_id, connection, served, reply)
@@ -288,7 +341,9 @@ class ChatRouter:
             finally:
                 writer.closed = True
                 self._keepalive.discard(writer)
-                self._discovery.record(ENDPOINT_NAME, time.perf_counter_ns() - began, failure)
+                self._discovery.record(
+                    _endpoint_name(operation), time.perf_counter_ns() - began, failure
+                )
 
     async def _serve(
         self,
@@ -298,20 +353,28 @@ class ChatRouter:
         body: dict[str, Any],
         writer: StreamWriter,
         deadline: float,
+        operation: Operation = "chat",
     ) -> tuple[Candidate, BusReply]:
         """Answer from the requested provider or a fallback; who served it and its reply."""
         # Usage is always asked of a streaming upstream (it is what the user pays for); the
-        # client only sees it if it asked too.
-        strip_usage = body.get("stream") is True and not wants_usage(body)
+        # client only sees it if it asked too. (A Responses stream always ends with its usage.)
+        strip_usage = operation == "chat" and body.get("stream") is True and not wants_usage(body)
         if strip_usage:
             ask_for_usage(body)
-        candidates = fallback_candidates(
-            requested,
-            connection.targets,
-            self._providers,
-            fallback_to_default=connection.fallback_to_default,
-            app_default=_app_default_target(connection),
-        )
+        if operation == "embeddings":
+            # Vectors of another model are not comparable with the app's stored ones, so an
+            # embeddings request never falls back to another provider's model (docs/decisions).
+            candidates = [requested]
+        else:
+            candidates = fallback_candidates(
+                requested,
+                connection.targets,
+                self._providers
+                if operation == "chat"
+                else [name for name, p in self._providers.items() if p.serves(operation)],
+                fallback_to_default=connection.fallback_to_default,
+                app_default=_app_default_target(connection),
+            )
         if connection.limits is not None:
             # A fallback is the user's money too: only to models they allowed.
             candidates = [c for c in candidates if allows(connection.limits, c)]
@@ -334,7 +397,12 @@ class ChatRouter:
                     },
                 )
             provider, credential = self._provider_for(connection, candidate)
-            await provider.chat(credential, candidate.model, body, reply, deadline)
+            if operation == "chat":
+                await provider.chat(credential, candidate.model, body, reply, deadline)
+            else:
+                await provider.passthrough(
+                    operation, credential, candidate.model, body, reply, deadline
+                )
 
         async def observe(candidate: Candidate, error: ByoError) -> None:
             # The app default's key is the operator's: no connection's credential to mark.
@@ -430,3 +498,8 @@ class ChatRouter:
             await self._nc.publish(subject, data)
         except (nats.errors.Error, OSError):
             log.warning("could not publish event", extra={"subject": subject})
+
+
+def _endpoint_name(operation: Operation) -> str:
+    endpoint = PASSTHROUGHS.get(operation)
+    return endpoint.name if endpoint is not None else ENDPOINT_NAME

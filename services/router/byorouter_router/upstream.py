@@ -42,6 +42,13 @@ class UpstreamEndpoints:
 
     chat: URL
     models: URL
+    embeddings: URL
+    responses: URL
+
+    def of(self, operation: str) -> URL:
+        """The URL an operation (`chat`, `embeddings`, `responses`) is posted to."""
+        url: URL = getattr(self, operation)
+        return url
 
 
 @lru_cache(maxsize=4096)
@@ -66,6 +73,8 @@ def endpoints_for(provider: str, base_url: str, allow_private: bool) -> Upstream
     return UpstreamEndpoints(
         chat=url.with_path(path + "/chat/completions").with_query(url.query),
         models=url.with_path(path + "/models").with_query(url.query),
+        embeddings=url.with_path(path + "/embeddings").with_query(url.query),
+        responses=url.with_path(path + "/responses").with_query(url.query),
     )
 
 

@@ -106,6 +106,7 @@ def usage_event(
     A `partial` answer without the upstream's usage is billed `delivered` completion tokens
     (`delivered_deltas`), marked `estimated`; its prompt is not counted.
     """
+    usage = _chat_shaped(usage)
     estimated = partial and usage is None
     completion = delivered if estimated else _tokens(usage, "completion_tokens")
     return UsageEvent(
@@ -124,6 +125,19 @@ def usage_event(
         estimated=estimated,
         at=datetime.now(UTC),
     )
+
+
+def _chat_shaped(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Responses API usage (`input_tokens`, `output_tokens`) under Chat Completions' names."""
+    if usage is None or "prompt_tokens" in usage or "input_tokens" not in usage:
+        return usage
+    return {
+        "prompt_tokens": usage.get("input_tokens"),
+        "completion_tokens": usage.get("output_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+        "prompt_tokens_details": usage.get("input_tokens_details"),
+        "completion_tokens_details": usage.get("output_tokens_details"),
+    }
 
 
 def _details(usage: dict[str, Any] | None, name: str) -> dict[str, Any] | None:

@@ -1,5 +1,5 @@
-"""Router's subjects: the streamed chat call, the model list, cancellation and key tests; served
-by the router.
+"""Router's subjects: the streamed chat call (embeddings and Responses go the same way), the model
+list, cancellation and key tests; served by the router.
 
 `byorouter.router.chat` answers with the streaming protocol (see `byorouter_common.bus`), not a
 single reply. Its request embeds the client's OpenAI request body unchanged; the gateway builds
@@ -108,6 +108,22 @@ PROVIDER_TEST = Endpoint(
     ProviderTestResult,
     SERVICE,
     "Try a provider key (list its models) and say in plain words whether it works.",
+)
+# What apps call besides chat, passed through to OpenAI-compatible providers; requests and replies
+# as for chat (the request embeds the client's body; the reply is the streaming protocol).
+EMBEDDINGS = Endpoint(
+    "byorouter.router.embeddings",
+    ChatRequest,
+    StreamDone,
+    SERVICE,
+    "OpenAI embeddings for a connection, answered with Byo-Kind messages as chat is.",
+)
+RESPONSES = Endpoint(
+    "byorouter.router.responses",
+    ChatRequest,
+    StreamDone,
+    SERVICE,
+    "An OpenAI Responses API call for a connection, streamed back with Byo-Kind messages.",
 )
 CANCEL_PREFIX = "byorouter.router.cancel"
 

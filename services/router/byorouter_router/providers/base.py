@@ -8,7 +8,7 @@ orchestration in `chat.py` never changes. Failures are raised as `ByoError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from pydantic import SecretStr
 
@@ -52,8 +52,30 @@ class ChatReply(Protocol):
         """The whole `chat.completion` JSON of a non-streamed answer."""
 
 
+# What an app may ask besides chat; OpenAI-compatible providers take them as the app sent them.
+Operation = Literal["chat", "embeddings", "responses"]
+PASSTHROUGH_PATHS: Final[dict[str, str]] = {
+    "embeddings": "/embeddings",
+    "responses": "/responses",
+}
+
+
 class Provider(Protocol):
     name: str
+
+    def serves(self, operation: Operation) -> bool:
+        """Whether this provider kind can answer `operation` natively."""
+
+    async def passthrough(
+        self,
+        operation: Operation,
+        credential: ProviderCredential,
+        model: str,
+        body: dict[str, Any],
+        reply: ChatReply,
+        deadline: float,
+    ) -> None:
+        """An embeddings or Responses request (`serves` said yes), answered as `chat` is."""
 
     async def chat(
         self,

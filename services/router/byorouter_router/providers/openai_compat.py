@@ -32,7 +32,13 @@ from multidict import CIMultiDictProxy
 from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
 from byorouter_common.redact import redact
-from byorouter_router.providers.base import ChatReply, ProviderCredential, model_card
+from byorouter_router.providers.base import (
+    PASSTHROUGH_PATHS,
+    ChatReply,
+    Operation,
+    ProviderCredential,
+    model_card,
+)
 from byorouter_router.providers.errors import (
     MAX_ERROR_BODY,
     Timeouts,
@@ -153,11 +159,124 @@ class OpenAICompatProvider:
                 exc, self.name, started=started, timeouts=self._timeouts
             ) from None
 
+    def serves(self, operation: Operation) -> bool:
+        return True
+
+    async def passthrough(
+        self,
+        operation: Operation,
+        credential: ProviderCredential,
+        model: str,
+        body: dict[str, Any],
+        reply: ChatReply,
+        deadline: float,
+    ) -> None:
+        """Embeddings or a Responses call, sent as the app wrote it with only `model` replaced;
+        the answer handed on unchanged (a Responses stream event by event, names kept in each
+        event's `type`)."""
+        stream = operation == "responses" and body.get("stream") is True
+        body["model"] = self._upstream_model(credential, model)
+        data = orjson.dumps(body)
+        headers = self._headers(credential, stream)
+        started = False
+        pace = StreamPace(self.name, self._timeouts) if stream else None
+        try:
+            async with answer_starts_by(deadline, pace):
+                response, answer = await self._post_chat(
+                    credential, data, headers, stream=stream, operation=operation
+                )
+            if pace is None:
+                _check_passthrough_answer(self.name, answer)
+                await reply.start()
+                await reply.result(answer)
+                return
+            started = True
+            await reply.start()
+            try:
+                await self._relay_response_events(response, reply, pace)
+            except BaseException:
+                response.close()
+                raise
+            response.release()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise transport_error(
+                exc, self.name, started=started, timeouts=self._timeouts
+            ) from None
+
+    async def _relay_response_events(
+        self, response: UpstreamResponse, reply: ChatReply, pace: StreamPace
+    ) -> None:
+        """A Responses event stream, passed on until its terminal event (which holds the usage).
+
+        The stream has no `[DONE]`: it ends with `response.completed` (or `.incomplete`,
+        `.failed`); an `error` event is the upstream's failure midway.
+        """
+        content = response.content
+        events = SseDecoder()
+        while True:
+            data = await pace.read(content)
+            if not data:
+                payloads = events.end()
+                if not payloads:
+                    raise self._broken("ended the stream before the response was complete")
+            else:
+                try:
+                    payloads = events.feed(data)
+                except OversizedEvent:
+                    raise self._broken("sent an oversized stream event") from None
+                if not payloads:
+                    continue
+                pace.events_arrived()
+            kept: list[bytes] = []
+            ending: dict[str, Any] | None = None
+            failure: ByoError | None = None
+            for payload in payloads:
+                if payload == _DONE:
+                    continue
+                try:
+                    event = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    event = None
+                if type(event) is not dict:
+                    failure = self._broken("sent a malformed stream event")
+                    break
+                kind = event.get("type")
+                if kind == "error" or (kind is None and event.get("error") is not None):
+                    failure = self._stream_error(payload)
+                    break
+                kept.append(orjson.dumps(event) if b"\n" in payload else payload)
+                if kind in _RESPONSE_ENDINGS:
+                    ending = event
+                    break
+            if kept:
+                await reply.chunk(b"\n".join(kept))
+            if failure is not None:
+                raise failure
+            if ending is not None:
+                answer = ending.get("response")
+                answer = answer if type(answer) is dict else {}
+                usage = answer.get("usage")
+                status = answer.get("status")
+                await reply.done(
+                    status if type(status) is str else None,
+                    usage if type(usage) is dict else None,
+                )
+                return
+            if not data:
+                raise self._broken("ended the stream before the response was complete")
+
     async def _post_chat(
-        self, credential: ProviderCredential, data: bytes, headers: dict[str, str], *, stream: bool
+        self,
+        credential: ProviderCredential,
+        data: bytes,
+        headers: dict[str, str],
+        *,
+        stream: bool,
+        operation: Operation = "chat",
     ) -> tuple[UpstreamResponse, bytes]:
-        """The upstream's answer to a chat request: open if streamed, else read whole."""
-        url = self._endpoints(credential).chat
+        """The upstream's answer to a chat (or passed-through) request: open if streamed, else
+        read whole."""
+        url = self._endpoints(credential).of(operation)
         return await post_chat(
             self._session,
             url,
@@ -326,6 +445,26 @@ def _with_reasoning_content(event: dict[str, Any], part: str, payload: bytes) ->
     return orjson.dumps(event) if renamed else payload
 
 
+# The events a Responses stream ends with.
+_RESPONSE_ENDINGS: Final = frozenset(
+    {"response.completed", "response.incomplete", "response.failed"}
+)
+
+
+def _check_passthrough_answer(provider: str, answer: bytes) -> None:
+    """Refuse an answer that is not JSON, or that is only an error sent with a 200."""
+    try:
+        parsed = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if type(parsed) is not dict:
+        raise ByoError(502, "upstream_error", f"The {provider} provider sent a malformed answer.")
+    if parsed.get("error") is not None and "data" not in parsed and "output" not in parsed:
+        message, _, _ = upstream_message(answer)
+        suffix = f": {message}" if message else "."
+        raise ByoError(502, "upstream_error", f"The {provider} provider failed{suffix}")
+
+
 def _check_completion(provider: str, answer: bytes, renames_reasoning: bool = False) -> bytes:
     """The answer to hand on, once checked to be a completion and not an error sent as 200."""
     try:
@@ -365,17 +504,26 @@ class SelfHostedProvider(OpenAICompatProvider):
         self._tunnels = tunnels
 
     async def _post_chat(
-        self, credential: ProviderCredential, data: bytes, headers: dict[str, str], *, stream: bool
+        self,
+        credential: ProviderCredential,
+        data: bytes,
+        headers: dict[str, str],
+        *,
+        stream: bool,
+        operation: Operation = "chat",
     ) -> tuple[UpstreamResponse, bytes]:
         if credential.tunnel_id is None or self._tunnels is None:
-            return await super()._post_chat(credential, data, headers, stream=stream)
-        try:
-            response = await self._through_tunnel(
-                credential, "POST", "/chat/completions", data, stream=stream
+            return await super()._post_chat(
+                credential, data, headers, stream=stream, operation=operation
             )
+        path = PASSTHROUGH_PATHS.get(operation, "/chat/completions")
+        try:
+            response = await self._through_tunnel(credential, "POST", path, data, stream=stream)
         except TunnelOffline:
             if credential.base_url:
-                return await super()._post_chat(credential, data, headers, stream=stream)
+                return await super()._post_chat(
+                    credential, data, headers, stream=stream, operation=operation
+                )
             raise
         if response.status >= 300:
             try:

@@ -26,7 +26,7 @@ from byorouter_router.providers.anthropic.response import (
     mid_stream_error,
     to_chat_completion,
 )
-from byorouter_router.providers.base import ChatReply, ProviderCredential, model_card
+from byorouter_router.providers.base import ChatReply, Operation, ProviderCredential, model_card
 from byorouter_router.providers.errors import (
     Timeouts,
     overloaded_error,
@@ -111,6 +111,20 @@ class AnthropicProvider:
         if status == _OVERLOADED:
             return overloaded_error(self.name, raw, headers)
         return status_error(self.name, status, raw, headers)
+
+    def serves(self, operation: Operation) -> bool:
+        return operation == "chat"
+
+    async def passthrough(
+        self,
+        operation: Operation,
+        credential: ProviderCredential,
+        model: str,
+        body: dict[str, Any],
+        reply: ChatReply,
+        deadline: float,
+    ) -> None:
+        raise not_served(self.name, operation)
 
     async def chat(
         self,
@@ -286,6 +300,28 @@ class AnthropicProvider:
         last_id = listing.get("last_id")
         more = listing.get("has_more") is True and type(last_id) is str and bool(last_id)
         return cards, last_id if more else None
+
+
+_NOT_SERVED: Final = {
+    "embeddings": "Anthropic has no embeddings API, so the {name} provider cannot answer "
+    "/v1/embeddings. Ask for an embedding model of another provider the user connected "
+    "(openai/text-embedding-3-small, openrouter/..., selfhosted/...).",
+    "responses": "The {name} provider does not speak OpenAI's Responses API, and BYORouter "
+    "does not convert it (that would lose what Responses adds). Send this request to "
+    "/v1/chat/completions, or ask for a model of an OpenAI-compatible provider.",
+}
+
+
+def not_served(name: str, operation: str) -> ByoError:
+    """The 400 for an operation Anthropic has no API for."""
+    return ByoError(
+        400,
+        "operation_not_supported",
+        _NOT_SERVED.get(operation, "The {name} provider cannot answer this request.").format(
+            name=name
+        ),
+        param="model",
+    )
 
 
 def _timestamp(created_at: Any) -> int:
