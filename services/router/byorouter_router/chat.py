@@ -64,7 +64,7 @@ from byorouter_router.fallback import (
     fallback_candidates,
 )
 from byorouter_router.model_ids import choose_provider
-from byorouter_router.providers.base import Provider, ProviderCredential
+from byorouter_router.providers.base import Operation, Provider, ProviderCredential
 from byorouter_router.reply import BusReply
 from byorouter_router.usage import ask_for_usage, usage_event, wants_usage
 from byorouter_router.user_limits import Admit, admit, allows
