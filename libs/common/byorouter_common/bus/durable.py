@@ -271,6 +271,7 @@ class DurableRecorder:
         handler: Handler,
         *,
         batch: int = 64,
+        concurrency: int = 4,
         ack_wait_s: float = 30.0,
         retry_delay_s: float = 2.0,
     ) -> None:
@@ -279,6 +280,7 @@ class DurableRecorder:
         self._event = event
         self._handler = handler
         self._batch = batch
+        self._concurrency = concurrency
         self._ack_wait_s = ack_wait_s
         self._retry_delay_s = retry_delay_s
         self._task: asyncio.Task[None] | None = None
@@ -342,8 +344,11 @@ class DurableRecorder:
                         await subscription.unsubscribe()
                     subscription = await self._subscribe()
                     continue
-                for message in messages:
-                    await self._record(message)
+                # A few at a time: one by one falls behind a busy router, and all at once
+                # would take every database connection the service's requests need.
+                step = self._concurrency
+                for i in range(0, len(messages), step):
+                    await asyncio.gather(*(self._record(m) for m in messages[i : i + step]))
         finally:
             with contextlib.suppress(*BUS_ERRORS):
                 await subscription.unsubscribe()
