@@ -24,6 +24,12 @@ from byorouter_common.redact import mask_key
 from byorouter_keystore import ids
 from byorouter_keystore.app_default import default_of, open_default
 from byorouter_keystore.crypto import Destination, KeyringStore
+from byorouter_keystore.provider_policy import (
+    check_allowed,
+    connection_policy,
+    policy_of,
+    routable,
+)
 from byorouter_keystore.shared import (
     BASE_URL_RULE,
     KEY_REQUIRED,
@@ -102,7 +108,9 @@ async def create_connection(
     providers: Sequence[ks.ProviderCredentialInput],
     fallback_to_default: bool,
     selfhosted_tunnel: bool = False,
+    narrowed_policy: Sequence[str] | None = None,
 ) -> tuple[Connection, list[Credential]]:
+    """`narrowed_policy`: the kinds a pushed authorization request allowed (kept on the row)."""
     validate_providers(providers, tunnel_pending=selfhosted_tunnel)
     for index, p in enumerate(providers):
         if p.tunnel_id is not None:
@@ -112,13 +120,16 @@ async def create_connection(
                 "exists (POST /api/tunnel/register).",
                 param=f"providers[{index}].tunnel_id",
             )
-    if await session.get(App, app_id) is None:
+    app = await session.get(App, app_id)
+    if app is None:
         raise app_not_found()
+    check_allowed(providers, policy_of(app, narrowed_policy), tunnel_pending=selfhosted_tunnel)
     connection = Connection(
         id=ids.new_connection_id(),
         app_id=app_id,
         status="active",
         fallback_to_default=fallback_to_default,
+        allowed_providers=list(narrowed_policy) if narrowed_policy is not None else None,
     )
     session.add(connection)
     await session.flush()
@@ -284,6 +295,17 @@ class ConnectionHandlers(Handlers):
                 session, self.keyring, request.app_id, request.connection_id
             )
             default = await default_of(session, connection.app_id)
+            allowed = await connection_policy(session, connection)
+        # Filtered here, not in the router: a policy change reaches every copy with the event
+        # that drops its cache, and the chat path makes no extra call for it.
+        blocked: list[str] = []
+        routes: list[tuple[ResolvedCredential, str | None, Tunnel | None]] = []
+        for r in resolved:
+            route = routable(r.credential.provider, r.destination.base_url, r.tunnel, allowed)
+            if route is None:
+                blocked.append(provider_name(r.credential))
+            else:
+                routes.append((r, *route))
         return ks.ResolvedConnection(
             connection_id=connection.id,
             limits=limits_of(connection),
@@ -296,17 +318,18 @@ class ConnectionHandlers(Handlers):
                 ks.ResolvedProvider(
                     provider=provider_name(r.credential),
                     api_key=SecretStr(r.api_key) if r.api_key is not None else None,
-                    base_url=r.destination.base_url,
+                    base_url=base_url,
                     preferred_model=r.credential.preferred_model,
                     priority=r.credential.priority,
                     status="failing" if r.credential.status == "failing" else "ok",
                     # A revoked (or never registered) tunnel is no tunnel: the router uses the
                     # direct URL, or falls back.
-                    tunnel_id=r.tunnel.id if r.tunnel is not None else None,
-                    tunnel_public_key=r.tunnel.public_key if r.tunnel is not None else None,
+                    tunnel_id=tunnel.id if tunnel is not None else None,
+                    tunnel_public_key=tunnel.public_key if tunnel is not None else None,
                 )
-                for r in resolved
+                for r, base_url, tunnel in routes
             ],
+            blocked_providers=blocked,
         )
 
     def _resolved_default(self, default: AppDefaultProvider) -> ks.ResolvedProvider:

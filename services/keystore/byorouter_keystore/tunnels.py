@@ -27,6 +27,7 @@ from byorouter_common.contracts.base import Empty
 from byorouter_common.errors import ByoError
 from byorouter_keystore import ids
 from byorouter_keystore.crypto import Destination, KeyringStore
+from byorouter_keystore.provider_policy import connection_policy, not_allowed
 from byorouter_keystore.shared import (
     Handlers,
     audit,
@@ -132,6 +133,8 @@ async def register_tunnel(
     connection = await owned_connection(
         session, request.app_id, request.connection_id, for_update=True
     )
+    if "tunnel" not in await connection_policy(session, connection):
+        raise not_allowed("tunnel")
     now = await _now(session)
     credentials = await credentials_of(session, connection.id)
     selfhosted = next((c for c in credentials if c.provider == "selfhosted"), None)

@@ -31,6 +31,7 @@ from byorouter_keystore.connect_flow.one_time import (
 )
 from byorouter_keystore.connections import delete_connection, validate_providers
 from byorouter_keystore.crypto import Destination, KeyringStore
+from byorouter_keystore.provider_policy import check_allowed, in_order, policy_of
 from byorouter_keystore.shared import (
     Handlers,
     app_not_found,
@@ -240,6 +241,7 @@ async def set_provider(
     if p.tunnel_id is None and kept is not None and kept.tunnel_id is not None:
         p = p.model_copy(update={"tunnel_id": kept.tunnel_id})
     validate_providers([p])
+    check_allowed([p], policy_of(context.app, connection.allowed_providers))
     if p.tunnel_id is not None and (kept is None or p.tunnel_id != kept.tunnel_id):
         await check_tunnel_of(session, connection.id, p.tunnel_id)
     key = p.api_key.get_secret_value().strip() if p.api_key is not None else ""
@@ -385,6 +387,9 @@ class ManageHandlers(Handlers):
         return cn.ManageView(
             app_name=context.app.name,
             offers_default_provider=await offers_default_provider(session, context.app),
+            allowed_providers=in_order(
+                policy_of(context.app, context.connection.allowed_providers)
+            ),
             return_url=context.return_url,
             expires_at=context.expires_at,
             connection=connection_info(context.connection, credentials).model_copy(
