@@ -135,11 +135,9 @@ async def test_request_that_cannot_be_translated_fails_before_calling_anthropic(
 ) -> None:
     ref, _ = claude_connection
     tag = "t-" + secrets.token_hex(6)
-    answer = await chat(
-        bus, ref, _body("claude-sonnet-4-5", True, tag, response_format={"type": "json_object"})
-    )
+    answer = await chat(bus, ref, _body("claude-sonnet-4-5", True, tag, n=2))
     assert answer.error is not None
-    assert (answer.error.status, answer.error.param) == (400, "response_format")
+    assert (answer.error.status, answer.error.param) == (400, "n")
     assert claude.requests(tag) == []
 
 

@@ -18,6 +18,11 @@ tests running in parallel never disturb each other:
     tools-2             two parallel tool_use blocks (the first offered tool, for Paris and for
                         Tokyo), their input streamed as input_json_delta fragments
                         (once given their results, it answers in text like any other model)
+    thinking            (`thinking: {type: enabled, budget_tokens}` in the body) a thinking
+                        block first, streamed as thinking_delta pieces and a signature_delta
+    tool_choice tool    (`{type: tool, name}`) one call of that tool, its input filled from
+                        the tool's input_schema (strings echo the user's words), streamed as
+                        input_json_delta fragments
     anything else       success: the reply echoes the last user turn's text (or tool results)
 
 Requests are checked the way Anthropic checks them, with its messages: x-api-key and
@@ -172,7 +177,30 @@ def validate(body: dict[str, Any]) -> None:
         raise Invalid("stop_sequences: each stop sequence must be a non-empty string")
     tool_names = _validate_tools(body.get("tools"))
     _validate_tool_choice(body.get("tool_choice"), tool_names)
+    _validate_thinking(body)
     _validate_messages(body.get("messages"))
+
+
+def _validate_thinking(body: dict[str, Any]) -> None:
+    thinking = body.get("thinking")
+    if thinking is None:
+        return
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        raise Invalid("thinking.type: Input should be 'enabled' or 'disabled'")
+    if thinking["type"] == "disabled":
+        return
+    budget = thinking.get("budget_tokens")
+    if type(budget) is not int or budget < 1024:
+        raise Invalid(
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        )
+    if budget >= body["max_tokens"]:
+        raise Invalid("`max_tokens` must be greater than `thinking.budget_tokens`")
+    if body.get("temperature") not in (None, 1):
+        raise Invalid("`temperature` may only be set to 1 when thinking is enabled")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise Invalid("Thinking may not be enabled when tool_choice forces tool use.")
 
 
 def _validate_system(system: Any) -> None:
@@ -392,8 +420,22 @@ class Answer:
         self.stop_sequence: str | None = None
         # (block, streamed pieces): text pieces for text blocks, JSON fragments for tool_use.
         self.blocks: list[tuple[dict[str, Any], list[str]]] = []
+        thinking = body.get("thinking")
+        # The thinking block that comes before the answer, and its streamed pieces.
+        self.thinking: tuple[dict[str, Any], list[str]] | None = None
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            pieces = ["Let me think. ", "The user said ", f"{len(words)} words."]
+            signature = "sig_" + secrets.token_hex(16)
+            self.thinking = (
+                {"type": "thinking", "thinking": "".join(pieces), "signature": signature},
+                pieces,
+            )
         if behaviour == "tools-2" and not _answers_tools(body["messages"][-1]):
             self._tool_calls(body)
+            return
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "tool":
+            self._forced_call(body, choice["name"], "".join(words).strip())
             return
         limit: int = body["max_tokens"]
         if len(words) > limit:
@@ -433,10 +475,32 @@ class Answer:
         self.output_tokens = 40
         self.words = []
 
+    def _forced_call(self, body: dict[str, Any], name: str, said: str) -> None:
+        """The one call `tool_choice: {type: tool}` forces, its input made to fit the schema."""
+        schema = next(t["input_schema"] for t in body["tools"] if t["name"] == name)
+        arguments = orjson.dumps(_sample(schema, said)).decode()
+        middle = len(arguments) // 2
+        self.blocks.append(
+            (
+                {
+                    "type": "tool_use",
+                    "id": "toolu_" + secrets.token_hex(12),
+                    "name": name,
+                    "input": orjson.loads(arguments),
+                },
+                ["", arguments[:middle], arguments[middle:]],
+            )
+        )
+        self.stop_reason = "tool_use"
+        self.output_tokens = 20
+        self.words = []
+
     def message(self) -> bytes:
         content = [block for block, _ in self.blocks] or [
             {"type": "text", "text": "".join(self.words)}
         ]
+        if self.thinking is not None:
+            content.insert(0, self.thinking[0])
         return orjson.dumps(
             {
                 "id": self.id,
@@ -481,11 +545,17 @@ class Answer:
             _event({"type": "ping"}),
         ]
         blocks = self.blocks or [({"type": "text", "text": ""}, _split(self.words, chunks))]
+        if self.thinking is not None:
+            blocks = [self.thinking, *blocks]
         for index, (block, pieces) in enumerate(blocks):
             start: dict[str, Any]
             if block["type"] == "text":
                 start = {"type": "text", "text": ""}
                 deltas = [{"type": "text_delta", "text": piece} for piece in pieces]
+            elif block["type"] == "thinking":
+                start = {"type": "thinking", "thinking": ""}
+                deltas = [{"type": "thinking_delta", "thinking": piece} for piece in pieces]
+                deltas.append({"type": "signature_delta", "signature": block["signature"]})
             else:
                 start = {**block, "input": {}}
                 deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
@@ -508,6 +578,31 @@ class Answer:
         )
         events.append(_event({"type": "message_stop"}))
         return events
+
+
+def _sample(schema: Any, said: str) -> Any:
+    """A value that fits a (simple) JSON schema: what a model forced to call a tool fills in."""
+    if not isinstance(schema, dict):
+        return said
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return {}
+        return {key: _sample(value, said) for key, value in properties.items()}
+    if kind == "array":
+        return [_sample(schema.get("items"), said)]
+    if kind == "integer":
+        return len(said.split())
+    if kind == "number":
+        return len(said.split()) / 2
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return said
 
 
 class FakeAnthropic(FakeUpstream):

@@ -20,7 +20,7 @@ from yarl import URL
 
 from byorouter_common.contracts.router import ModelCard
 from byorouter_common.errors import ByoError
-from byorouter_router.providers.anthropic.request import to_messages_request
+from byorouter_router.providers.anthropic.request import json_tool_name, to_messages_request
 from byorouter_router.providers.anthropic.response import (
     StreamTranslator,
     mid_stream_error,
@@ -138,6 +138,7 @@ class AnthropicProvider:
         stream = body.get("stream") is True
         # Translated before any connection is made: a request Anthropic cannot take fails fast.
         data = orjson.dumps(to_messages_request(body, model))
+        json_tool = json_tool_name(body)
         headers = self._headers(credential, stream)
         created = int(time.time())
         started = False
@@ -154,7 +155,9 @@ class AnthropicProvider:
                     provider=self.name,
                 )
             if pace is None:
-                completion = orjson.dumps(to_chat_completion(self._message(answer), model, created))
+                completion = orjson.dumps(
+                    to_chat_completion(self._message(answer), model, created, json_tool=json_tool)
+                )
                 await reply.start()
                 await reply.result(completion)
                 return
@@ -165,6 +168,7 @@ class AnthropicProvider:
                 model,
                 created,
                 include_usage=type(options) is dict and options.get("include_usage") is True,
+                json_tool=json_tool,
             )
             try:
                 await self._relay(response, reply, translator, pace)

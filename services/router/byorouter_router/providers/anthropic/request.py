@@ -7,6 +7,7 @@ cannot take is refused here, before any connection is made, with the parameter a
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import orjson
@@ -61,17 +62,21 @@ def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     n = body.get("n")
     if n is not None and n != 1:
         raise _unsupported("The anthropic provider answers with one choice only (n=1).", "n")
-    response_format = body.get("response_format")
-    if response_format is not None and (
-        type(response_format) is not dict or response_format.get("type") != "text"
-    ):
-        raise _unsupported(
-            "The anthropic provider does not support response_format; "
-            "describe the wanted JSON in the prompt or use a tool instead.",
-            "response_format",
-        )
+    json_tool = _response_format_tool(body.get("response_format"))
+    thinking = _thinking(body)
+    if thinking is not None:
+        _apply_thinking(request, thinking, body, json_tool is not None)
     tools = body.get("tools")
-    if tools is not None:
+    if json_tool is not None:
+        if tools:
+            raise _unsupported(
+                "The anthropic provider answers response_format with a forced call of a tool "
+                "made from the schema, so it cannot be combined with tools; leave one out.",
+                "response_format",
+            )
+        request["tools"] = [json_tool]
+        request["tool_choice"] = {"type": "tool", "name": json_tool["name"]}
+    elif tools is not None:
         translated = _tools(tools)
         if translated:
             request["tools"] = translated
@@ -89,6 +94,135 @@ def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     if body.get("stream") is True:
         request["stream"] = True
     return request
+
+
+# What reasoning_effort asks of Anthropic's extended thinking, in budget tokens (1024 is the least
+# Anthropic takes).
+THINKING_BUDGETS: Final[dict[str, int]] = {
+    "minimal": 1024,
+    "low": 1024,
+    "medium": 2048,
+    "high": 4096,
+}
+# The tool a `json_object` answer is forced through: any JSON object fits.
+_ANY_OBJECT: Final[dict[str, Any]] = {"type": "object", "additionalProperties": True}
+JSON_TOOL_NAME: Final = "json_response"
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def json_tool_name(body: dict[str, Any]) -> str | None:
+    """The tool a JSON `response_format` is forced through (its input is the answer), if any."""
+    response_format = body.get("response_format")
+    if type(response_format) is not dict or response_format.get("type") == "text":
+        return None
+    tool = _response_format_tool(response_format)
+    return tool["name"] if tool is not None else None
+
+
+def _response_format_tool(response_format: Any) -> Block | None:
+    """`json_schema` and `json_object` as the major gateways emulate them on Anthropic: one tool
+    whose input_schema is the wanted schema, called by force; None for text."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if type(response_format) is dict else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {
+            "name": JSON_TOOL_NAME,
+            "description": "Answer with a JSON object.",
+            "input_schema": _ANY_OBJECT,
+        }
+    if kind != "json_schema":
+        raise _invalid(
+            'response_format.type must be "text", "json_object" or "json_schema".',
+            "response_format",
+        )
+    spec = response_format.get("json_schema")
+    if type(spec) is not dict:
+        raise _invalid(
+            "response_format.json_schema must be an object with a name and a schema.",
+            "response_format",
+        )
+    schema = spec.get("schema")
+    if schema is None:
+        schema = _ANY_OBJECT
+    if type(schema) is not dict or schema.get("type", "object") != "object":
+        raise _unsupported(
+            "The anthropic provider needs response_format.json_schema.schema to describe a JSON "
+            'object ("type": "object"); wrap other values in an object property.',
+            "response_format",
+        )
+    name = spec.get("name")
+    tool: Block = {
+        "name": name if type(name) is str and _TOOL_NAME.match(name) else JSON_TOOL_NAME,
+        "input_schema": schema,
+    }
+    description = spec.get("description")
+    tool["description"] = (
+        description
+        if type(description) is str and description
+        else "Answer with JSON that matches this schema."
+    )
+    return tool
+
+
+def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Anthropic's `thinking` from the app's own `thinking` (Anthropic's shape, passed on) or
+    OpenAI's `reasoning_effort`; None when neither asks for it."""
+    thinking = body.get("thinking")
+    if thinking is not None:
+        budget = thinking.get("budget_tokens") if type(thinking) is dict else None
+        kind = thinking.get("type") if type(thinking) is dict else None
+        if kind == "disabled":
+            return None
+        if kind != "enabled" or type(budget) is not int or budget < 1024:
+            raise _invalid(
+                'thinking must be {"type": "enabled", "budget_tokens": <at least 1024>}.',
+                "thinking",
+            )
+        return {"type": "enabled", "budget_tokens": budget}
+    effort = body.get("reasoning_effort")
+    if effort is None or effort == "none":
+        return None
+    if type(effort) is not str or effort not in THINKING_BUDGETS:
+        raise _invalid(
+            'reasoning_effort must be "none", "minimal", "low", "medium" or "high".',
+            "reasoning_effort",
+        )
+    return {"type": "enabled", "budget_tokens": THINKING_BUDGETS[effort]}
+
+
+def _apply_thinking(
+    request: dict[str, Any], thinking: dict[str, Any], body: dict[str, Any], forced_tool: bool
+) -> None:
+    """Turn thinking on, with the limits Anthropic sets on it said in advance."""
+    if forced_tool:
+        raise _unsupported(
+            "Anthropic does not allow thinking while a tool call is forced, which is how the "
+            "anthropic provider answers response_format; ask for one or the other.",
+            "response_format",
+        )
+    budget: int = thinking["budget_tokens"]
+    if "max_tokens" in body or "max_completion_tokens" in body:
+        if request["max_tokens"] <= budget:
+            raise _invalid(
+                f"max_tokens must be more than the thinking budget ({budget} tokens): thinking "
+                "counts toward it on Anthropic.",
+                "max_tokens",
+            )
+    else:
+        # The budget is spent before the answer begins; the answer keeps the usual room.
+        request["max_tokens"] = budget + DEFAULT_MAX_TOKENS
+    temperature = request.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise _unsupported(
+            "Anthropic takes only temperature 1 while thinking; leave temperature out.",
+            "temperature",
+        )
+    if "top_k" in request:
+        raise _unsupported("Anthropic takes no top_k while thinking; leave it out.", "top_k")
+    request["thinking"] = thinking
 
 
 def _translate_messages(

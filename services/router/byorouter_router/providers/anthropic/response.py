@@ -60,10 +60,18 @@ def finish_reason(stop_reason: Any) -> str:
     return FINISH_REASONS.get(stop_reason, "stop") if type(stop_reason) is str else "stop"
 
 
-def to_chat_completion(message: dict[str, Any], model: str, created: int) -> dict[str, Any]:
-    """The OpenAI `chat.completion` for a non-streamed Anthropic message."""
+def to_chat_completion(
+    message: dict[str, Any], model: str, created: int, *, json_tool: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI `chat.completion` for a non-streamed Anthropic message.
+
+    Thinking comes back as `reasoning_content`; a call of `json_tool` (the tool a JSON
+    `response_format` was forced through) comes back as the content, its input as a JSON string.
+    """
     texts: list[str] = []
+    thoughts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
+    answered_as_json = False
     content = message.get("content")
     for block in content if type(content) is list else ():
         if type(block) is not dict:
@@ -71,6 +79,12 @@ def to_chat_completion(message: dict[str, Any], model: str, created: int) -> dic
         kind = block.get("type")
         if kind == "text" and type(block.get("text")) is str:
             texts.append(block["text"])
+        elif kind == "thinking" and type(block.get("thinking")) is str:
+            thoughts.append(block["thinking"])
+        elif kind == "tool_use" and json_tool is not None and block.get("name") == json_tool:
+            # The model's words around the forced call are not part of the JSON answer.
+            texts = [orjson.dumps(block.get("input") or {}).decode()]
+            answered_as_json = True
         elif kind == "tool_use":
             tool_calls.append(
                 {
@@ -82,14 +96,19 @@ def to_chat_completion(message: dict[str, Any], model: str, created: int) -> dic
                     },
                 }
             )
-        # Thinking and server-tool blocks have no OpenAI counterpart and are left out.
+        # Redacted thinking and server-tool blocks have no OpenAI counterpart and are left out.
     answer: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts else None,
         "refusal": None,
     }
+    if thoughts:
+        answer["reasoning_content"] = "".join(thoughts)
     if tool_calls:
         answer["tool_calls"] = tool_calls
+    stop_reason = message.get("stop_reason")
+    if answered_as_json and stop_reason == "tool_use":
+        stop_reason = "end_turn"
     usage = message.get("usage")
     message_id = message.get("id")
     message_model = message.get("model")
@@ -103,7 +122,7 @@ def to_chat_completion(message: dict[str, Any], model: str, created: int) -> dic
                 "index": 0,
                 "message": answer,
                 "logprobs": None,
-                "finish_reason": finish_reason(message.get("stop_reason")),
+                "finish_reason": finish_reason(stop_reason),
             }
         ],
         "usage": to_openai_usage(usage if type(usage) is dict else {}),
@@ -115,6 +134,8 @@ class StreamTranslator:
 
     Each tool_use content block gets the next OpenAI tool_calls index (0, 1, ...) and its
     input_json_delta fragments are sent under that index, so parallel calls never collide.
+    Thinking deltas go out as `reasoning_content`; the input of a call of `json_tool` (a JSON
+    `response_format`) goes out as `content`, fragment by fragment.
     """
 
     __slots__ = (
@@ -122,6 +143,8 @@ class StreamTranslator:
         "_created",
         "_include_usage",
         "_input_usage",
+        "_json_blocks",
+        "_json_tool",
         "_output_tokens",
         "_prefix",
         "_tool_indexes",
@@ -129,8 +152,13 @@ class StreamTranslator:
         "finished",
     )
 
-    def __init__(self, model: str, created: int, *, include_usage: bool) -> None:
+    def __init__(
+        self, model: str, created: int, *, include_usage: bool, json_tool: str | None = None
+    ) -> None:
         self._include_usage = include_usage
+        self._json_tool = json_tool
+        # Content block index -> whether any of its JSON was sent yet.
+        self._json_blocks: dict[int, bool] = {}
         self._input_usage: dict[str, Any] = {}
         self._output_tokens = 0
         # Content block index -> OpenAI tool_calls index.
@@ -160,8 +188,17 @@ class StreamTranslator:
             delta_kind = delta.get("type")
             if delta_kind == "text_delta":
                 text = delta.get("text")
-                if type(text) is str and text:
+                if type(text) is str and text and not self._json_blocks:
                     out.append(self._chunk(b'{"content":' + orjson.dumps(text) + b"}"))
+            elif delta_kind == "thinking_delta":
+                thought = delta.get("thinking")
+                if type(thought) is str and thought:
+                    out.append(self._chunk(b'{"reasoning_content":' + orjson.dumps(thought) + b"}"))
+            elif delta_kind == "input_json_delta" and event.get("index") in self._json_blocks:
+                fragment = delta.get("partial_json")
+                if type(fragment) is str and fragment:
+                    self._json_blocks[event["index"]] = True
+                    out.append(self._chunk(b'{"content":' + orjson.dumps(fragment) + b"}"))
             elif delta_kind == "input_json_delta":
                 block_index = event.get("index")
                 index = self._tool_indexes.get(block_index) if type(block_index) is int else None
@@ -179,7 +216,21 @@ class StreamTranslator:
             if type(block) is not dict:
                 return
             block_kind = block.get("type")
-            if block_kind == "tool_use":
+            if (
+                block_kind == "tool_use"
+                and self._json_tool is not None
+                and block.get("name") == self._json_tool
+                and type(event.get("index")) is int
+            ):
+                tool_input = block.get("input")
+                self._json_blocks[event["index"]] = bool(tool_input)
+                if tool_input:
+                    out.append(
+                        self._chunk(
+                            b'{"content":' + orjson.dumps(orjson.dumps(tool_input).decode()) + b"}"
+                        )
+                    )
+            elif block_kind == "tool_use":
                 block_index = event.get("index")
                 if type(block_index) is not int:
                     return
@@ -207,7 +258,11 @@ class StreamTranslator:
                     out.append(self._chunk(b'{"content":' + orjson.dumps(text) + b"}"))
         elif kind == "content_block_stop":
             block_index = event.get("index")
-            if block_index in self._argless:
+            if type(block_index) is int and self._json_blocks.get(block_index) is False:
+                # A forced call with no input at all still answers with JSON.
+                self._json_blocks[block_index] = True
+                out.append(self._chunk(b'{"content":"{}"}'))
+            elif block_index in self._argless:
                 self._argless.discard(block_index)
                 out.append(
                     self._chunk(
@@ -229,7 +284,11 @@ class StreamTranslator:
         elif kind == "message_delta":
             delta = event.get("delta")
             if type(delta) is dict and type(delta.get("stop_reason")) is str:
-                self.finish_reason = finish_reason(delta["stop_reason"])
+                reason = delta["stop_reason"]
+                # The forced call is how the answer was given, not a call for the app to make.
+                if reason == "tool_use" and self._json_blocks:
+                    reason = "end_turn"
+                self.finish_reason = finish_reason(reason)
             usage = event.get("usage")
             if type(usage) is dict:
                 self._note_usage(usage)
