@@ -44,6 +44,7 @@ from byorouter_connect.security import (
     consent_csrf_token,
     set_cookie,
 )
+from byorouter_connect.user_limits import LIMIT_FIELDS, limits_from_form
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,11 @@ def consent_page(
     results: Mapping[str, rt.ProviderTestResult] | None = None,
     problems: list[str] | None = None,
     fallback_to_default: bool = False,
+    form: Mapping[str, str] | None = None,
 ) -> Response:
     csrf, new = consent_csrf_token(request)
+    # What the person typed in the limits section, shown again as typed.
+    limits = {name: (form or {}).get(name, "") for name in LIMIT_FIELDS}
     shown = {
         provider: (values[provider] if values else ProviderValues(provider, priority=i + 1)).shown()
         for i, provider in enumerate(PROVIDERS)
@@ -90,6 +94,7 @@ def consent_page(
         problems=problems or [],
         fallback_to_default=fallback_to_default,
         priorities=range(1, len(PROVIDERS) + 1),
+        limits=limits,
     )
     if new:
         set_cookie(
@@ -131,6 +136,7 @@ async def test_provider(request: Request) -> Response:
         values=values,
         results={provider: result},
         fallback_to_default=_fallback(form, authorization),
+        form=form,
     )
 
 
@@ -189,6 +195,10 @@ async def connect(request: Request) -> Response:
     problems = [problem for v in chosen for problem in problems_of(v)]
     if not chosen:
         problems = ["Enter at least one key, or your self-hosted server's URL."]
+    typed = limits_from_form(form)
+    limits = None if isinstance(typed, list) or not typed.any else typed
+    if isinstance(typed, list):
+        problems = problems + typed
     if problems:
         return consent_page(
             request,
@@ -197,6 +207,7 @@ async def connect(request: Request) -> Response:
             values=values,
             problems=problems,
             fallback_to_default=fallback,
+            form=form,
         )
     tunnel = values["selfhosted"].filled and values["selfhosted"].tunnel
     try:
@@ -213,6 +224,7 @@ async def connect(request: Request) -> Response:
                 request_uri=SecretStr(authorization.request_uri)
                 if authorization.request_uri is not None
                 else None,
+                limits=limits,
             ),
         )
     except ByoError as exc:
@@ -225,6 +237,7 @@ async def connect(request: Request) -> Response:
                 values=values,
                 problems=[exc.message],
                 fallback_to_default=fallback,
+                form=form,
             )
         raise unavailable(exc) from None
     if tunnel:

@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from byorouter_common.contracts.keystore.user_limits import UserLimits
 
 _SEPARATORS = re.compile(r"[\s,]+")
+# The form's fields, the same on both pages.
+LIMIT_FIELDS = ("limit_requests_per_day", "limit_tokens_per_month", "limit_models")
 
 
 def _whole_number(raw: str, what: str, problems: list[str]) -> int | None:

@@ -38,6 +38,7 @@ from byorouter_keystore.crypto import KeyringStore
 from byorouter_keystore.provider_policy import in_order, policy_of, spend_authorization
 from byorouter_keystore.shared import Handlers, audit, connection_info, get_app
 from byorouter_keystore.tables import App, AuthorizationCode, Connection, Credential, Tunnel
+from byorouter_keystore.user_limits import set_limits
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ async def issue_code(
         grant.selfhosted_tunnel,
         narrowed_policy=narrowed,
     )
+    if grant.limits is not None and grant.limits.any:
+        set_limits(session, connection, grant.limits)
     await purge_expired(session)
     code = new_one_time_secret()
     expires_at = await session.scalar(

@@ -127,6 +127,8 @@ class AuthorizationGrant(Contract):
     # The pushed authorization request (RFC 9126) this consent answers: keystore then takes the
     # redirect URI, PKCE challenge and narrowed provider policy from it, and spends it.
     request_uri: SecretStr | None = None
+    # Caps the person set on the consent page (the Manage page's form): stored with the connection.
+    limits: UserLimits | None = None
 
     @field_serializer("request_uri", when_used="json")
     def _reveal_request_uri(self, value: SecretStr | None) -> str | None:
