@@ -83,7 +83,11 @@ class Config:
             api_url=env.get("BYOROUTER_API_URL", "http://127.0.0.1:4000").rstrip("/"),
             app_api_key=env["BYOROUTER_APP_API_KEY"],
             client_id=env["BYOROUTER_CLIENT_ID"],
-            connect_url=env.get("BYOROUTER_CONNECT_URL", "http://127.0.0.1:8080").rstrip("/"),
+            # BYOROUTER_CONNECT_URL: the old name, still read.
+            connect_url=env.get(
+                "BYOROUTER_CONNECT_PUBLIC_URL",
+                env.get("BYOROUTER_CONNECT_URL", "http://127.0.0.1:8080"),
+            ).rstrip("/"),
             base_url=env.get("CHAT_APP_BASE_URL", f"http://127.0.0.1:{port}").rstrip("/"),
             host=env.get("CHAT_APP_HOST", "127.0.0.1"),
             port=port,

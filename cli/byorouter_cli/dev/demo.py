@@ -83,7 +83,7 @@ def example_app_env(
         "BYOROUTER_API_URL": demo["api_url"],
         "BYOROUTER_APP_API_KEY": demo["app_api_key"],
         "BYOROUTER_CLIENT_ID": demo["client_id"],
-        "BYOROUTER_CONNECT_URL": connect_url,
+        "BYOROUTER_CONNECT_PUBLIC_URL": connect_url,
         "CHAT_APP_BASE_URL": base_url,
         "CHAT_APP_HOST": "127.0.0.1",
         "CHAT_APP_PORT": str(port),

@@ -11,6 +11,10 @@ import ipaddress
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Where people's browsers reach Connect unless BYOROUTER_CONNECT_PUBLIC_URL says otherwise: the
+# one default for the gateway's manage links, the dev stack and the example apps.
+CONNECT_PUBLIC_URL_DEFAULT = "http://127.0.0.1:8080"
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BYOROUTER_", extra="ignore")

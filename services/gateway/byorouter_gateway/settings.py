@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from byorouter_common.settings import ServiceSettings
+from byorouter_common.settings import CONNECT_PUBLIC_URL_DEFAULT, ServiceSettings
 
 MIB = 1024 * 1024
 
@@ -40,10 +40,12 @@ class GatewaySettings(ServiceSettings):
     ready_timeout_s: float = Field(default=1.0, gt=0)
     # On shutdown, how long open responses (long streams) may finish before they are cut.
     shutdown_grace_s: int = Field(default=10, ge=0)
-    # Where people's browsers reach Connect: manage links (POST /v1/connect/sessions) point here.
+    # Where people's browsers reach Connect: manage links (POST /v1/connect/sessions) point here,
+    # and apps send browsers to the same URL. BYOROUTER_CONNECT_URL (the example apps' old name)
+    # still works, deprecated.
     connect_public_url: str = Field(
-        default="http://127.0.0.1:8080",
-        validation_alias=AliasChoices("BYOROUTER_CONNECT_PUBLIC_URL"),
+        default=CONNECT_PUBLIC_URL_DEFAULT,
+        validation_alias=AliasChoices("BYOROUTER_CONNECT_PUBLIC_URL", "BYOROUTER_CONNECT_URL"),
     )
     # Where tunnel clients on users' machines dial in (the tunnel service's WebSocket); the
     # command POST /api/tunnel/register hands out points here. wss:// in production.

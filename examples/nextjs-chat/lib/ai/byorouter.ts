@@ -30,7 +30,10 @@ export function byorouterConfig(): ByorouterConfig {
   const redirectUri = env.BYOROUTER_REDIRECT_URI ?? `http://127.0.0.1:${port}${CALLBACK_PATH}`;
   return {
     apiUrl: trimmed(env.BYOROUTER_URL ?? "http://127.0.0.1:4000"),
-    connectUrl: trimmed(env.BYOROUTER_CONNECT_URL ?? "http://127.0.0.1:8080"),
+    // BYOROUTER_CONNECT_URL: the old name, still read.
+    connectUrl: trimmed(
+      env.BYOROUTER_CONNECT_PUBLIC_URL ?? env.BYOROUTER_CONNECT_URL ?? "http://127.0.0.1:8080",
+    ),
     appApiKey: env.BYOROUTER_APP_KEY as string,
     clientId: env.BYOROUTER_CLIENT_ID as string,
     redirectUri,
