@@ -41,7 +41,9 @@ MAX_FRAME_PAYLOAD = 256 * 1024
 MAX_HEADER = 16 * 1024
 
 # Request paths a client forwards: only what an OpenAI-compatible model server needs.
-ALLOWED_PATHS = frozenset(("/chat/completions", "/completions", "/embeddings", "/models"))
+ALLOWED_PATHS = frozenset(
+    ("/chat/completions", "/completions", "/embeddings", "/responses", "/models")
+)
 
 # Sealed frame kinds (part of each frame's associated data, so a relabelled frame fails).
 OPEN = "open"
