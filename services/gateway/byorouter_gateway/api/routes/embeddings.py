@@ -22,12 +22,13 @@ _REQUEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "model": {
             "type": "string",
+            "minLength": 1,
             "description": "Provider-prefixed embedding model id: `openai/text-embedding-3-small`, "
             "`openrouter/<vendor>/<model>`, `selfhosted/<model>`. Anthropic has no embeddings.",
         },
         "input": {
             "description": "A string or a list of strings (or token arrays) to embed.",
-            "anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}],
+            "anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1}],
         },
     },
 }

@@ -22,6 +22,7 @@ _REQUEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "model": {
             "type": "string",
+            "minLength": 1,
             "description": "Provider-prefixed model id: `openai/gpt-4o`, "
             "`openrouter/<vendor>/<model>`, `selfhosted/<model>`. Anthropic models get a 400.",
         },
