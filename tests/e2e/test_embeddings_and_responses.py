@@ -207,3 +207,26 @@ async def test_anthropic_gets_a_clear_400_for_responses_not_a_lossy_conversion(
         await client.responses.create(model="anthropic/claude-sonnet-4-5", input="x", stream=True)
     assert caught.value.code == "operation_not_supported"
     assert "/v1/chat/completions" in caught.value.message
+
+
+async def test_a_responses_stream_that_fails_midway_ends_with_an_error_event(
+    stack: Any, tenant: AppWithConnection
+) -> None:
+    client = sdk_client(stack, tenant)
+    async with client.responses.with_streaming_response.create(
+        model="openai/error-after-4", input="a b c d e f", stream=True
+    ) as raw:
+        body = (await raw.read()).decode()
+    assert body.count("event: response.output_text.delta\n") == 1
+    assert body.endswith("\n\n")
+    last = body.strip().split("\n\n")[-1]
+    assert last.startswith("event: error\ndata: {")
+    assert "in the middle of the answer" in last
+    assert "response.completed" not in body
+
+    stream = await client.responses.create(
+        model="openai/error-after-4", input="a b c d e f", stream=True
+    )
+    with pytest.raises(openai.APIError, match="middle of the answer"):
+        async for _ in stream:
+            pass

@@ -33,7 +33,8 @@ tests running in parallel never disturb each other:
 
 POST /embeddings answers a deterministic unit vector per input (`fail-`/`busy-<status>` models
 fail as above); POST /responses (OpenAI's Responses API) echoes the input's last text as a
-Response, or with `stream: true` as its `event:`-named event stream.
+Response, or with `stream: true` as its `event:`-named event stream (`error-after-<n>`: n events,
+then an `error` event).
 
 Every request is recorded (headers, body) under a tag, the `x-test-tag` header or else the body's
 `user` field, and served back at GET /_fake/requests?tag=...; GET /_fake/disconnects?tag=... counts
@@ -626,6 +627,13 @@ class FakeOpenAI(FakeUpstream):
             {"type": "response.output_item.done", "output_index": 0, "item": item},
             {"type": "response.completed", "response": response("completed", [item], usage)},
         ]
+        match = _BEHAVIOUR.match(str(body["model"]).rsplit("/", 1)[-1])
+        if match and match.group(1) == "error-after":
+            # OpenAI's failure midway: an `error` event, then the end, no response.completed.
+            events = events[: int(match.group(2))]
+            events.append(
+                {"type": "error", "code": "server_error", "message": "The server had an error."}
+            )
         stream = web.StreamResponse(headers=SSE_HEADERS)
         await stream.prepare(request)
         await stream.write_eof(
