@@ -22,6 +22,7 @@ from byorouter_common import errors
 from byorouter_common.bus import Bus
 from byorouter_common.contracts import Empty, events
 from byorouter_common.contracts import keystore as ks
+from byorouter_common.contracts.keystore import headless as hl
 from byorouter_keystore.webhooks import check_webhook_url
 from tests.conftest import (
     KeystoreEnv,
@@ -355,3 +356,31 @@ async def test_a_hanging_receiver_does_not_slow_what_keystore_answers(
         await bus.request(ks.CREDENTIALS_RESOLVE, ref)
         took.append(time.monotonic() - started)
     assert max(took) < 0.25, took
+
+
+async def test_a_headless_key_replacement_is_told_as_connection_updated(
+    keystore: list[KeystoreProcess], nc: NatsClient, receiver: Receiver
+) -> None:
+    bus = Bus(nc, timeout_s=10)
+    hooked = await app_with_webhook(bus, receiver.url)
+    await bus.request(
+        hl.APP_HEADLESS_SET, hl.AppHeadlessSet(client_id=hooked.client_id, enabled=True)
+    )
+
+    # The app's server replaces its user's key: other copies of the app hear of it too.
+    await bus.request(
+        hl.HEADLESS_CONNECTION_UPDATE,
+        hl.HeadlessConnectionUpdate(
+            app_id=hooked.app_id,
+            connection_id=hooked.connection_id,
+            providers=[
+                ks.ProviderCredentialInput(
+                    provider="openai", api_key=SecretStr("sk-test-" + secrets.token_hex(12))
+                )
+            ],
+        ),
+    )
+    await receiver.wait_for(1)
+    event = verified(hooked.secret, receiver.received[0])
+    assert event["type"] == "connection.updated"
+    assert event["data"] == {"connection_id": hooked.connection_id}

@@ -39,6 +39,7 @@ from byorouter_keystore.shared import (
     provider_name,
 )
 from byorouter_keystore.tables import App, Connection, Credential
+from byorouter_keystore.webhooks import enqueue_connection_event
 
 
 def headless_not_enabled() -> ByoError:
@@ -123,6 +124,8 @@ async def update_headless_connection(
             ),
         )
     await session.refresh(connection)
+    # In the change's transaction, as for the manage page: the app's other servers hear of it.
+    await enqueue_connection_event(session, app.id, connection.id, disconnected=False)
     return connection, await credentials_of(session, connection.id)
 
 
