@@ -96,7 +96,8 @@ def bus_of(request: Request) -> Bus:
 
 
 def checked_connection_id(connection_id: str) -> str:
-    if not CONNECTION_ID.match(connection_id):
+    # fullmatch: `$` alone would let a trailing newline through.
+    if not CONNECTION_ID.fullmatch(connection_id):
         raise errors.bad_request(
             "Malformed connection id: expected conn_ followed by 8 to 64 letters or digits.",
             code="invalid_connection_id",

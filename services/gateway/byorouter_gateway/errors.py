@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from byorouter_common import errors
 from byorouter_common.errors import ByoError
@@ -23,6 +24,7 @@ JSON: Final = b"application/json"
 _RETRYABLE_CLIENT_ERRORS: Final = frozenset((408, 409, 429))
 _NO_RETRY: Final = (b"x-should-retry", b"false")
 
+_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _ROUTE_ERRORS: Final = {
     404: ("not_found", "Unknown API route."),
     405: ("method_not_allowed", "This route does not accept that HTTP method."),
@@ -70,14 +72,28 @@ async def _on_validation_error(_: Request, exc: Exception) -> Response:
     return ErrorResponse(validation_error(exc))
 
 
-async def _on_http_exception(_: Request, exc: Exception) -> Response:
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code, message = _ROUTE_ERRORS.get(exc.status_code, ("http_error", "Request failed."))
     error = ByoError(exc.status_code, code, message)
     response = ErrorResponse(error)
-    if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
-        response.raw_headers.append((b"allow", exc.headers["Allow"].encode()))
+    if exc.status_code == 405:
+        response.raw_headers.append((b"allow", _allowed_methods(request).encode()))
     return response
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: Starlette's own `Allow` names only the
+    first route's, and GET and DELETE of one path are two routes."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def install_error_handlers(app: FastAPI) -> None:

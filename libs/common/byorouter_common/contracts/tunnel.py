@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from datetime import datetime
 from typing import Final
 
@@ -93,13 +94,14 @@ def public_key_fingerprint(public_key: str) -> str:
     return ":".join(digest[i : i + 4] for i in range(0, 16, 4))
 
 
+# ASCII only: `str.isalnum` would also pass letters and digits of every other script.
+TUNNEL_ID_PATTERN: Final = r"^tun_[A-Za-z0-9_-]{4,60}$"
+_TUNNEL_ID: Final = re.compile(TUNNEL_ID_PATTERN)
+
+
 def is_tunnel_id(value: str) -> bool:
     """Tunnel ids go into subjects: only `tun_` and URL-safe characters, no dots or wildcards."""
-    return (
-        value.startswith("tun_")
-        and 8 <= len(value) <= 64
-        and all(c.isalnum() or c in "_-" for c in value)
-    )
+    return _TUNNEL_ID.fullmatch(value) is not None
 
 
 class TunnelCancel(Contract):

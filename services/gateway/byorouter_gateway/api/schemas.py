@@ -36,9 +36,10 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(
+        min_length=1,
         description="Provider-prefixed model id: `openai/gpt-4o`, "
         "`anthropic/claude-3-5-sonnet-20241022`, `openrouter/<vendor>/<model>`, "
-        "`selfhosted/<model>`, `default/<model>`."
+        "`selfhosted/<model>`, `default/<model>`.",
     )
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -278,11 +279,29 @@ APP_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {**_ERROR, "description": "Malformed request or missing connection header."},
     401: {**_ERROR, "description": "Missing, malformed, unknown or revoked app key."},
     404: {**_ERROR, "description": "No such connection for this app, or model not connected."},
+    413: {**_ERROR, "description": "Request body too large."},
     429: {**_ERROR, "description": "Rate limited by the gateway or the provider (Retry-After)."},
     502: {**_ERROR, "description": "The provider failed."},
     503: {**_ERROR, "description": "A BYORouter service is not running."},
     504: {**_ERROR, "description": "The provider or a service did not answer in time."},
 }
+
+
+# Headless routes also answer 403 (keystore's) when the operator has not allowed the app.
+HEADLESS_ERRORS: dict[int | str, dict[str, Any]] = {
+    **APP_ERRORS,
+    403: {**_ERROR, "description": "Headless connections are off for this app."},
+}
+
+
+def json_request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads a required JSON `model` by hand (`json_body`)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(model)}},
+        }
+    }
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

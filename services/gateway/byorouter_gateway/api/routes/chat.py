@@ -40,6 +40,18 @@ _SSE_EXAMPLE: Final = (
     '"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
 )
 
+# One event of the stream (OpenAPI 3.1 describes an event stream event by event).
+_SSE_EVENT: Final = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A `chat.completion.chunk` as JSON, an `error` object, or `[DONE]`.",
+        }
+    },
+}
+
 
 def check_chat_body(raw: bytes) -> bool:
     """Whether the client asked for a stream; `ByoError` 400 for what no provider could take."""
@@ -73,7 +85,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The completion; with `stream: true`, server-sent events of "
         "`chat.completion.chunk` objects ending with `data: [DONE]` (an in-stream "
         '`data: {"error": ...}` instead means the answer is incomplete).',
-        "content": {"text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT, "example": _SSE_EXAMPLE}},
     },
     413: {**APP_ERRORS[400], "description": "Request body too large."},
     **APP_ERRORS,

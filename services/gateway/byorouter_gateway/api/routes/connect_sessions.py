@@ -13,13 +13,14 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from byorouter_common import errors
 from byorouter_common.contracts.keystore import connect_flow as cn
-from byorouter_gateway.api.schemas import APP_ERRORS
+from byorouter_gateway.api.schemas import APP_ERRORS, inline_schema
 from byorouter_gateway.deps import (
+    CONNECTION_ID,
     AppPrincipalDep,
     BusDep,
     GatewayDep,
@@ -31,6 +32,15 @@ router = APIRouter(tags=["connect"])
 
 MAX_BODY: Final = 8 * 1024
 _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class ManageSessionRequest(BaseModel):
+    """The body, for the document only: `_session_request` reads it by hand."""
+
+    connection_id: str = Field(pattern=CONNECTION_ID.pattern)
+    return_url: str | None = Field(
+        default=None, description="Where Connect sends the user back: a redirect URI's origin."
+    )
 
 
 class ManageSessionLink(BaseModel):
@@ -62,6 +72,12 @@ async def _session_request(request: Request) -> tuple[str, str | None]:
     responses={
         200: {"model": ManageSessionLink, "description": "Redirect the user's browser to url."},
         **APP_ERRORS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(ManageSessionRequest)}},
+        }
     },
 )
 async def create_manage_session(

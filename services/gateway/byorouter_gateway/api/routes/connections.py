@@ -17,6 +17,7 @@ from byorouter_common.contracts import router as rt
 from byorouter_common.contracts.keystore import headless as hl
 from byorouter_gateway.api.schemas import (
     APP_ERRORS,
+    HEADLESS_ERRORS,
     ConnectionCreateRequest,
     ConnectionDeletedView,
     ConnectionUpdateRequest,
@@ -28,6 +29,7 @@ from byorouter_gateway.api.schemas import (
     ProviderWithModelsView,
     UsageList,
     UsageView,
+    json_request_body,
 )
 from byorouter_gateway.deps import AppPrincipalDep, BusDep, checked_connection_id, json_body
 
@@ -113,7 +115,8 @@ async def delete_connection(
     "/v1/connections",
     status_code=201,
     summary="Create a connection with the user's keys (headless apps)",
-    responses=APP_ERRORS,
+    responses=HEADLESS_ERRORS,
+    openapi_extra=json_request_body(ConnectionCreateRequest),
 )
 async def create_connection(
     request: Request, response: Response, principal: AppPrincipalDep, bus: BusDep
@@ -152,7 +155,8 @@ async def update_connection(
 @router.patch(
     "/v1/connections/{connection_id}",
     summary="Replace keys, add or remove providers, change order and preferences (headless)",
-    responses=APP_ERRORS,
+    responses=HEADLESS_ERRORS,
+    openapi_extra=json_request_body(ConnectionUpdateRequest),
 )
 async def patch_connection(
     connection_id: str, request: Request, principal: AppPrincipalDep, bus: BusDep
@@ -164,7 +168,8 @@ async def patch_connection(
 @router.put(
     "/v1/connections/{connection_id}/providers/{provider}",
     summary="Add a provider, or replace its key (headless); the connection id stays",
-    responses=APP_ERRORS,
+    responses=HEADLESS_ERRORS,
+    openapi_extra=json_request_body(ProviderKeyReplace),
 )
 async def put_connection_provider(
     connection_id: str,
@@ -191,7 +196,7 @@ async def put_connection_provider(
 @router.delete(
     "/v1/connections/{connection_id}/providers/{provider}",
     summary="Remove a provider and erase its key (headless); the last one cannot go",
-    responses=APP_ERRORS,
+    responses=HEADLESS_ERRORS,
 )
 async def delete_connection_provider(
     connection_id: str, provider: ks.ProviderName, principal: AppPrincipalDep, bus: BusDep

@@ -19,10 +19,11 @@ from byorouter_common.contracts import router as rt
 from byorouter_common.contracts.keystore import headless as hl
 from byorouter_common.errors import ByoError
 from byorouter_gateway.api.schemas import (
-    APP_ERRORS,
+    HEADLESS_ERRORS,
     CredentialTestRequest,
     CredentialTestResult,
     SeedTestConnection,
+    json_request_body,
 )
 from byorouter_gateway.deps import AppPrincipalDep, BusDep, GatewayDep, json_body
 
@@ -83,7 +84,8 @@ async def try_credential(
 @router.post(
     "/v1/credentials/test",
     summary="Try a provider key before storing it (headless apps)",
-    responses=APP_ERRORS,
+    responses=HEADLESS_ERRORS,
+    openapi_extra=json_request_body(CredentialTestRequest),
 )
 async def post_credential_test(
     request: Request, principal: AppPrincipalDep, bus: BusDep, gateway: GatewayDep
@@ -97,7 +99,8 @@ async def post_credential_test(
 @router.post(
     "/api/ai/test-connection",
     summary="Seed 002's Test connection: the same as POST /v1/credentials/test",
-    responses=APP_ERRORS,
+    responses=HEADLESS_ERRORS,
+    openapi_extra=json_request_body(SeedTestConnection),
 )
 async def post_seed_test_connection(
     request: Request, principal: AppPrincipalDep, bus: BusDep, gateway: GatewayDep

@@ -10,19 +10,19 @@ and every answer carries `Cache-Control: no-store`.
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from starlette.responses import Response
 
 from byorouter_common import errors
 from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_common.errors import ByoError
 from byorouter_common.rate_limit import TokenBuckets, client_ip
-from byorouter_gateway.api.schemas import APP_ERRORS, ProviderView
+from byorouter_gateway.api.schemas import APP_ERRORS, ProviderView, inline_schema
 from byorouter_gateway.deps import Gateway, app_principal, bus_of, read_body
 from byorouter_gateway.errors import ErrorResponse
 from byorouter_gateway.settings import GatewaySettings
@@ -33,6 +33,18 @@ NO_STORE: Final = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
 MAX_BODY: Final = 16 * 1024
 _VERIFIER: Final = re.compile(cn.CODE_VERIFIER_PATTERN)
 _FIELDS: Final = ("grant_type", "code", "redirect_uri", "code_verifier")
+
+
+class TokenRequest(BaseModel):
+    """The body, for the document only: `_token_request` reads it by hand (JSON or form)."""
+
+    grant_type: Literal["authorization_code"] = "authorization_code"
+    code: str = Field(min_length=1, max_length=256)
+    redirect_uri: str = Field(min_length=1, max_length=2000)
+    code_verifier: str = Field(pattern=cn.CODE_VERIFIER_PATTERN)
+
+
+_TOKEN_REQUEST: Final = inline_schema(TokenRequest)
 
 
 class TokenResponse(BaseModel):
@@ -136,6 +148,15 @@ def _checked(fields: dict[str, str]) -> tuple[str, str, str]:
     responses={
         200: {"model": TokenResponse, "description": "The connection the person created."},
         **APP_ERRORS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _TOKEN_REQUEST},
+                "application/x-www-form-urlencoded": {"schema": _TOKEN_REQUEST},
+            },
+        }
     },
 )
 async def exchange_code(request: Request) -> Response:

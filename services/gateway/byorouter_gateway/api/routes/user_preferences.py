@@ -20,11 +20,12 @@ from byorouter_common.errors import ByoError
 from byorouter_gateway.api.routes.connections import MAX_BODY, update_connection
 from byorouter_gateway.api.routes.credentials import seed_provider
 from byorouter_gateway.api.schemas import (
-    APP_ERRORS,
+    HEADLESS_ERRORS,
     ConnectionUpdateRequest,
     ConnectionView,
     ProviderKeyInput,
     SeedAiProviderPreference,
+    json_request_body,
 )
 from byorouter_gateway.deps import (
     CONNECTION_HEADER,
@@ -91,7 +92,8 @@ def _in_seed_terms(exc: ByoError, provider: str) -> ByoError:
 @router.post(
     "/api/user-preferences/ai-provider",
     summary="Seed 002's save of a user's AI provider: creates or changes their connection",
-    responses=APP_ERRORS,
+    responses=HEADLESS_ERRORS,
+    openapi_extra=json_request_body(SeedAiProviderPreference),
 )
 async def post_ai_provider(
     request: Request, response: Response, principal: AppPrincipalDep, bus: BusDep
