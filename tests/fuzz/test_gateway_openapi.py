@@ -215,3 +215,23 @@ def test_an_integer_past_64_bits_in_a_chat_body_is_not_a_server_error(
         timeout=10,
     )
     assert response.status_code < 500
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/connections/conn_abcdefgh%0A",  # `$` alone let a trailing newline through
+        "/api/tunnel/status/tun_%C3%A9%C3%A9%C3%A9%C3%A9",  # non-ASCII letters
+    ],
+    ids=["connection id with a newline", "tunnel id with non-ASCII letters"],
+)
+def test_an_id_the_document_calls_malformed_is_refused_as_malformed(
+    stack: Stack, demo: DemoFacts, path: str
+) -> None:
+    response = httpx.get(
+        stack.gateway_url + path,
+        headers={"Authorization": f"Bearer {demo['app_api_key']}"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] in ("invalid_connection_id", "invalid_tunnel_id")
