@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run test test-slow test-all lint format bench lock clean clean-state
+.PHONY: help install browser run test test-slow test-all lint format bench soak lock clean clean-state
 
 help:
 	@echo "make install      create .venv and install the pinned dependencies (idempotent)"
@@ -29,6 +29,7 @@ help:
 	@echo "make lint         ruff check, ruff format --check, mypy --strict"
 	@echo "make format       ruff format and safe fixes"
 	@echo "make bench        the benchmark (python -m bench)"
+	@echo "make soak         the stack under load for SOAK_MINUTES (20), failing on growth (not CI)"
 	@echo "make lock         regenerate requirements.lock files (hashes) after a dependency change"
 	@echo "make clean        remove .venv, caches and node_modules"
 	@echo "make clean-state  remove .byorouter/ (dev database, keyring, logs)"
@@ -109,6 +110,11 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Not in CI: 20 minutes by default; `make soak SOAK_MINUTES=2` for a quick look.
+SOAK_MINUTES ?= 20
+soak: install
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules \
