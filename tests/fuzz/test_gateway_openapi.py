@@ -165,7 +165,13 @@ def test_operation_answers_as_its_openapi_document_says(
         # `Authorization` given beside it too, and refused keys would spend the per-IP budget
         # every other test on this stack needs (auth is not what this test is about).
         case.headers = {**(case.headers or {}), **auth}
-        case.call_and_validate(checks=CHECKS, excluded_checks=excluded, timeout=10)
+        response = case.call(timeout=10)
+        skipped = list(excluded)
+        if response.status_code == 413:
+            # A body over the route's limit is refused before it is read: a rejection, though
+            # not one of the statuses Schemathesis expects for invalid data.
+            skipped.append(negative_data_rejection)
+        case.validate_response(response, checks=CHECKS, excluded_checks=skipped)
 
     try:
         check()
