@@ -52,7 +52,16 @@ def check_responses_body(raw: bytes) -> bool:
             "events with `event:` names, ending with `response.completed` (an "
             "`event: error` instead means the answer is incomplete).",
             "content": {
-                "text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}
+                "application/json": {"schema": {"type": "object"}},
+                # OpenAPI 3.1 describes an event stream event by event.
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                    },
+                    "example": _SSE_EXAMPLE,
+                },
             },
         },
         **APP_ERRORS,
