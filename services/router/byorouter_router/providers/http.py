@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, Protocol
 
 import aiohttp
+import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from byorouter_common import errors
 from byorouter_common.errors import ByoError
 from byorouter_router.providers.errors import MAX_ERROR_BODY, StalledUpstream, Timeouts, too_large
 
@@ -185,3 +187,14 @@ async def answer_starts_by(deadline: float, pace: StreamPace | None) -> AsyncIte
         if asyncio.get_running_loop().time() >= pace.first_event_by:
             raise pace.stalled() from None
         raise
+
+
+def request_bytes(body: object) -> bytes:
+    """The upstream request's JSON. The router keeps integers exactly as the app sent them, and
+    one past 64 bits cannot be encoded for a provider: that is the app's 400, not our 500."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise errors.bad_request(
+            "The request holds a number too large to pass on: integers must fit in 64 bits."
+        ) from None

@@ -56,6 +56,7 @@ from byorouter_router.providers.http import (
     post_chat,
     read_answer,
     read_at_most,
+    request_bytes,
 )
 from byorouter_router.providers.sse import OversizedEvent, SseDecoder
 from byorouter_router.providers.tunnel import TunnelOffline, TunnelResponse, TunnelTransport
@@ -133,7 +134,7 @@ class OpenAICompatProvider:
     ) -> None:
         stream = body.get("stream") is True
         body["model"] = self._upstream_model(credential, model)
-        data = orjson.dumps(body)
+        data = request_bytes(body)
         headers = self._headers(credential, stream)
         started = False
         pace = StreamPace(self.name, self._timeouts) if stream else None
@@ -176,7 +177,7 @@ class OpenAICompatProvider:
         event's `type`)."""
         stream = operation == "responses" and body.get("stream") is True
         body["model"] = self._upstream_model(credential, model)
-        data = orjson.dumps(body)
+        data = request_bytes(body)
         headers = self._headers(credential, stream)
         started = False
         pace = StreamPace(self.name, self._timeouts) if stream else None

@@ -41,6 +41,7 @@ from byorouter_router.providers.http import (
     answer_starts_by,
     get_model_list,
     post_chat,
+    request_bytes,
 )
 from byorouter_router.providers.sse import OversizedEvent, SseDecoder
 from byorouter_router.upstream import endpoints_for
@@ -137,7 +138,7 @@ class AnthropicProvider:
         url = self._endpoints(credential).messages
         stream = body.get("stream") is True
         # Translated before any connection is made: a request Anthropic cannot take fails fast.
-        data = orjson.dumps(to_messages_request(body, model))
+        data = request_bytes(to_messages_request(body, model))
         json_tool = json_tool_name(body)
         headers = self._headers(credential, stream)
         created = int(time.time())
