@@ -425,7 +425,12 @@ class SeedAiProviderPreference(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    ai_provider: SeedProvider = Field(alias="aiProvider")
+    # The document lists what is stored here; `default` and the others are taken by the schema
+    # only to be refused with a message saying where they go instead.
+    ai_provider: SeedProvider = Field(
+        alias="aiProvider",
+        json_schema_extra={"enum": ["openrouter", "self-hosted", "selfhosted"]},
+    )
     open_router_api_key: SecretStr | None = Field(
         default=None, alias="openRouterApiKey", max_length=MAX_KEY_CHARS
     )
@@ -449,7 +454,12 @@ class SeedTestConnection(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    provider: SeedProvider
+    # `default` has no user key to test: refused with a message, so the document leaves it out.
+    provider: SeedProvider = Field(
+        json_schema_extra={
+            "enum": ["openrouter", "self-hosted", "selfhosted", "openai", "anthropic"]
+        }
+    )
     api_key: SecretStr | None = Field(default=None, alias="apiKey", max_length=MAX_KEY_CHARS)
     model_id: str | None = Field(default=None, alias="modelId", max_length=200)
     base_url: str | None = Field(default=None, alias="baseUrl", max_length=2048)

@@ -145,6 +145,35 @@ def _pushed(body: dict[str, Any], app_id: str, client_id: str) -> pp.PushedAutho
 
 _BASE64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
+# The body is read by hand (form or JSON, duplicates refused), so its document is written here
+# to say exactly what `_pushed` takes.
+_BODY_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["redirect_uri", "code_challenge", "code_challenge_method"],
+    "properties": {
+        "redirect_uri": {"type": "string", "minLength": 1, "maxLength": 2000},
+        "code_challenge": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+        "code_challenge_method": {"type": "string", "enum": ["S256"]},
+        "state": {"type": "string", "minLength": 1, "maxLength": 2048},
+        "response_type": {"type": "string", "enum": ["code"]},
+        "client_id": {"type": "string", "description": "If given, the API key's own app."},
+        "allowed_providers": {
+            "type": "string",
+            "description": "Space-separated provider kinds: "
+            + ", ".join(PROVIDER_KINDS)
+            + ". Only narrows the app's policy.",
+        },
+    },
+}
+_REQUEST_BODY: Final = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {"schema": _BODY_SCHEMA},
+        "application/json": {"schema": _BODY_SCHEMA},
+    },
+}
+
 
 @router.post(
     "/v1/oauth/par",
@@ -155,6 +184,7 @@ _BASE64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
         201: {"model": PushedAuthorizationResponse, "description": "Send the browser to Connect."},
         **APP_ERRORS,
     },
+    openapi_extra={"requestBody": _REQUEST_BODY},
 )
 async def push_authorization(request: Request) -> Response:
     """Body (form or JSON): `redirect_uri`, `code_challenge`, `code_challenge_method=S256`, and
