@@ -19,6 +19,7 @@ from byorouter_keystore.connections import ConnectionHandlers
 from byorouter_keystore.crypto import KeyringError
 from byorouter_keystore.db import create_engine, safe_url, session_factory
 from byorouter_keystore.headless import HeadlessHandlers
+from byorouter_keystore.housekeeping import HousekeepingHandlers
 from byorouter_keystore.keys import KeyHandlers
 from byorouter_keystore.provider_policy import ProviderPolicyHandlers
 from byorouter_keystore.settings import KeystoreSettings
@@ -59,6 +60,7 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
     WebhookHandlers(runtime, sessions, keyring).register()
     ProviderPolicyHandlers(runtime, sessions, keyring).register()
     LimitsHandlers(runtime, sessions, keyring).register()
+    HousekeepingHandlers(runtime, sessions, keyring).register()
     # Before any subscriber starts: a copy serves nothing until its KEK is confirmed.
     await keys.confirm_first()
 

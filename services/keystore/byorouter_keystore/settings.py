@@ -40,6 +40,10 @@ class KeystoreSettings(ServiceSettings):
     # without its app ever exchanging it are revoked and their keys erased.
     code_purge_interval_s: float = Field(default=30.0, gt=0)
 
+    # BYOROUTER_HOUSEKEEPING_INTERVAL_S: how often rows that have done their job (usage
+    # request ids past redelivery, old daily counters, finished webhook deliveries) are deleted.
+    housekeeping_interval_s: float = Field(default=3600.0, gt=0)
+
     # BYOROUTER_ALLOW_PRIVATE_UPSTREAMS: let webhook URLs reach loopback/private/link-local
     # addresses, as the router lets base URLs. Off in production (SSRF); on for tests.
     allow_private_upstreams: bool = False
