@@ -22,7 +22,7 @@ Self-hosted servers differ from OpenAI in small ways that `SelfHostedProvider` a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Final
 
 import aiohttp
@@ -135,30 +135,16 @@ class OpenAICompatProvider:
         stream = body.get("stream") is True
         body["model"] = self._upstream_model(credential, model)
         data = request_bytes(body)
-        headers = self._headers(credential, stream)
-        started = False
-        pace = StreamPace(self.name, self._timeouts) if stream else None
-        try:
-            async with answer_starts_by(deadline, pace):
-                response, answer = await self._post_chat(credential, data, headers, stream=stream)
-            if pace is None:
-                answer = _check_completion(self.name, answer, self.renames_reasoning)
-                await reply.start()
-                await reply.result(answer)
-                return
-            started = True
-            await reply.start()
-            try:
-                await self._relay(response, reply, pace)
-            except BaseException:
-                # Not released to the pool: closing is what tells the upstream to stop.
-                response.close()
-                raise
-            response.release()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise transport_error(
-                exc, self.name, started=started, timeouts=self._timeouts
-            ) from None
+        await self._exchange(
+            credential,
+            data,
+            reply,
+            deadline,
+            stream=stream,
+            operation="chat",
+            check=lambda answer: _check_completion(self.name, answer, self.renames_reasoning),
+            relay=self._relay,
+        )
 
     def serves(self, operation: Operation) -> bool:
         return True
@@ -178,6 +164,35 @@ class OpenAICompatProvider:
         stream = operation == "responses" and body.get("stream") is True
         body["model"] = self._upstream_model(credential, model)
         data = request_bytes(body)
+        await self._exchange(
+            credential,
+            data,
+            reply,
+            deadline,
+            stream=stream,
+            operation=operation,
+            check=self._checked_passthrough,
+            relay=self._relay_response_events,
+        )
+
+    def _checked_passthrough(self, answer: bytes) -> bytes:
+        _check_passthrough_answer(self.name, answer)
+        return answer
+
+    async def _exchange(
+        self,
+        credential: ProviderCredential,
+        data: bytes,
+        reply: ChatReply,
+        deadline: float,
+        *,
+        stream: bool,
+        operation: Operation,
+        check: Callable[[bytes], bytes],
+        relay: Callable[[UpstreamResponse, ChatReply, StreamPace], Awaitable[None]],
+    ) -> None:
+        """One upstream call of any operation: a whole answer checked then handed on, or a
+        stream relayed; transport failures said in the provider's name."""
         headers = self._headers(credential, stream)
         started = False
         pace = StreamPace(self.name, self._timeouts) if stream else None
@@ -187,15 +202,16 @@ class OpenAICompatProvider:
                     credential, data, headers, stream=stream, operation=operation
                 )
             if pace is None:
-                _check_passthrough_answer(self.name, answer)
+                answer = check(answer)
                 await reply.start()
                 await reply.result(answer)
                 return
             started = True
             await reply.start()
             try:
-                await self._relay_response_events(response, reply, pace)
+                await relay(response, reply, pace)
             except BaseException:
+                # Not released to the pool: closing is what tells the upstream to stop.
                 response.close()
                 raise
             response.release()
