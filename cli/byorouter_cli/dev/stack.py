@@ -9,6 +9,9 @@ When the stack starts its own NATS, the bus enforces least privilege: every serv
 its own user with the permissions `byorouter_common.nats_permissions` derives from the contract,
 and the stack's own helpers (readiness, the demo app) and the CLI connect as `admin`. Fresh
 random passwords are written to `<state_dir>/nats-users.json` (owner-only) on every start.
+
+Over 500 lines for now: it grew with the chaos suite's restart helpers (NATS, PostgreSQL); those
+are the next to move out, into their own module beside `processes.py`.
 """
 
 from __future__ import annotations

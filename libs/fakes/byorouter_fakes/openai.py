@@ -40,6 +40,9 @@ Every request is recorded (headers, body) under a tag, the `x-test-tag` header o
 `user` field, and served back at GET /_fake/requests?tag=...; GET /_fake/disconnects?tag=... counts
 requests whose client went away before the answer was complete. Run it in-process with
 `FakeOpenAI` or as a server: `python -m byorouter_fakes.openai --host 127.0.0.1 --port 8090`.
+
+One file on purpose, like `anthropic.py`: one provider's wire format (chat, embeddings, Responses,
+models, and the faults tests choose) read top to bottom.
 """
 
 from __future__ import annotations

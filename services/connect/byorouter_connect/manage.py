@@ -6,7 +6,11 @@ whose it is before they act. Its form POSTs the token (CSRF-checked like the con
 spend it for a browser session of our own (an HttpOnly cookie) and redirects to the clean
 `/manage`. Every change is one form, CSRF-protected with a token bound to that session, answered
 with 303 back to `/manage` (or `/manage/done`), except setting up or rotating a tunnel: that
-answer is the page showing the new token, once."""
+answer is the page showing the new token, once.
+
+Over 500 lines for now: the start/confirm pages, the provider forms and the tunnel forms are one
+session's pages; the tunnel forms are the next to move out (as consent's are in `tunnels.py`).
+"""
 
 from __future__ import annotations
 

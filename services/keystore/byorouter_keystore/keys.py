@@ -7,6 +7,9 @@ Every running copy confirms in `keystore_copies`, each heartbeat and at once on 
 KEK version it seals with; it seals nothing once that confirmation is older than the lease. Prune
 removes a KEK only when every copy confirmed within the lease holds the newest version, so a copy
 that missed a rotation can never be left sealing under a key that no longer exists.
+
+Over 500 lines for now: rotation, prune and the copies' confirmations share one lock and one
+keyring store; the confirmations (`keystore_copies`) are the next to move into their own module.
 """
 
 from __future__ import annotations

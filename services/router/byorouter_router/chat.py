@@ -11,6 +11,9 @@ Before the answer starts, a failing provider is retried and then fallen back fro
 started publishes its token usage (`usage.py`) to the durable usage stream, off the answer's
 path; one that broke midway too, marked partial. A provider that rejects a user's key gets it
 marked as failing in keystore.
+
+Just over 500 lines: chat, embeddings and Responses share this one path on purpose (one key
+resolution, fallback, limits and usage for all three).
 """
 
 from __future__ import annotations
