@@ -1,7 +1,9 @@
 """The liveness and readiness probes every HTTP service serves: /healthz and /readyz.
 
 /healthz says the process is alive. /readyz says it can serve requests: NATS is connected and
-each service it depends on answers the NATS micro protocol's `$SRV.PING.<service>`.
+each service it depends on answers the NATS micro protocol's `$SRV.PING.<service>`. A service
+told to stop answers 503 `draining` (the runtime sets `app.state.draining`), so a load balancer
+sends its requests elsewhere while open streams finish.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import nats.errors
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
@@ -19,7 +21,7 @@ from byorouter_common.bus import Bus
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready", "not_ready", "draining"]
     missing: list[str] = Field(default_factory=list)
 
 
@@ -39,7 +41,9 @@ def health_router(
         response_model=Readiness,
         responses={503: {"model": Readiness}},
     )
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
+        if getattr(request.app.state, "draining", False):
+            return JSONResponse(Readiness(status="draining").model_dump(), status_code=503)
         missing = await _missing(bus(), dependencies, timeout_s)
         readiness = Readiness(status="not_ready" if missing else "ready", missing=missing)
         return JSONResponse(readiness.model_dump(), status_code=503 if missing else 200)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -189,16 +190,50 @@ def http_config(settings: ServiceSettings, http: HttpServing) -> uvicorn.Config:
     )
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on `host`:`port` that other processes may bind too (SO_REUSEPORT):
+    copies of one service share its port and the kernel spreads connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def _serve_http(runtime: ServiceRuntime[Any], http: HttpServing) -> None:
-    """Serve an ASGI app until `runtime.stopped` is set, then let open responses finish."""
-    server = _HttpServer(http_config(runtime.settings, http))
-    serving = asyncio.create_task(server.serve(), name=f"{runtime.name}-http")
+    """Serve an ASGI app until `runtime.stopped` is set, then drain and let open responses
+    finish.
+
+    Draining: /readyz answers 503 at once (`app.state.draining`, see health.py) while the
+    server still accepts for `drain_delay_s`, so a load balancer stops sending; then the
+    listener closes and open responses (long streams) get `grace_s` to end.
+    """
+    settings = runtime.settings
+    server = _HttpServer(http_config(settings, http))
+    sockets = [reuse_port_socket(http.host, http.port)] if settings.reuse_port else None
+    serving = asyncio.create_task(server.serve(sockets=sockets), name=f"{runtime.name}-http")
     stopped = asyncio.create_task(runtime.stopped.wait(), name=f"{runtime.name}-stopped")
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    with contextlib.suppress(AttributeError):  # an ASGI app without Starlette's `state`
+        http.app.state.draining = True
     await runtime.stopping()
+    if settings.drain_delay_s and not serving.done():
+        log.info("%s draining", runtime.name, extra={"drain_delay_s": settings.drain_delay_s})
+        await asyncio.wait({serving}, timeout=settings.drain_delay_s)
     server.should_exit = True
     stopped.cancel()
-    await serving
+    try:
+        await serving
+    finally:
+        for sock in sockets or ():
+            sock.close()
 
 
 async def run_runtime(service: Service[S], settings: S) -> None:

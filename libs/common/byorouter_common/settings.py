@@ -19,6 +19,8 @@ CONNECT_PUBLIC_URL_DEFAULT = "http://127.0.0.1:8080"
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BYOROUTER_", extra="ignore")
 
+    # One URL, or a comma-separated list of a cluster's nodes: the client connects to one and
+    # moves to another when it dies.
     nats_url: str = Field(
         default="nats://127.0.0.1:4222",
         validation_alias=AliasChoices("NATS_URL", "BYOROUTER_NATS_URL"),
@@ -39,6 +41,20 @@ class ServiceSettings(BaseSettings):
     # X-Forwarded-Proto); empty trusts nobody, loopback included, so the client IP that rate
     # limits count by is the socket's peer.
     trusted_proxies: str = ""
+    # Copies of one HTTP service on one host share its port: each opens the listening socket
+    # with SO_REUSEPORT and the kernel spreads new connections over them (decision 0024).
+    reuse_port: bool = False
+    # After SIGTERM an HTTP service answers /readyz with 503 for this long while it still
+    # serves, so a load balancer stops sending it requests before its listener closes.
+    drain_delay_s: float = Field(default=0.0, ge=0)
+    # Copies JetStream keeps of each stream and KV bucket the services create: 3 on a
+    # three-node cluster, so losing a node loses nothing; 1 on a single server.
+    jetstream_replicas: int = Field(default=1, ge=1, le=5)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """Every NATS URL in `nats_url` (a cluster's nodes are comma-separated)."""
+        return _entries(self.nats_url)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -120,7 +120,11 @@ class UsageHandlers(Handlers):
     async def _start_recording(self) -> None:
         # Reports the router made while no keystore ran are waiting in the stream.
         recorder = DurableRecorder(
-            self.runtime.bus.nc, events.USAGE_RECORDER, events.USAGE, self.on_usage
+            self.runtime.bus.nc,
+            events.USAGE_RECORDER,
+            events.USAGE,
+            self.on_usage,
+            replicas=self.runtime.settings.jetstream_replicas,
         )
         recorder.start()
         # Registered last, so it stops first: before the database engine is disposed of.

@@ -104,6 +104,7 @@ class ChatRouter:
         deadline_s: float,
         retry: RetryPolicy | None = None,
         admit: Admit | None = None,
+        usage_replicas: int = 1,
     ) -> None:
         self._nc = nc
         self._admit = admit
@@ -119,7 +120,7 @@ class ChatRouter:
         self._passthroughs: list[Subscription] = []
         self._cancels: Subscription | None = None
         self._stopping = False
-        self._usage = DurablePublisher(nc, events.USAGE_STREAM)
+        self._usage = DurablePublisher(nc, events.USAGE_STREAM, replicas=usage_replicas)
 
     @property
     def in_flight(self) -> int:

@@ -141,6 +141,7 @@ class RouterHandlers:
                 self.settings.retry_backoff_cap_s,
             ),
             admit=self._admit,
+            usage_replicas=self.settings.jetstream_replicas,
         )
         self.keepalive.start()
         await self._chat.start()

@@ -12,13 +12,18 @@ from nats.aio.client import Client as NatsClient
 
 from byorouter_common import errors
 from byorouter_common.nats_permissions import inbox_prefix
+from byorouter_common.redact import safe_url
 from byorouter_common.settings import ServiceSettings
 
 
 def connect_options(settings: ServiceSettings, name: str) -> dict[str, Any]:
-    """nats-py connect options every service uses: reconnect forever, name the connection."""
+    """nats-py connect options every service uses: reconnect forever, name the connection.
+
+    Every node of a cluster is listed (and nats-py learns the others from the one it reaches), so
+    a client whose node dies reconnects to another.
+    """
     options: dict[str, Any] = {
-        "servers": [settings.nats_url],
+        "servers": settings.nats_servers,
         "name": f"byorouter-{name}",
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
@@ -47,7 +52,7 @@ async def connect(settings: ServiceSettings, name: str) -> NatsClient:
     try:
         return await nats.connect(**options)
     except (OSError, nats.errors.NoServersError) as exc:
-        raise errors.unavailable(f"Cannot reach NATS at {settings.nats_url}.") from exc
+        raise errors.unavailable(f"Cannot reach NATS at {safe_url(settings.nats_url)}.") from exc
 
 
 def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:

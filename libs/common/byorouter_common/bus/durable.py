@@ -41,7 +41,9 @@ MSG_ID: Final = "Nats-Msg-Id"
 BUS_ERRORS: Final = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
-def stream_config(stream: DurableStream) -> StreamConfig:
+def stream_config(stream: DurableStream, replicas: int = 1) -> StreamConfig:
+    """`stream`'s JetStream config; `replicas` copies of it on a cluster (its consumers inherit
+    them), so losing a node loses no message."""
     return StreamConfig(
         name=stream.name,
         subjects=list(stream.subjects),
@@ -51,6 +53,7 @@ def stream_config(stream: DurableStream) -> StreamConfig:
         max_bytes=stream.max_bytes,
         discard=DiscardPolicy.NEW,
         duplicate_window=stream.duplicate_window_s,
+        num_replicas=replicas,
     )
 
 
@@ -60,15 +63,16 @@ def _differs(have: StreamConfig, want: StreamConfig) -> bool:
         or have.max_age != want.max_age
         or have.max_bytes != want.max_bytes
         or have.duplicate_window != want.duplicate_window
+        or (have.num_replicas or 1) != (want.num_replicas or 1)
     )
 
 
 async def ensure_stream(
-    js: JetStreamContext, stream: DurableStream, *, repair: bool = True
+    js: JetStreamContext, stream: DurableStream, *, repair: bool = True, replicas: int = 1
 ) -> None:
-    """Create `stream` if missing; if `repair`, put its subjects and limits back if they were
-    changed (its owner does; a publisher may only create it)."""
-    want = stream_config(stream)
+    """Create `stream` if missing; if `repair`, put its subjects, limits and replicas back if
+    they were changed (its owner does; a publisher may only create it)."""
+    want = stream_config(stream, replicas)
     try:
         info = await js.stream_info(stream.name)
     except nats.js.errors.NotFoundError:
@@ -99,8 +103,10 @@ class DurablePublisher:
         ack_timeout_s: float = 2.0,
         give_up_s: float = 120.0,
         backoff_s: tuple[float, float] = (0.05, 5.0),
+        replicas: int = 1,
     ) -> None:
         self._nc = nc
+        self._replicas = replicas
         self._js = nc.jetstream(timeout=ack_timeout_s)
         self._stream = stream
         self._ack_timeout_s = ack_timeout_s
@@ -124,7 +130,7 @@ class DurablePublisher:
         """Create the stream (if the bus refuses, publishing tries again later) and listen for
         acks."""
         try:
-            await ensure_stream(self._js, self._stream, repair=False)
+            await ensure_stream(self._js, self._stream, repair=False, replicas=self._replicas)
         except BUS_ERRORS as exc:
             log.warning(
                 "cannot create a durable stream yet",
@@ -228,7 +234,9 @@ class DurablePublisher:
                 if isinstance(exc, nats.js.errors.NoStreamResponseError):
                     # Nobody stores the subject: the stream was deleted, or never made.
                     with contextlib.suppress(*BUS_ERRORS):
-                        await ensure_stream(self._js, self._stream, repair=False)
+                        await ensure_stream(
+                            self._js, self._stream, repair=False, replicas=self._replicas
+                        )
 
     async def close(self, grace_s: float) -> None:
         """Wait up to `grace_s` for messages still unacknowledged; the rest are logged lost."""
@@ -274,8 +282,10 @@ class DurableRecorder:
         concurrency: int = 4,
         ack_wait_s: float = 30.0,
         retry_delay_s: float = 2.0,
+        replicas: int = 1,
     ) -> None:
         self._js = nc.jetstream()
+        self._replicas = replicas
         self._consumer = consumer
         self._event = event
         self._handler = handler
@@ -301,7 +311,7 @@ class DurableRecorder:
         delay = 0.2
         while True:
             try:
-                await ensure_stream(self._js, stream)
+                await ensure_stream(self._js, stream, replicas=self._replicas)
                 return await self._js.pull_subscribe(
                     self._event.subject,
                     durable=self._consumer.name,
