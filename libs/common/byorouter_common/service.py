@@ -262,5 +262,5 @@ def run_service(service: Service[S], settings: S, argv: Sequence[str] | None = N
     if args.command != "serve":
         service.commands[args.command](settings)
         return
-    setup_tracing(service.name, settings.otel_exporter)
+    setup_tracing(service.name, settings.otel_exporter, version=VERSION)
     uvloop.run(run_runtime(service, settings))

@@ -89,12 +89,10 @@ class RequestContextMiddleware:
             if traceparent is not None
             else None
         )
-        span = tracer.start_span(
-            scope["method"],
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": scope["method"], "byorouter.request_id": request_id},
-        )
+        span = tracer.start_span(scope["method"], context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():  # with tracing off, not even the attributes are built
+            span.set_attribute("http.request.method", scope["method"])
+            span.set_attribute("byorouter.request_id", request_id)
         token = context.attach(trace.set_span_in_context(span))
         try:
             await self.app(scope, receive, send_with_request_id)
@@ -120,15 +118,16 @@ class RequestContextMiddleware:
         route = scope.get("route")
         path_format: str | None = getattr(route, "path_format", None)
         app_id: str | None = scope.get(APP_ID_SCOPE_KEY)
-        if path_format is not None:
-            span.update_name(f"{scope['method']} {path_format}")
-            span.set_attribute("http.route", path_format)
-        span.set_attribute("http.response.status_code", status)
-        if app_id is not None:
-            span.set_attribute("byorouter.app_id", app_id)
-        if status >= 500:
-            span.set_status(StatusCode.ERROR)
-        span.end()
+        if span.is_recording():
+            if path_format is not None:
+                span.update_name(f"{scope['method']} {path_format}")
+                span.set_attribute("http.route", path_format)
+            span.set_attribute("http.response.status_code", status)
+            if app_id is not None:
+                span.set_attribute("byorouter.app_id", app_id)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+            span.end()
         if self.access_log_enabled:
             # The route template, never the raw path or query: they may carry ids or secrets.
             access_log.info(

@@ -30,8 +30,6 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from byorouter_common import errors
@@ -55,7 +53,7 @@ from byorouter_common.contracts.router import (
     upload_subject,
 )
 from byorouter_common.errors import ByoError
-from byorouter_common.telemetry import extract_context
+from byorouter_router.cooldowns import Cooldowns
 from byorouter_router.credentials import ConnectionCredentials, CredentialCache
 from byorouter_router.fallback import (
     APP_DEFAULT,
@@ -66,14 +64,15 @@ from byorouter_router.fallback import (
     RetryPolicy,
     fallback_candidates,
 )
+from byorouter_router.metrics import RequestRecord, count_in_flight, count_tokens
 from byorouter_router.model_ids import choose_provider
 from byorouter_router.providers.base import Operation, Provider, ProviderCredential
 from byorouter_router.reply import BusReply
+from byorouter_router.tracing import OFF, RequestTrace, provider_kind, traced_request
 from byorouter_router.usage import ask_for_usage, usage_event, wants_usage
 from byorouter_router.user_limits import Admit, admit, allows
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("byorouter.router")
 
 ENDPOINT_NAME: Final = CHAT.name
 # Served like chat (same envelope, same reply stream) and passed through to the provider.
@@ -105,6 +104,7 @@ class ChatRouter:
         retry: RetryPolicy | None = None,
         admit: Admit | None = None,
         usage_replicas: int = 1,
+        cooldowns: Cooldowns | None = None,
     ) -> None:
         self._nc = nc
         self._admit = admit
@@ -114,6 +114,7 @@ class ChatRouter:
         self._keepalive = keepalive
         self._deadline_s = deadline_s
         self._retry = retry or RetryPolicy()
+        self._cooldowns = cooldowns
         self._chain: FallbackChain | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._requests: Subscription | None = None
@@ -128,7 +129,10 @@ class ChatRouter:
 
     async def start(self) -> None:
         # The loop's clock: the same one the request deadline is measured on.
-        self._chain = FallbackChain(self._retry, clock=asyncio.get_running_loop().time)
+        self._chain = FallbackChain(
+            self._retry, clock=asyncio.get_running_loop().time, cooldowns=self._cooldowns
+        )
+        count_in_flight(lambda: len(self._tasks))
         await self._usage.start()
         self._discovery.add(ENDPOINT_NAME, CHAT.subject, CHAT.service, CHAT.description)
         self._requests = await self._nc.subscribe(
@@ -277,24 +281,25 @@ class ChatRouter:
         operation: Operation = "chat",
     ) -> None:
         began = time.perf_counter_ns()
+        record = RequestRecord(operation, request_id)
         deadline = asyncio.get_running_loop().time() + self._deadline_s
         # A request that came in parts already has its writer (its `more` took a Byo-Seq).
         writer = writer or StreamWriter(self._nc, msg.reply)
         self._keepalive.add(writer)
         failure: str | None = None
-        with tracer.start_as_current_span(
-            "router.chat" if operation == "chat" else f"router.{operation}",
-            context=extract_context(msg.headers) if msg.headers else None,
-            kind=SpanKind.SERVER,
-            attributes={"byorouter.request_id": request_id},
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        with traced_request(operation, msg.headers, request_id) as traced:
             try:
                 connection = await self._credentials.resolve(app_id, connection_id)
                 provider_name, model = choose_provider(body.get("model"), connection)
-                span.set_attribute("byorouter.provider", provider_name)
-                span.set_attribute("byorouter.model", model)
+                requested = Candidate(provider_name, model)
+                traced.asked(
+                    app_id,
+                    connection_id,
+                    requested,
+                    provider_kind(connection, requested),
+                    body.get("stream") is True,
+                )
+                record.asked(requested)
                 if provider_name == APP_DEFAULT and connection.app_default is not None:
                     if connection.app_default.provider not in self._providers:
                         raise ByoError(
@@ -312,23 +317,24 @@ class ChatRouter:
                         param="model",
                     )
                 if connection.limits is not None and self._admit is not None:
-                    requested = Candidate(provider_name, model)
                     await admit(self._admit, connection.limits, app_id, connection_id, requested)
                 served, reply = await self._serve(
                     request_id,
                     connection,
-                    Candidate(provider_name, model),
+                    requested,
                     body,
                     writer,
                     deadline,
                     operation,
+                    traced,
+                    record,
                 )
-                span.set_attribute("byorouter.served_by", served.provider)
-                self._publish_usage(request_id, connection, served, reply)
+                record.answered(served, reply.first_output)
+                usage = self._publish_usage(request_id, connection, served, reply)
+                traced.served(served, provider_kind(connection, served), usage)
             except ByoError as exc:
                 failure = exc.code
-                span.set_status(Status(StatusCode.ERROR, exc.code))
-                span.set_attribute("byorouter.error_code", exc.code)
+                traced.failed(exc.code)
                 await writer.error(exc)
             except asyncio.CancelledError:
                 failure = "cancelled"
@@ -340,7 +346,7 @@ class ChatRouter:
             except Exception:
                 log.exception("chat request failed", extra={"request_id": request_id})
                 failure = "internal_error"
-                span.set_status(Status(StatusCode.ERROR, failure))
+                traced.failed(failure)
                 await writer.error(errors.internal())
             finally:
                 writer.closed = True
@@ -348,6 +354,7 @@ class ChatRouter:
                 self._discovery.record(
                     _endpoint_name(operation), time.perf_counter_ns() - began, failure
                 )
+                record.finish(failure)
 
     async def _serve(
         self,
@@ -358,6 +365,8 @@ class ChatRouter:
         writer: StreamWriter,
         deadline: float,
         operation: Operation = "chat",
+        traced: RequestTrace = OFF,
+        record: RequestRecord | None = None,
     ) -> tuple[Candidate, BusReply]:
         """Answer from the requested provider or a fallback; who served it and its reply."""
         # Usage is always asked of a streaming upstream (it is what the user pays for); the
@@ -384,6 +393,7 @@ class ChatRouter:
             candidates = [c for c in candidates if allows(connection.limits, c)]
         replies: list[BusReply] = []
         tried: list[Candidate] = []
+        recorded = record or RequestRecord(operation, request_id)
 
         async def attempt(candidate: Candidate, attempts: int) -> None:
             reply = BusReply(
@@ -400,13 +410,17 @@ class ChatRouter:
                         "attempt": attempts,
                     },
                 )
-            provider, credential = self._provider_for(connection, candidate)
-            if operation == "chat":
-                await provider.chat(credential, candidate.model, body, reply, deadline)
-            else:
-                await provider.passthrough(
-                    operation, credential, candidate.model, body, reply, deadline
-                )
+            with (
+                traced.attempt(candidate, provider_kind(connection, candidate)),
+                recorded.attempt(candidate),
+            ):
+                provider, credential = self._provider_for(connection, candidate)
+                if operation == "chat":
+                    await provider.chat(credential, candidate.model, body, reply, deadline)
+                else:
+                    await provider.passthrough(
+                        operation, credential, candidate.model, body, reply, deadline
+                    )
 
         async def observe(candidate: Candidate, error: ByoError) -> None:
             # The app default's key is the operator's: no connection's credential to mark.
@@ -426,6 +440,7 @@ class ChatRouter:
                 attempt,
                 started=lambda: bool(replies) and replies[-1].started,
                 observe=observe,
+                upstream_of=connection.upstream,
             )
         except BaseException:
             # Broke after it started (upstream cut, client gone): what was delivered is billed.
@@ -468,7 +483,7 @@ class ChatRouter:
         reply: BusReply,
         *,
         partial: bool = False,
-    ) -> None:
+    ) -> events.UsageEvent:
         event = usage_event(
             request_id,
             connection,
@@ -479,6 +494,8 @@ class ChatRouter:
         )
         # The ack is awaited (and retried) in the background: the answer never waits for it.
         self._usage.publish(events.USAGE.subject, event.model_dump_json().encode(), request_id)
+        count_tokens(served.provider, event)
+        return event
 
     async def _publish_credential_status(
         self,
