@@ -77,3 +77,27 @@ class DurableConsumer:
     stream: DurableStream
     name: str
     service: str
+
+
+@dataclass(frozen=True)
+class KeyValueBucket:
+    """A JetStream key-value bucket that every copy of a service shares (state, not reports).
+
+    Kept in memory on the NATS servers: losing it loses nothing a copy cannot rebuild.
+    """
+
+    name: str
+    description: str
+    # An entry nobody has written for this long is dropped; reading it then finds nothing.
+    ttl_s: float
+    max_bytes: int
+
+    @property
+    def stream(self) -> str:
+        """The stream JetStream keeps the bucket in."""
+        return f"KV_{self.name}"
+
+    @property
+    def subjects(self) -> str:
+        """What a writer publishes to: `$KV.<bucket>.<key>`."""
+        return f"$KV.{self.name}.>"
