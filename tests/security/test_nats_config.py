@@ -19,6 +19,7 @@ from byorouter_cli.backends import NatsServer, nats_server_binary
 from byorouter_common import nats_permissions as perms
 from byorouter_common.bus import connect_options
 from byorouter_common.contracts import events
+from byorouter_common.contracts import gateway as gw
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.base import Event
 from byorouter_common.settings import ServiceSettings
@@ -93,11 +94,32 @@ USAGE_STREAM = events.USAGE_STREAM.name
 USAGE_CONSUMER = f"{USAGE_STREAM}.{events.USAGE_RECORDER.name}"
 
 
-def test_only_router_and_keystore_may_use_jetstream_at_all() -> None:
+def test_only_router_keystore_and_gateway_may_use_jetstream_at_all() -> None:
     users = [
         u for u in perms.USERS if any(s.startswith("$JS") for s in perms.permissions(u).publish)
     ]
-    assert users == ["keystore", "router"]
+    assert users == ["keystore", "router", "gateway"]
+
+
+def test_the_gateway_reaches_its_rate_limits_bucket_and_nothing_else_in_jetstream() -> None:
+    """A forged entry there could lock an app out of every gateway; only gateways write it."""
+    bucket = gw.RATE_LIMITS
+    key = f"$KV.{bucket.name}.app.app_0123456789abcdefghij"
+    assert [u for u in perms.USERS if may_publish(u, key)] == ["gateway"]
+    for subject in (
+        f"$JS.API.STREAM.INFO.{bucket.stream}",
+        f"$JS.API.STREAM.CREATE.{bucket.stream}",
+        f"$JS.API.DIRECT.GET.{bucket.stream}.{key}",
+    ):
+        assert [u for u in perms.USERS if may_publish(u, subject)] == ["gateway"], subject
+    for subject in (
+        f"$JS.API.STREAM.DELETE.{bucket.stream}",
+        f"$JS.API.STREAM.PURGE.{bucket.stream}",
+        f"$JS.API.STREAM.UPDATE.{bucket.stream}",
+        f"$JS.API.STREAM.INFO.{USAGE_STREAM}",
+        f"$JS.API.DIRECT.GET.{USAGE_STREAM}.{events.USAGE.subject}",
+    ):
+        assert not may_publish("gateway", subject), subject
 
 
 def test_only_keystore_may_pull_and_ack_usage() -> None:

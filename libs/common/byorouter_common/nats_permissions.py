@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from byorouter_common.contracts import events
+from byorouter_common.contracts import gateway as gw
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts import router as rt
 from byorouter_common.contracts import tunnel as tn
@@ -28,6 +29,7 @@ from byorouter_common.contracts.base import (
     DurableStream,
     Endpoint,
     Event,
+    KeyValueBucket,
     service_wildcard,
 )
 from byorouter_common.contracts.keystore import connect_flow as cn
@@ -111,6 +113,7 @@ ANNOUNCES: Final[Mapping[str, tuple[Event[Any], ...]]] = {
         events.CONNECTION_CHANGED,
         events.APP_DEFAULT_CHANGED,
         events.APP_POLICY_CHANGED,
+        events.APP_LIMITS_CHANGED,
         events.KEYRING_ROTATED,
         events.TUNNEL_CHANGED,
     ),
@@ -119,7 +122,8 @@ ANNOUNCES: Final[Mapping[str, tuple[Event[Any], ...]]] = {
 
 # JetStream, by the API subjects each user needs and no more: the router makes sure the usage
 # stream exists (and publishes to it through `ANNOUNCES`); keystore owns it (puts its limits
-# back) and pulls from its one consumer and acks. Nobody else may touch JetStream at all.
+# back) and pulls from its one consumer and acks; the gateway keeps its rate limits in one
+# key-value bucket (`BUCKETS`). Nobody else may touch JetStream at all.
 JS_API: Final = "$JS.API"
 STREAMS_ENSURED: Final[Mapping[str, tuple[DurableStream, ...]]] = {
     "router": (events.USAGE_STREAM,),
@@ -129,6 +133,11 @@ STREAMS_OWNED: Final[Mapping[str, tuple[DurableStream, ...]]] = {
 }
 CONSUMES: Final[Mapping[str, tuple[DurableConsumer, ...]]] = {
     "keystore": (events.USAGE_RECORDER,),
+}
+# Key-value buckets a user creates if missing, reads (by key) and writes; nobody may delete or
+# purge one. Gateway copies share their rate limits in theirs (decision 0021).
+BUCKETS: Final[Mapping[str, tuple[KeyValueBucket, ...]]] = {
+    "gateway": (gw.RATE_LIMITS,),
 }
 
 
@@ -151,6 +160,15 @@ def jetstream_subjects(user: str) -> tuple[str, ...]:
             f"{JS_API}.CONSUMER.CREATE.{at}.>",
             f"{JS_API}.CONSUMER.MSG.NEXT.{at}",
             f"$JS.ACK.{at}.>",
+        ]
+    for bucket in BUCKETS.get(user, ()):
+        subjects += [
+            f"{JS_API}.STREAM.INFO.{bucket.stream}",
+            f"{JS_API}.STREAM.CREATE.{bucket.stream}",
+            # A read by key: `DIRECT.GET.<stream>.$KV.<bucket>.<key>`, or the stream's own get.
+            f"{JS_API}.DIRECT.GET.{bucket.stream}.>",
+            f"{JS_API}.STREAM.MSG.GET.{bucket.stream}",
+            bucket.subjects,
         ]
     return tuple(dict.fromkeys(subjects))
 

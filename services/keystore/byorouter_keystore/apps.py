@@ -21,7 +21,14 @@ from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.keystore import connect_flow as cn
 from byorouter_keystore import ids
 from byorouter_keystore.app_default import default_of
-from byorouter_keystore.shared import Handlers, audit, get_app, provider_name, rowcount
+from byorouter_keystore.shared import (
+    Handlers,
+    app_not_found,
+    audit,
+    get_app,
+    provider_name,
+    rowcount,
+)
 from byorouter_keystore.tables import App, AppDefaultProvider, AppKey
 
 # Compared against when a key id is unknown, so every refusal costs the same work.
@@ -110,6 +117,42 @@ async def revoke_app_key(session: AsyncSession, key_id: str) -> str:
     return app_id
 
 
+def rate_limits_of(app: App) -> ks.AppRateLimits:
+    return ks.AppRateLimits(
+        rps=app.rate_limit_rps,
+        burst=app.rate_limit_burst,
+        connection_rps=app.connection_rate_limit_rps,
+        connection_burst=app.connection_rate_limit_burst,
+    )
+
+
+async def set_rate_limits(session: AsyncSession, request: ks.AppLimitsSet) -> App:
+    """Apply the limits `request` gives to the app it names by id or client id."""
+    by_id = request.app.startswith("app_")
+    app = await session.scalar(
+        select(App).where(App.id == request.app if by_id else App.client_id == request.app)
+    )
+    if app is None:
+        raise app_not_found()
+    before = rate_limits_of(app)
+    if request.reset:
+        app.rate_limit_rps = app.rate_limit_burst = None
+        app.connection_rate_limit_rps = app.connection_rate_limit_burst = None
+    given = request.limits
+    if given.rps is not None:
+        app.rate_limit_rps = given.rps
+    if given.burst is not None:
+        app.rate_limit_burst = given.burst
+    if given.connection_rps is not None:
+        app.connection_rate_limit_rps = given.connection_rps
+    if given.connection_burst is not None:
+        app.connection_rate_limit_burst = given.connection_burst
+    after = rate_limits_of(app)
+    if after != before:
+        audit(session, "app.rate_limits_changed", app.id, app.id, **after.model_dump())
+    return app
+
+
 def app_info(app: App, default: AppDefaultProvider | None = None) -> ks.AppInfo:
     return ks.AppInfo(
         app_id=app.id,
@@ -137,6 +180,7 @@ class AppHandlers(Handlers):
         serve(broker, ks.APP_AUTHENTICATE, self.app_authenticate, discovery=discovery)
         serve(broker, ks.APP_KEY_CREATE, self.app_key_create, discovery=discovery)
         serve(broker, ks.APP_KEY_REVOKE, self.app_key_revoke, discovery=discovery)
+        serve(broker, ks.APP_LIMITS_SET, self.app_limits_set, discovery=discovery)
 
     async def app_create(self, request: ks.AppCreate) -> ks.AppCreated:
         check_redirect_uris(request.redirect_uris)
@@ -161,7 +205,11 @@ class AppHandlers(Handlers):
         async with self.sessions.begin() as session:
             app = await authenticate_app(session, request.key_id, request.key_hash)
         return ks.AppPrincipal(
-            app_id=app.id, client_id=app.client_id, name=app.name, key_id=request.key_id
+            app_id=app.id,
+            client_id=app.client_id,
+            name=app.name,
+            key_id=request.key_id,
+            limits=rate_limits_of(app),
         )
 
     async def app_key_create(self, request: ks.AppKeyCreate) -> ks.AppKeyCreated:
@@ -181,3 +229,17 @@ class AppHandlers(Handlers):
             events.APP_KEY_REVOKED, events.AppKeyRevokedEvent(key_id=request.key_id, app_id=app_id)
         )
         return ks.AppKeyRevoked(key_id=request.key_id, app_id=app_id)
+
+    async def app_limits_set(self, request: ks.AppLimitsSet) -> ks.AppLimits:
+        async with self.sessions.begin() as session:
+            app = await set_rate_limits(session, request)
+            limits = ks.AppLimits(
+                app_id=app.id, client_id=app.client_id, limits=rate_limits_of(app)
+            )
+        if request.reset or request.limits != ks.AppRateLimits():
+            # Every gateway copy asks again on the app's next request: milliseconds, not the
+            # key cache's 30 s.
+            await self.runtime.bus.publish_event(
+                events.APP_LIMITS_CHANGED, events.AppLimitsChangedEvent(app_id=app.id)
+            )
+        return limits

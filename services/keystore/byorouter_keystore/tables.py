@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Integer,
@@ -50,6 +51,12 @@ class App(Base):
     headless: Mapped[bool] = mapped_column(Boolean, server_default="false")
     # The provider kinds its users may connect; None allows every kind (migration 0011).
     allowed_providers: Mapped[list[str] | None] = mapped_column(JSONB)
+    # Requests a second and burst, for the app and for each of its connections, shared by every
+    # gateway copy; None: the gateway's default, 0: off (migration 0015).
+    rate_limit_rps: Mapped[float | None] = mapped_column(Float)
+    rate_limit_burst: Mapped[int | None] = mapped_column(Integer)
+    connection_rate_limit_rps: Mapped[float | None] = mapped_column(Float)
+    connection_rate_limit_burst: Mapped[int | None] = mapped_column(Integer)
 
 
 class AppKey(Base):

@@ -36,6 +36,12 @@ class AppPolicyChangedEvent(Contract):
     app_id: str
 
 
+class AppLimitsChangedEvent(Contract):
+    """An app's rate limits changed: gateway copies drop its cached keys and ask again."""
+
+    app_id: str
+
+
 class TunnelChangedEvent(Contract):
     """A tunnel was revoked or its token rotated: tunnel copies close revoked sockets at once."""
 
@@ -106,6 +112,11 @@ APP_POLICY_CHANGED = Event(
     "byorouter.events.app_policy.changed",
     AppPolicyChangedEvent,
     "An app's provider policy changed; routers drop that app's cached connections.",
+)
+APP_LIMITS_CHANGED = Event(
+    "byorouter.events.app_limits.changed",
+    AppLimitsChangedEvent,
+    "An app's rate limits changed; gateways apply them to its next request.",
 )
 TUNNEL_CHANGED = Event(
     "byorouter.events.tunnel.changed",

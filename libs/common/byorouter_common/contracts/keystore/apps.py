@@ -55,11 +55,38 @@ class AppAuthenticate(Contract):
     key_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class AppRateLimits(Contract):
+    """Requests a second and burst for the app as a whole and for each of its connections,
+    shared by every gateway copy. None: the gateway's default; 0: no limit."""
+
+    rps: float | None = Field(default=None, ge=0)
+    burst: int | None = Field(default=None, ge=0)
+    connection_rps: float | None = Field(default=None, ge=0)
+    connection_burst: int | None = Field(default=None, ge=0)
+
+
 class AppPrincipal(Contract):
     app_id: str
     client_id: str
     name: str
     key_id: str
+    limits: AppRateLimits = AppRateLimits()
+
+
+class AppLimitsSet(Contract):
+    """Change the limits given (the others stay); none given only reads them."""
+
+    # The app's id (app_...) or its client id (cli_...).
+    app: str = Field(min_length=1, max_length=200)
+    limits: AppRateLimits = AppRateLimits()
+    # Every limit back to the gateway's default (then `limits` is applied on top).
+    reset: bool = False
+
+
+class AppLimits(Contract):
+    app_id: str
+    client_id: str
+    limits: AppRateLimits
 
 
 class AppKeyCreate(Contract):
@@ -139,6 +166,13 @@ APP_AUTHENTICATE = Endpoint(
     AppPrincipal,
     SERVICE,
     "Check an app API key by id and SHA-256; 401 if unknown or revoked.",
+)
+APP_LIMITS_SET = Endpoint(
+    "byorouter.keystore.app.limits.set",
+    AppLimitsSet,
+    AppLimits,
+    SERVICE,
+    "Set (or read) an app's rate limits; every gateway copy applies them at once.",
 )
 APP_KEY_CREATE = Endpoint(
     "byorouter.keystore.app_key.create",
