@@ -71,6 +71,8 @@ def router_settings(router_nats_url: str) -> RouterSettings:
         upstream_connect_timeout_s=2.0,
         upstream_read_timeout_s=READ_TIMEOUT_S,
         request_deadline_s=5.0,
+        # Short enough that a test sees a provider tried again after its cooldown.
+        cooldown_s=3.0,
         keepalive_interval_s=KEEPALIVE_S,
         shutdown_grace_s=1.0,
     )

@@ -23,6 +23,7 @@ OPENAI = Candidate("openai", "gpt-4o")
 SELFHOSTED = Candidate("selfhosted", "llama3")
 
 RATE_LIMITED = ByoError(429, "upstream_rate_limited", "slow down", retry_after=1.0)
+BUSY = ByoError(429, "upstream_rate_limited", "slow down")  # no Retry-After
 SERVER_ERROR = ByoError(502, "upstream_error", "boom")
 TIMED_OUT = ByoError(504, "upstream_timeout", "silent")
 KEY_REJECTED = ByoError(502, "provider_auth_failed", "key rejected (401)")
@@ -83,10 +84,14 @@ def chain(time: FakeTime, max_retries: int = 1) -> FallbackChain:
 
 
 async def run(
-    time: FakeTime, upstreams: FakeUpstreams, deadline: float = 5.0, max_retries: int = 1
+    time: FakeTime,
+    upstreams: FakeUpstreams,
+    deadline: float = 5.0,
+    max_retries: int = 1,
+    candidates: list[Candidate] | None = None,
 ) -> Candidate:
     served = await chain(time, max_retries).run(
-        [OPENAI, SELFHOSTED], deadline, upstreams.call, lambda: upstreams.started
+        candidates or [OPENAI, SELFHOSTED], deadline, upstreams.call, lambda: upstreams.started
     )
     assert served.attempts == len(upstreams.calls)
     return served.candidate
@@ -200,41 +205,72 @@ async def test_the_app_default_answers_after_every_provider_failed() -> None:
     assert upstreams.calls == [("openai", 1), ("selfhosted", 2), ("default", 3)]
 
 
-async def test_server_error_is_retried_once_then_falls_back() -> None:
+@pytest.mark.parametrize("error", [RATE_LIMITED, BUSY, SERVER_ERROR, TIMED_OUT])
+async def test_a_retryable_failure_falls_back_at_once_without_waiting(error: ByoError) -> None:
     time = FakeTime()
-    upstreams = FakeUpstreams(time, {"openai": [SERVER_ERROR, SERVER_ERROR], "selfhosted": [None]})
+    upstreams = FakeUpstreams(time, {"openai": [error], "selfhosted": [None]})
     assert await run(time, upstreams) == SELFHOSTED
-    assert upstreams.calls == [("openai", 1), ("openai", 2), ("selfhosted", 3)]
+    # Asked once, and neither the Retry-After nor a backoff was waited before the next.
+    assert upstreams.calls == [("openai", 1), ("selfhosted", 2)]
+    assert time.slept == []
+
+
+async def test_only_provider_rate_limited_is_retried_after_the_backoff() -> None:
+    time = FakeTime()
+    upstreams = FakeUpstreams(time, {"openai": [BUSY, None]})
+    assert await run(time, upstreams, candidates=[OPENAI]) == OPENAI
+    assert upstreams.calls == [("openai", 1), ("openai", 2)]
     # Full jitter: somewhere between nothing and the first backoff step.
     assert len(time.slept) == 1
     assert 0 <= time.slept[0] <= 0.25
 
 
-async def test_a_retry_that_succeeds_needs_no_fallback() -> None:
-    time = FakeTime()
-    upstreams = FakeUpstreams(time, {"openai": [SERVER_ERROR, None], "selfhosted": []})
-    assert await run(time, upstreams) == OPENAI
-    assert upstreams.calls == [("openai", 1), ("openai", 2)]
-
-
 async def test_retry_waits_what_the_providers_retry_after_says() -> None:
     time = FakeTime()
-    upstreams = FakeUpstreams(time, {"openai": [RATE_LIMITED, None], "selfhosted": []})
-    assert await run(time, upstreams) == OPENAI
+    upstreams = FakeUpstreams(time, {"openai": [RATE_LIMITED, None]})
+    assert await run(time, upstreams, candidates=[OPENAI]) == OPENAI
     assert time.slept == [1.0]
 
 
-async def test_retry_after_past_the_deadline_falls_back_at_once() -> None:
+async def test_when_the_fallback_fails_too_the_first_is_retried_after_its_backoff() -> None:
     time = FakeTime()
-    upstreams = FakeUpstreams(time, {"openai": [RATE_LIMITED], "selfhosted": [None]})
-    assert await run(time, upstreams, deadline=0.5) == SELFHOSTED
+    upstreams = FakeUpstreams(
+        time, {"openai": [SERVER_ERROR, None], "selfhosted": [SERVER_ERROR]}, call_s=0.01
+    )
+    assert await run(time, upstreams) == OPENAI
+    assert upstreams.calls == [("openai", 1), ("selfhosted", 2), ("openai", 3)]
+    assert len(time.slept) == 1
+    assert 0 <= time.slept[0] <= 0.25
+
+
+async def test_retry_after_counts_from_the_failure_not_from_the_fallbacks_end() -> None:
+    time = FakeTime()
+    upstreams = FakeUpstreams(
+        time, {"openai": [RATE_LIMITED, None], "selfhosted": [KEY_REJECTED]}, call_s=0.3
+    )
+    assert await run(time, upstreams) == OPENAI
+    # The fallback took 0.3 s of the provider's 1 s: the retry waits only the rest.
+    assert time.slept == [pytest.approx(0.7)]
+    assert upstreams.calls == [("openai", 1), ("selfhosted", 2), ("openai", 3)]
+
+
+async def test_retry_after_past_the_deadline_is_not_waited_for() -> None:
+    time = FakeTime()
+    upstreams = FakeUpstreams(time, {"openai": [RATE_LIMITED]})
+    with pytest.raises(ByoError) as raised:
+        await run(time, upstreams, deadline=0.5, candidates=[OPENAI])
+    assert raised.value is RATE_LIMITED
     assert time.slept == []
 
 
 async def test_a_timeout_that_used_most_of_the_deadline_is_not_retried() -> None:
     time = FakeTime()
-    upstreams = FakeUpstreams(time, {"openai": [TIMED_OUT], "selfhosted": [None]}, call_s=3.0)
-    assert await run(time, upstreams, deadline=5.0) == SELFHOSTED
+    upstreams = FakeUpstreams(
+        time, {"openai": [TIMED_OUT], "selfhosted": [KEY_REJECTED]}, call_s=2.0
+    )
+    with pytest.raises(ByoError) as raised:
+        await run(time, upstreams, deadline=5.0)
+    assert raised.value is TIMED_OUT
     assert upstreams.calls == [("openai", 1), ("selfhosted", 2)]
 
 
@@ -246,6 +282,25 @@ async def test_a_stalled_upstream_is_not_asked_again_but_the_next_provider_is() 
     upstreams = FakeUpstreams(time, {"openai": [stalled], "selfhosted": [None]}, call_s=1.0)
     assert await run(time, upstreams, deadline=60.0) == SELFHOSTED
     assert upstreams.calls == [("openai", 1), ("selfhosted", 2)]
+
+
+async def test_a_stalled_upstream_is_not_asked_again_when_the_others_fail_too() -> None:
+    time = FakeTime()
+    stalled = StalledUpstream(504, "upstream_timeout", "no first token within 1s")
+    upstreams = FakeUpstreams(
+        time, {"openai": [stalled], "selfhosted": [SERVER_ERROR, SERVER_ERROR]}, call_s=1.0
+    )
+    with pytest.raises(ByoError) as raised:
+        await run(time, upstreams, deadline=60.0)
+    assert raised.value is stalled
+    assert upstreams.calls == [("openai", 1), ("selfhosted", 2), ("selfhosted", 3)]
+
+
+async def test_a_rejected_key_is_not_asked_again_when_the_others_fail_too() -> None:
+    time = FakeTime()
+    upstreams = FakeUpstreams(time, {"openai": [KEY_REJECTED], "selfhosted": [BUSY, None]})
+    assert await run(time, upstreams) == SELFHOSTED
+    assert upstreams.calls == [("openai", 1), ("selfhosted", 2), ("selfhosted", 3)]
 
 
 async def test_rejected_key_falls_back_without_asking_that_provider_again() -> None:
@@ -293,7 +348,8 @@ async def test_when_everything_fails_the_app_sees_the_requested_providers_error(
     with pytest.raises(ByoError) as raised:
         await run(time, upstreams)
     assert raised.value is RATE_LIMITED
-    assert len(upstreams.calls) == 4
+    # Each once, then each retried once (the first after its Retry-After).
+    assert upstreams.calls == [("openai", 1), ("selfhosted", 2), ("openai", 3), ("selfhosted", 4)]
 
 
 async def test_no_retries_configured_goes_straight_to_the_fallback() -> None:

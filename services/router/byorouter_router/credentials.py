@@ -18,7 +18,8 @@ from byorouter_common.contracts.events import (
 )
 from byorouter_common.contracts.keystore import ConnectionRef, ResolvedConnection
 from byorouter_common.contracts.keystore.user_limits import UserLimits
-from byorouter_router.fallback import FallbackTarget
+from byorouter_router.cooldowns import APP_DEFAULT_SCOPE, Upstream, credential_fingerprint
+from byorouter_router.fallback import APP_DEFAULT, Candidate, FallbackTarget
 from byorouter_router.providers.base import ProviderCredential
 
 Lookup = Callable[[ConnectionRef], Awaitable[ResolvedConnection]]
@@ -53,6 +54,28 @@ class ConnectionCredentials:
     @property
     def provider_names(self) -> list[str]:
         return list(self.providers)
+
+    def upstream(self, candidate: Candidate) -> Upstream:
+        """Whose failures a candidate's count with (`cooldowns.py`).
+
+        A user's provider: this connection's credential for it. The app's default: its key,
+        whichever connection falls back to it, as that key's limits are what a 429 is about.
+        """
+        if candidate.provider == APP_DEFAULT and self.app_default is not None:
+            credential: ProviderCredential | None = self.app_default
+            kind, scope = self.app_default.provider, APP_DEFAULT_SCOPE
+        else:
+            credential = self.providers.get(candidate.provider)
+            kind, scope = candidate.provider, self.connection_id
+        if credential is None:
+            return Upstream(kind, scope, "", candidate.model)
+        key = credential.api_key.get_secret_value() if credential.api_key is not None else None
+        return Upstream(
+            kind,
+            scope,
+            credential_fingerprint(key, credential.base_url, credential.tunnel_id),
+            candidate.model,
+        )
 
     @classmethod
     def from_resolved(cls, resolved: ResolvedConnection) -> ConnectionCredentials:

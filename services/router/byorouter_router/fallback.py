@@ -2,7 +2,8 @@
 
 Plain code with no bus and no HTTP, so the policy is tested on its own: `fallback_candidates`
 orders the targets, `classify` reads a provider's failure, `RetryPolicy` decides whether (and how
-long) to wait before trying the same provider again, and `FallbackChain` runs the attempts.
+long) to wait before trying the same provider again, and `FallbackChain` runs the attempts:
+every candidate once without waiting, then the retryable ones again after their backoff.
 
 A failure is only ever retried or fallen back from before the answer has started: once a provider
 has begun answering, the client may already hold part of it, so its failure is the client's.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from byorouter_common.errors import ByoError
+from byorouter_router.cooldowns import Cooldowns, Upstream
 from byorouter_router.providers.errors import StalledUpstream
 
 # Set when the provider did not accept the request at all; the connection's own set-up is at
@@ -153,16 +155,19 @@ class RetryPolicy:
         deadline: float,
         attempt_s: float,
         rng: random.Random | None = None,
+        since_failure: float = 0.0,
     ) -> float | None:
-        """Seconds to wait before retry number `retry` (0-based), or None to fall back instead.
+        """Seconds still to wait before retry number `retry` (0-based), or None not to retry.
 
-        The provider's Retry-After wins over our backoff. A retry must fit before the deadline
-        with time for an attempt as long as the one that failed: a provider that took the whole
-        read timeout to fail would otherwise eat the time a fallback needs.
+        The provider's Retry-After wins over our backoff; both count from the failure, which
+        was `since_failure` seconds ago. A retry must fit before the deadline with time for an
+        attempt as long as the one that failed: a provider that took the whole read timeout to
+        fail would otherwise eat the time the rest of the request needs.
         """
         if retry >= self.max_retries:
             return None
         wait = error.retry_after if error.retry_after is not None else self.backoff(retry, rng)
+        wait = max(0.0, wait - since_failure)
         if now + wait + attempt_s >= deadline:
             return None
         return wait
@@ -181,12 +186,20 @@ class Served:
 
 
 class FallbackChain:
-    """Tries candidates in order, retrying each within the policy and the overall deadline.
+    """Tries each candidate once, in order, then retries the retryable ones within the policy.
 
     `call(candidate, attempt)` makes upstream call number `attempt` (1-based, counted over the
     whole request) and raises `ByoError` on failure; `started()` says whether the answer of the
     call in progress has begun reaching the client, after which nothing is retried. `observe` sees
     every failure before it is retried or fallen back from (to report a rejected key).
+
+    A retryable failure (429, 5xx, timeout) moves on to the next candidate at once: waiting out a
+    backoff while another provider could answer only makes the app wait. Only when every other
+    candidate failed too are the retryable ones asked again, in order, each after its Retry-After
+    or backoff (counted from its failure, so time spent on the others is not waited twice).
+
+    With `cooldowns` and an `upstream_of` for the request, upstreams that failed repeatedly are
+    tried after the rest (`cooldowns.py`), and every outcome is reported to them.
 
     When every candidate fails, the requested provider's last error is raised: a fallback is
     there to improve on it, and the app asked for that provider.
@@ -199,11 +212,13 @@ class FallbackChain:
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        cooldowns: Cooldowns | None = None,
     ) -> None:
         self._policy = policy
         self._clock = clock
         self._sleep = sleep
         self._rng = rng
+        self._cooldowns = cooldowns if cooldowns is not None and cooldowns.enabled else None
 
     async def run(
         self,
@@ -212,44 +227,136 @@ class FallbackChain:
         call: Callable[[Candidate, int], Awaitable[None]],
         started: Callable[[], bool],
         observe: Callable[[Candidate, ByoError], Awaitable[None]] | None = None,
+        upstream_of: Callable[[Candidate], Upstream] | None = None,
     ) -> Served:
-        attempts = 0
+        attempt = _Attempt(
+            call,
+            started,
+            observe,
+            self._clock,
+            self._cooldowns if upstream_of is not None else None,
+            upstream_of,
+        )
+        requested = candidates[0]
+        order = candidates
+        probes: list[Upstream] = []
+        cooldowns = attempt.cooldowns
+        if cooldowns is not None and cooldowns.any_cooling(now := self._clock()):
+            assert upstream_of is not None
+            order, probes = cooldowns.arrange(candidates, upstream_of, now)
         requested_error: ByoError | None = None
-        for index, candidate in enumerate(candidates):
-            retry = 0
-            while True:
-                if attempts and self._clock() >= deadline:
-                    assert requested_error is not None
-                    raise requested_error
-                attempts += 1
-                began = self._clock()
-                try:
-                    await call(candidate, attempts)
-                except ByoError as error:
-                    if started():
-                        raise
-                    if observe is not None:
-                        await observe(candidate, error)
-                    verdict = classify(error)
-                    if index == 0:
-                        requested_error = error
-                        if verdict is Verdict.FINAL:
-                            raise
-                    if verdict is Verdict.RETRY:
-                        now = self._clock()
-                        wait = self._policy.wait_before_retry(
-                            error,
-                            retry,
-                            now=now,
-                            deadline=deadline,
-                            attempt_s=now - began,
-                            rng=self._rng,
-                        )
-                        if wait is not None:
-                            retry += 1
-                            await self._sleep(wait)
-                            continue
+        last_error: ByoError | None = None
+        retryable: list[_Failure] = []
+        try:
+            # First pass: each candidate once, moving on at once from any failure.
+            for candidate in order:
+                if attempt.count and self._clock() >= deadline:
                     break
-                return Served(candidate, attempts)
-        assert requested_error is not None
-        raise requested_error
+                failure = await attempt.make(candidate)
+                if failure is None:
+                    return Served(candidate, attempt.count)
+                last_error = failure.error
+                if candidate == requested:
+                    requested_error = failure.error
+                    if failure.verdict is Verdict.FINAL:
+                        raise failure.error
+                if failure.verdict is Verdict.RETRY:
+                    retryable.append(failure)
+            # Nothing else answered: the retryable ones again, each as patiently as the policy says.
+            for failure in retryable:
+                retry = 0
+                while failure.verdict is Verdict.RETRY:
+                    now = self._clock()
+                    wait = self._policy.wait_before_retry(
+                        failure.error,
+                        retry,
+                        now=now,
+                        deadline=deadline,
+                        attempt_s=failure.failed_at - failure.began,
+                        rng=self._rng,
+                        since_failure=now - failure.failed_at,
+                    )
+                    if wait is None:
+                        break
+                    retry += 1
+                    if wait > 0:
+                        await self._sleep(wait)
+                    candidate = failure.candidate
+                    again = await attempt.make(candidate)
+                    if again is None:
+                        return Served(candidate, attempt.count)
+                    failure = again
+                    last_error = failure.error
+                    if candidate == requested:
+                        requested_error = failure.error
+                        if failure.verdict is Verdict.FINAL:
+                            raise failure.error
+            error = requested_error or last_error
+            assert error is not None
+            raise error
+        finally:
+            if probes:
+                assert cooldowns is not None
+                cooldowns.release(probes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    candidate: Candidate
+    error: ByoError
+    verdict: Verdict
+    began: float
+    failed_at: float
+
+
+class _Attempt:
+    """One upstream call of a request: counted, classified, and reported to the cooldowns."""
+
+    def __init__(
+        self,
+        call: Callable[[Candidate, int], Awaitable[None]],
+        started: Callable[[], bool],
+        observe: Callable[[Candidate, ByoError], Awaitable[None]] | None,
+        clock: Clock,
+        cooldowns: Cooldowns | None,
+        upstream_of: Callable[[Candidate], Upstream] | None,
+    ) -> None:
+        self._call = call
+        self._started = started
+        self._observe = observe
+        self._clock = clock
+        self.cooldowns = cooldowns
+        self._upstream_of = upstream_of
+        self.count = 0
+
+    async def make(self, candidate: Candidate) -> _Failure | None:
+        """None when it answered; its failure when it failed before the answer started."""
+        self.count += 1
+        began = self._clock()
+        try:
+            await self._call(candidate, self.count)
+        except ByoError as error:
+            if self._started():
+                # It answered, then broke: the client's failure now, and no sign of ill health.
+                self._succeeded(candidate)
+                raise
+            if self._observe is not None:
+                await self._observe(candidate, error)
+            verdict = classify(error)
+            failed_at = self._clock()
+            if self.cooldowns is not None and counts_against_health(error, verdict):
+                assert self._upstream_of is not None
+                self.cooldowns.failed(self._upstream_of(candidate), error, failed_at)
+            return _Failure(candidate, error, verdict, began, failed_at)
+        self._succeeded(candidate)
+        return None
+
+    def _succeeded(self, candidate: Candidate) -> None:
+        if self.cooldowns is not None and self.cooldowns.tracking:
+            assert self._upstream_of is not None
+            self.cooldowns.succeeded(self._upstream_of(candidate))
+
+
+def counts_against_health(error: ByoError, verdict: Verdict) -> bool:
+    """A failure that says the upstream is struggling: retryable ones, and a stalled answer."""
+    return verdict is Verdict.RETRY or isinstance(error, StalledUpstream)

@@ -19,6 +19,7 @@ from byorouter_common.contracts.router import ModelList
 from byorouter_common.service import Service, ServiceRuntime
 from byorouter_router.catalog import ModelCatalog
 from byorouter_router.chat import ChatRouter
+from byorouter_router.cooldowns import Cooldowns
 from byorouter_router.credential_check import CredentialChecker
 from byorouter_router.credentials import CredentialCache
 from byorouter_router.fallback import RetryPolicy
@@ -58,6 +59,13 @@ class RouterHandlers:
         self.credential_checker = CredentialChecker(
             settings.allow_private_upstreams,
             upstream_timeouts(settings),
+        )
+        # Per copy, in memory: which providers failed lately, so requests try them last.
+        self.cooldowns = Cooldowns(
+            after_failures=settings.cooldown_after_failures,
+            window_s=settings.cooldown_window_s,
+            cooldown_s=settings.cooldown_s,
+            max_cooldown_s=settings.cooldown_max_s,
         )
         self._session: aiohttp.ClientSession | None = None
         self._catalog: ModelCatalog | None = None
@@ -135,6 +143,7 @@ class RouterHandlers:
             discovery=self.runtime.discovery,
             keepalive=self.keepalive,
             deadline_s=self.settings.request_deadline_s,
+            cooldowns=self.cooldowns,
             retry=RetryPolicy(
                 self.settings.max_retries,
                 self.settings.retry_backoff_base_s,

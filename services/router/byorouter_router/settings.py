@@ -28,6 +28,13 @@ class RouterSettings(ServiceSettings):
     # Exponential backoff with full jitter between those retries (a Retry-After wins over it).
     retry_backoff_base_s: float = Field(default=0.25, gt=0)
     retry_backoff_cap_s: float = Field(default=2.0, gt=0)
+    # Cooldowns (per router copy, in memory): a connection's provider and model that failed this
+    # many times (429, 5xx, timeouts; 0: never cool down) within the window, or once with a
+    # Retry-After, is tried after the others for a while (the Retry-After, capped).
+    cooldown_after_failures: int = Field(default=3, ge=0)
+    cooldown_window_s: float = Field(default=30.0, gt=0)
+    cooldown_s: float = Field(default=15.0, gt=0)
+    cooldown_max_s: float = Field(default=60.0, gt=0)
     # How long a connection's decrypted credentials stay cached; change events drop them sooner.
     credential_cache_ttl_s: float = Field(default=60.0, ge=0)
     # How long a provider's model list is reused.
