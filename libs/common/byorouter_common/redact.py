@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,12 @@ _SHAPES: tuple[re.Pattern[str], ...] = (
 # `Basic <base64 of user:password>`, told apart from the English word by what it decodes to.
 _BASIC = re.compile(r"(?i)\b(basic\s+)([A-Za-z0-9+/]{6,}={0,2})")
 
+# Something every pattern above needs (a key family, a field name, a URL's `@`, a query's `?` or
+# `&`), searched in the case-folded text: most log text has none of it, and one search then
+# spares it a dozen substitutions (an access line: ~60 µs down to ~20). A new pattern must add
+# its own trigger here.
+_MAYBE_SECRET = re.compile(r"sk-|byo_|bearer|basic|key|auth|secret|passw|token|code|@|[?&]")
+
 # Names of structured log fields (and dict keys inside them) whose value is a secret.
 _SECRET_FIELD = re.compile(
     r"(?i)(?:^|[_-])(?:api[_-]?key|authorization|secret|password|passwd|token|code_verifier"
@@ -66,6 +73,7 @@ def _redact_shapes(text: str) -> str:
     return _BASIC.sub(_redact_basic, text)
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_field(name: str) -> bool:
     """True if a field called `name` holds a secret whatever its value looks like."""
     return bool(_SECRET_FIELD.search(name))
@@ -108,6 +116,8 @@ def _without_userinfo(url: str) -> str:
 
 def redact(text: str) -> str:
     """Return `text` with anything that looks like a secret replaced by a marker."""
+    if not _MAYBE_SECRET.search(text.casefold()):
+        return text
     text = _redact_shapes(text)
     for pattern in _PATTERNS:
         if pattern.groups:

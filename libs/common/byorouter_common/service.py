@@ -31,6 +31,7 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 
 from byorouter_common.bus import Bus, Discovery, make_broker
 from byorouter_common.logging import setup_logging
+from byorouter_common.metrics import serve_metrics
 from byorouter_common.redact import safe_url
 from byorouter_common.settings import ServiceSettings
 from byorouter_common.telemetry import setup_tracing
@@ -242,12 +243,16 @@ async def run_runtime(service: Service[S], settings: S) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runtime.stopped.set)
+    # Up before the bus, so a scrape sees a copy that is still connecting (or cannot).
+    metrics = serve_metrics(settings.metrics_host, settings.metrics_port)
     try:
         await service.register(runtime)
         await runtime.start()
         await runtime.run_until_stopped()
     finally:
         await runtime.close()
+        if metrics is not None:
+            metrics.stop()
         log.info("%s stopped", service.name)
 
 

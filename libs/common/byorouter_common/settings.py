@@ -41,6 +41,11 @@ class ServiceSettings(BaseSettings):
     # X-Forwarded-Proto); empty trusts nobody, loopback included, so the client IP that rate
     # limits count by is the socket's peer.
     trusted_proxies: str = ""
+    # Prometheus exposition at http://<metrics_host>:<metrics_port>/metrics, on a listener of
+    # its own (never the public API port); 0 serves none. Each service sets its own default
+    # port (gateway 9401, router 9402, keystore 9403, connect 9404, tunnel 9405).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     # Copies of one HTTP service on one host share its port: each opens the listening socket
     # with SO_REUSEPORT and the kernel spreads new connections over them (decision 0024).
     reuse_port: bool = False

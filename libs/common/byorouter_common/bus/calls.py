@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import nats.errors
@@ -13,6 +14,7 @@ from byorouter_common.bus.streams import ERROR, ReplyStream, StreamMux
 from byorouter_common.contracts import HDR_KIND, Endpoint, Event
 from byorouter_common.contracts.base import Rep, Req
 from byorouter_common.errors import ByoError
+from byorouter_common.metrics import BUS_REQUEST_SECONDS
 from byorouter_common.telemetry import inject_headers
 
 
@@ -36,14 +38,20 @@ class Bus:
         """Call `endpoint`; its error envelope, no responders or a timeout raise `ByoError`."""
         t = timeout_s or self.timeout_s
         data = payload.model_dump_json().encode()
+        began = time.perf_counter()
         try:
             msg = await self.nc.request(
                 endpoint.subject, data, timeout=t, headers=inject_headers(headers or {})
             )
         except (TimeoutError, nats.errors.Error, OSError) as exc:
-            raise bus_error(exc, endpoint.service, t) from None
+            error = bus_error(exc, endpoint.service, t)
+            BUS_REQUEST_SECONDS(endpoint.name, error.code).observe(time.perf_counter() - began)
+            raise error from None
         if msg.headers and msg.headers.get(HDR_KIND) == ERROR:
+            # The other side answered: its refusal is a round trip like any other.
+            BUS_REQUEST_SECONDS(endpoint.name, "error").observe(time.perf_counter() - began)
             raise ByoError.from_json(msg.data)
+        BUS_REQUEST_SECONDS(endpoint.name, "ok").observe(time.perf_counter() - began)
         return endpoint.reply.model_validate_json(msg.data)
 
     async def publish_event(self, event: Event[Any], payload: BaseModel) -> None:

@@ -20,8 +20,11 @@ from byorouter_common.bus.streams import ERROR, RESULT
 from byorouter_common.contracts import HDR_KIND, Endpoint, Event
 from byorouter_common.contracts.base import Rep, Req
 from byorouter_common.errors import ByoError
+from byorouter_common.metrics import BUS_HANDLED, BUS_HANDLED_SECONDS, outcome_label
 
 log = logging.getLogger("byorouter_common.bus")
+# One line per bus request answered (endpoint, outcome, duration): docs/operations.md.
+access_log = logging.getLogger("byorouter.access")
 
 
 _DEPENDENCY_ERRORS: list[tuple[tuple[type[BaseException], ...], str]] = []
@@ -62,6 +65,7 @@ def serve(
     """
     name = endpoint.name
     discovery.add(name, endpoint.subject, endpoint.service, endpoint.description)
+    handled_seconds = BUS_HANDLED_SECONDS(name)
 
     async def handle(msg: NatsMessage) -> NatsResponse:
         started = time.perf_counter_ns()
@@ -90,7 +94,18 @@ def serve(
                 log.exception("handler failed", extra={"endpoint": endpoint.subject})
                 failure = "internal error"
                 response = _error_response(errors.internal())
-        discovery.record(name, time.perf_counter_ns() - started, failure)
+        elapsed_ns = time.perf_counter_ns() - started
+        discovery.record(name, elapsed_ns, failure)
+        outcome = "ok" if failure is None else outcome_label(failure)
+        BUS_HANDLED(name, outcome).inc()
+        handled_seconds.observe(elapsed_ns / 1e9)
+        access_log.info(
+            "%s %s %.1fms",
+            name,
+            outcome,
+            elapsed_ns / 1e6,
+            extra={"endpoint": name, "outcome": outcome, "duration_ms": elapsed_ns // 1000 / 1000},
+        )
         return response
 
     handle.__name__ = f"handle_{name}"
