@@ -200,6 +200,8 @@ def main() -> None:
     env = {
         "BYOROUTER_LOG_LEVEL": "WARNING",
         "BYOROUTER_RATE_LIMIT_RPS": "0",
+        # Every scenario drives one connection far past a user's default 20 a second.
+        "BYOROUTER_CONNECTION_RATE_LIMIT_RPS": "0",
     }
     # One tunnel client carries the 200 concurrent streams of the tunnel scenario.
     service_env = {"tunnel": {"BYOROUTER_MAX_CONCURRENCY": "256"}}

@@ -264,7 +264,11 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=60.0, help="load before the baseline")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="byorouter-soak-"))
-    env = {"BYOROUTER_LOG_LEVEL": "WARNING", "BYOROUTER_RATE_LIMIT_RPS": "0"}
+    env = {
+        "BYOROUTER_LOG_LEVEL": "WARNING",
+        "BYOROUTER_RATE_LIMIT_RPS": "0",
+        "BYOROUTER_CONNECTION_RATE_LIMIT_RPS": "0",
+    }
     print(f"starting the stack in {state} ...", flush=True)
     with monitored_nats(state) as (nats_url, monitor_url):
         stack = Stack(state / ".byorouter", nats_url=nats_url, env_overrides=env, echo=False)

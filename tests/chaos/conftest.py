@@ -47,7 +47,11 @@ def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env_overrides={"BYOROUTER_STREAM_IDLE_TIMEOUT_S": str(STREAM_IDLE_S)},
         service_env={
             "router": ROUTER_ENV,
-            "gateway": {"BYOROUTER_AUTH_CACHE_TTL_S": "2", "BYOROUTER_RATE_LIMIT_RPS": "0"},
+            "gateway": {
+                "BYOROUTER_AUTH_CACHE_TTL_S": "2",
+                "BYOROUTER_RATE_LIMIT_RPS": "0",
+                "BYOROUTER_CONNECTION_RATE_LIMIT_RPS": "0",
+            },
             "tunnel": {"BYOROUTER_HEARTBEAT_S": "0.5", "BYOROUTER_KEEPALIVE_INTERVAL_S": "1"},
         },
         restart=RestartPolicy(first_delay_s=0.5, max_delay_s=4.0, healthy_after_s=5.0),

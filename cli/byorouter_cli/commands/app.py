@@ -1,4 +1,5 @@
-"""`byorouter app ...`: register apps, issue and revoke their API keys, set their own provider."""
+"""`byorouter app ...`: register apps, issue and revoke their API keys, set their own provider
+and their rate limits."""
 
 from __future__ import annotations
 
@@ -231,6 +232,70 @@ def app_policy(
             {"client_id": policy.client_id, "allowed_providers": kinds},
             f"Users of {policy.client_id} may connect: "
             + (", ".join(kinds) if kinds is not None else "every kind of provider"),
+        )
+
+    run_on_bus(json_mode, work, render)
+
+
+# --- the app's rate limits ---------------------------------------------------------------------
+
+
+def _limit_text(rps: float | None, burst: int | None, default_env: str) -> str:
+    if rps is None and burst is None:
+        return f"the gateway's default ({default_env}_RPS / _BURST)"
+    if rps == 0 or burst == 0:
+        return "off"
+    per_s = "default" if rps is None else f"{rps:g}"
+    bursts = "default" if burst is None else str(burst)
+    return f"{per_s} requests a second, bursts of {bursts}"
+
+
+@app_cli.command("limits")
+def app_limits(
+    app: Annotated[str, typer.Argument(help="The app's id (app_...) or client id (cli_...).")],
+    rps: Annotated[
+        float | None, typer.Option("--rps", min=0, help="Requests a second for the whole app.")
+    ] = None,
+    burst: Annotated[
+        int | None, typer.Option("--burst", min=0, help="Requests the app may send at once.")
+    ] = None,
+    connection_rps: Annotated[
+        float | None,
+        typer.Option("--connection-rps", min=0, help="Requests a second for each connection."),
+    ] = None,
+    connection_burst: Annotated[
+        int | None,
+        typer.Option("--connection-burst", min=0, help="Requests a connection may send at once."),
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Every limit back to the gateway's default first.")
+    ] = False,
+    json_mode: JsonFlag = False,
+) -> None:
+    """Show the app's rate limits, or set them: for the whole app and for each of its
+    connections (its users), counted across every gateway; 0 turns a limit off. Gateways apply
+    a change to the app's next request."""
+    request = ks.AppLimitsSet(
+        app=app,
+        limits=ks.AppRateLimits(
+            rps=rps, burst=burst, connection_rps=connection_rps, connection_burst=connection_burst
+        ),
+        reset=reset,
+    )
+
+    async def work(bus: Bus) -> ks.AppLimits:
+        return await bus.request(ks.APP_LIMITS_SET, request)
+
+    def render(current: ks.AppLimits) -> tuple[Mapping[str, Any], str]:
+        limits = current.limits
+        return (
+            {"app_id": current.app_id, "client_id": current.client_id, **limits.model_dump()},
+            f"Rate limits of {current.app_id} ({current.client_id}):\n"
+            f"  app:             {_limit_text(limits.rps, limits.burst, 'BYOROUTER_RATE_LIMIT')}\n"
+            "  each connection: "
+            + _limit_text(
+                limits.connection_rps, limits.connection_burst, "BYOROUTER_CONNECTION_RATE_LIMIT"
+            ),
         )
 
     run_on_bus(json_mode, work, render)

@@ -68,6 +68,7 @@ class _Lease:
     __slots__ = (
         "expires_at",
         "known",
+        "limit",
         "local_at",
         "pending",
         "refused_until",
@@ -76,7 +77,9 @@ class _Lease:
         "tokens",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, limit: Limit) -> None:
+        # What the tokens were leased under: a changed limit starts a new lease at once.
+        self.limit = limit
         self.tokens = 0.0
         self.expires_at = 0.0
         self.refused_until = 0.0
@@ -155,7 +158,7 @@ class SharedTokenBuckets:
         if not limit.enabled:
             return None
         lease = self._leases.get(key)
-        if lease is not None:
+        if lease is not None and lease.limit == limit:
             now = time.monotonic()
             if lease.tokens >= 1.0 and lease.expires_at > now:
                 lease.tokens -= 1.0
@@ -169,7 +172,10 @@ class SharedTokenBuckets:
         if lease is None:
             if len(self._leases) >= _MAX_KEYS:
                 self._forget_expired()
-            lease = self._leases[key] = _Lease()
+            lease = self._leases[key] = _Lease(limit)
+        elif lease.limit != limit:
+            # Tokens leased under the old limit are not spent under the new one.
+            lease.limit, lease.tokens, lease.refused_until, lease.local_at = limit, 0.0, 0.0, -1.0
         # Each round either spends a token, refuses, or saw a lease taken from the bucket
         # (which holds finitely many tokens): it ends.
         while True:

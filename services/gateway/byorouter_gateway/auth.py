@@ -2,7 +2,8 @@
 
 A key is `byo_sk_<key_id>_<secret>`. A malformed or missing key is refused without a bus call.
 Keystore gets the key id and the SHA-256 of the whole key, never the key; its answer is cached per
-key hash for `ttl_s`, and an `APP_KEY_REVOKED` event drops the key from every gateway copy at once.
+key hash for `ttl_s`, and an `APP_KEY_REVOKED` event drops the key from every gateway copy at once
+(an `APP_LIMITS_CHANGED` event drops the app's keys, so the next request brings its new limits).
 Concurrent first requests with the same key share one keystore call. Refusals are counted per
 client IP: an IP that has used up its failures gets 429 before its next key is looked up.
 """
@@ -72,8 +73,8 @@ class AppKeyAuth:
         self._trusted: dict[str, _Trusted] = {}
         self._refused: dict[str, float] = {}
         self._in_flight: dict[str, asyncio.Future[ks.AppPrincipal]] = {}
-        # Bumped on every revocation, so an answer that was on its way while a key was revoked
-        # is used once but never cached.
+        # Bumped on every revocation (and change of limits), so an answer that was on its way
+        # meanwhile is used once but never cached.
         self._revocations = 0
 
     async def authenticate(self, authorization: str | None, client_ip: str) -> ks.AppPrincipal:
@@ -145,4 +146,16 @@ class AppKeyAuth:
             del self._trusted[key_hash]
         log.debug(
             "app key revoked; dropped %d cached entries", len(stale), extra={"key_id": event.key_id}
+        )
+
+    async def on_app_limits_changed(self, event: events.AppLimitsChangedEvent) -> None:
+        """Drop the app's cached keys: its next request asks keystore and brings the limits."""
+        self._revocations += 1
+        stale = [h for h, t in self._trusted.items() if t.principal.app_id == event.app_id]
+        for key_hash in stale:
+            del self._trusted[key_hash]
+        log.debug(
+            "app limits changed; dropped %d cached entries",
+            len(stale),
+            extra={"app_id": event.app_id},
         )

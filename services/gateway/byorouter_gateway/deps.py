@@ -24,6 +24,7 @@ from byorouter_common.bus import Bus
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.rate_limit import TokenBuckets, client_ip
 from byorouter_gateway.auth import AppKeyAuth
+from byorouter_gateway.limits import RequestLimits
 from byorouter_gateway.middleware import APP_ID_SCOPE_KEY, request_id_of
 from byorouter_gateway.settings import GatewaySettings
 
@@ -39,7 +40,8 @@ class Gateway:
     settings: GatewaySettings
     bus: Callable[[], Bus]
     app_keys: AppKeyAuth
-    rate_limiter: TokenBuckets
+    # Per app and per connection, shared by every gateway copy.
+    limits: RequestLimits
     # Key tests (POST /v1/credentials/test) per app: each makes the router call a provider of
     # the caller's choosing, so unthrottled it would check stolen keys for anyone.
     credential_tests: TokenBuckets = field(
@@ -83,7 +85,7 @@ async def app_principal(request: Request) -> ks.AppPrincipal:
         request.headers.get("authorization"), client_ip(request)
     )
     request.scope[APP_ID_SCOPE_KEY] = principal.app_id
-    gateway.rate_limiter.take(principal.app_id)
+    await gateway.limits.admit_app(principal)
     return principal
 
 
@@ -114,6 +116,14 @@ def connection_id_of(request: Request) -> str:
             code="missing_connection",
         )
     return checked_connection_id(connection_id)
+
+
+async def admitted_connection_id(request: Request, principal: ks.AppPrincipal) -> str:
+    """`connection_id_of`, within the connection's rate limit (429): for calls that reach a
+    provider (chat, embeddings, responses), where one user's runaway loop would cost money."""
+    connection_id = connection_id_of(request)
+    await gateway_of(request).limits.admit_connection(principal, connection_id)
+    return connection_id
 
 
 # --- dependencies: the same, plus what OpenAPI should document -----------------------------

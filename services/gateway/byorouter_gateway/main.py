@@ -9,9 +9,11 @@ from starlette.middleware.cors import CORSMiddleware
 
 from byorouter_common.bus import Bus, subscribe_event
 from byorouter_common.contracts import events
+from byorouter_common.contracts import gateway as gw
 from byorouter_common.health import health_router
 from byorouter_common.rate_limit import TokenBuckets
 from byorouter_common.service import Service, ServiceRuntime
+from byorouter_common.shared_limits import SharedTokenBuckets
 from byorouter_gateway.api import openapi
 from byorouter_gateway.api.routes import (
     chat,
@@ -29,6 +31,7 @@ from byorouter_gateway.api.routes import (
 from byorouter_gateway.auth import AppKeyAuth
 from byorouter_gateway.deps import CREDENTIAL_TESTS_MESSAGE, Gateway
 from byorouter_gateway.errors import install_error_handlers
+from byorouter_gateway.limits import RequestLimits
 from byorouter_gateway.middleware import RequestContextMiddleware
 from byorouter_gateway.settings import GatewaySettings
 
@@ -43,8 +46,9 @@ DEPENDENCIES = ("keystore", "router")
 def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> FastAPI:
     """The gateway app; `bus_provider` gives the bus once the service has connected.
 
-    `app.state.gateway.app_keys.on_key_revoked` must be subscribed to `APP_KEY_REVOKED` by the
-    caller (before the broker starts) so revoked keys are refused at once.
+    `app.state.gateway.app_keys.on_key_revoked` must be subscribed to `APP_KEY_REVOKED` (and
+    `on_app_limits_changed` to `APP_LIMITS_CHANGED`) by the caller before the broker starts, so
+    revoked keys are refused and new limits applied at once.
     """
     app = FastAPI(
         title="BYORouter gateway",
@@ -64,10 +68,11 @@ def create_app(settings: GatewaySettings, bus_provider: Callable[[], Bus]) -> Fa
             max_entries=settings.auth_cache_size,
             failures_per_ip_per_min=settings.auth_failures_per_ip_per_min,
         ),
-        rate_limiter=TokenBuckets(
-            settings.rate_limit_rps,
-            settings.rate_limit_burst,
-            "Too many requests for this app; slow down.",
+        limits=RequestLimits(
+            settings,
+            SharedTokenBuckets(
+                lambda: bus_provider().nc, gw.RATE_LIMITS, replicas=settings.jetstream_replicas
+            ),
         ),
         credential_tests=TokenBuckets.per_minute(
             settings.credential_tests_per_app_per_min, CREDENTIAL_TESTS_MESSAGE
@@ -124,6 +129,11 @@ async def register(runtime: ServiceRuntime[GatewaySettings]) -> None:
     gateway: Gateway = app.state.gateway
     # Subscribed before the broker starts, so no revocation can slip in between.
     subscribe_event(runtime.broker, events.APP_KEY_REVOKED, gateway.app_keys.on_key_revoked)
+    subscribe_event(
+        runtime.broker, events.APP_LIMITS_CHANGED, gateway.app_keys.on_app_limits_changed
+    )
+    # Opens (or creates) the shared limits bucket; if the bus refuses, limits count per copy.
+    runtime.on_started(gateway.limits.buckets.start)
     runtime.serve_http(
         app, host=settings.host, port=settings.port, grace_s=settings.shutdown_grace_s
     )

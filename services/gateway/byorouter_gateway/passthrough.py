@@ -15,9 +15,9 @@ from byorouter_common.contracts import HDR_REQUEST_ID
 from byorouter_common.contracts import router as rt
 from byorouter_common.contracts.base import Endpoint
 from byorouter_gateway.deps import (
+    admitted_connection_id,
     app_principal,
     bus_of,
-    connection_id_of,
     gateway_of,
     read_body,
 )
@@ -60,7 +60,7 @@ async def relay(
     """Authenticate, read and `check` the body (whether it asks for a stream), send it to the
     router on `endpoint` and relay the answer, as the chat route does."""
     principal = await app_principal(request)
-    connection_id = connection_id_of(request)
+    connection_id = await admitted_connection_id(request, principal)
     bus = bus_of(request)
     raw = await read_body(request, gateway_of(request).settings.max_body_bytes)
     streaming = check(raw)

@@ -23,9 +23,14 @@ class GatewaySettings(ServiceSettings):
     # sooner, so this only bounds the damage of a missed event.
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
     auth_cache_size: int = Field(default=10_000, ge=1)
-    # Requests per second and burst per app, per gateway copy; 0 turns the limit off.
-    rate_limit_rps: float = Field(default=100.0, ge=0)
-    rate_limit_burst: int = Field(default=200, ge=0)
+    # The default limits of an app (requests a second, burst) and of each of its connections,
+    # counted across every gateway copy; `byorouter app limits` sets them per app, 0 turns one
+    # off. The app's is far above what a copy serves (about 1,200 a second): in effect off
+    # unless set. The connection's stops one user's runaway loop (decision 0021).
+    rate_limit_rps: float = Field(default=10_000.0, ge=0)
+    rate_limit_burst: int = Field(default=20_000, ge=0)
+    connection_rate_limit_rps: float = Field(default=20.0, ge=0)
+    connection_rate_limit_burst: int = Field(default=100, ge=0)
     # Requests refused for their app key allowed per minute per client IP, per gateway copy;
     # beyond that the IP gets 429 and its keys are not even looked up until the budget refills.
     auth_failures_per_ip_per_min: int = Field(default=30, ge=1)

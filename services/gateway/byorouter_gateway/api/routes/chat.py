@@ -24,9 +24,9 @@ from byorouter_gateway.api.schemas import (
 from byorouter_gateway.deps import (
     CONNECTION_HEADER,
     CONNECTION_ID,
+    admitted_connection_id,
     app_principal,
     bus_of,
-    connection_id_of,
     gateway_of,
     read_body,
 )
@@ -118,7 +118,7 @@ async def create_chat_completion(request: Request) -> Response:
     # The hot path calls what AppPrincipalDep, ConnectionIdDep and BusDep call, directly:
     # FastAPI's dependency solving cost ~60 µs per request here, about half the gateway's share.
     principal = await app_principal(request)
-    connection_id = connection_id_of(request)
+    connection_id = await admitted_connection_id(request, principal)
     bus = bus_of(request)
     raw = await read_body(request, gateway_of(request).settings.max_body_bytes)
     streaming = check_chat_body(raw)
