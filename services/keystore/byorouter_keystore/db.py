@@ -21,10 +21,14 @@ if TYPE_CHECKING:
 _ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     # hide_parameters: SQL errors and logs must never carry bound values (ciphertexts, hashes).
     return create_async_engine(
-        database_url, hide_parameters=True, pool_pre_ping=True, pool_size=10, max_overflow=10
+        database_url,
+        hide_parameters=True,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
     )
 
 

@@ -43,7 +43,11 @@ async def register(runtime: ServiceRuntime[KeystoreSettings]) -> None:
         (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError),
         "The key store's database is unavailable; try again shortly.",
     )
-    engine = create_engine(settings.database_url)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     runtime.on_stop(engine.dispose)
     sessions = session_factory(engine)
     AppHandlers(runtime, sessions, keyring).register()

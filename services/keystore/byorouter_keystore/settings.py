@@ -16,6 +16,11 @@ class KeystoreSettings(ServiceSettings):
         default="postgresql+psycopg://postgres@127.0.0.1:5432/byorouter",
         validation_alias=AliasChoices("DATABASE_URL", "BYOROUTER_DATABASE_URL"),
     )
+    # BYOROUTER_DB_POOL_SIZE / BYOROUTER_DB_MAX_OVERFLOW: database connections each copy keeps
+    # open once used, and how many more it may open under load; copies x (pool + overflow) must
+    # stay under the server's max_connections (docs/scaling.md).
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
     # BYOROUTER_KEYRING_FILE: the keyring JSON file (mode 0600); rotation rewrites it.
     keyring_file: Path = Path(".byorouter/keyring.json")
     # BYOROUTER_KEYRING: the same JSON inline, for containers; such a keyring cannot be rotated.
