@@ -21,6 +21,8 @@ from opentelemetry.trace import Status
 from byorouter_common.redact import REDACTED, is_secret_field, redact
 
 EXPORTERS: Final = frozenset({"console", "otlp"})
+TRACEPARENT: Final = "traceparent"
+_enabled = False
 _OTLP_ENDPOINTS: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
@@ -85,7 +87,14 @@ def setup_tracing(
 
             provider.add_span_processor(BatchSpanProcessor(RedactingExporter(OTLPSpanExporter())))
     trace.set_tracer_provider(provider)
+    global _enabled
+    _enabled = True
     return provider
+
+
+def tracing_enabled() -> bool:
+    """True once `setup_tracing` installed an exporting SDK: a hot path may skip spans if not."""
+    return _enabled
 
 
 class RedactingExporter(SpanExporter):

@@ -14,12 +14,12 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Final
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from byorouter_common.contracts.events import UsageEvent
 from byorouter_common.errors import ByoError
-from byorouter_common.telemetry import extract_context
+from byorouter_common.telemetry import TRACEPARENT, extract_context, tracing_enabled
 from byorouter_router.credentials import ConnectionCredentials
 from byorouter_router.fallback import APP_DEFAULT, Candidate
 from byorouter_router.providers.base import Operation
@@ -41,11 +41,25 @@ def provider_kind(connection: ConnectionCredentials, candidate: Candidate) -> st
     return candidate.provider
 
 
-@contextlib.contextmanager
 def traced_request(
     operation: Operation, headers: Mapping[str, str] | None, request_id: str
+) -> contextlib.AbstractContextManager[RequestTrace]:
+    """The router's span of one request, a child of the caller's (`traceparent` header).
+
+    With tracing off no span is started at all (a no-op one costs a few microseconds); a
+    caller's `traceparent` is still made current, so keystore calls carry it on.
+    """
+    if tracing_enabled():
+        return _recorded(operation, headers, request_id)
+    if headers and TRACEPARENT in headers:
+        return _carried(headers)
+    return _UNTRACED
+
+
+@contextlib.contextmanager
+def _recorded(
+    operation: Operation, headers: Mapping[str, str] | None, request_id: str
 ) -> Iterator[RequestTrace]:
-    """The router's span of one request, a child of the caller's (`traceparent` header)."""
     with tracer.start_as_current_span(
         "router.chat" if operation == "chat" else f"router.{operation}",
         context=extract_context(headers) if headers else None,
@@ -60,6 +74,15 @@ def traced_request(
             yield RequestTrace(span, operation)
         else:
             yield OFF
+
+
+@contextlib.contextmanager
+def _carried(headers: Mapping[str, str]) -> Iterator[RequestTrace]:
+    token = context.attach(extract_context(headers))
+    try:
+        yield OFF
+    finally:
+        context.detach(token)
 
 
 class RequestTrace:
@@ -174,3 +197,4 @@ class _NotRecording(RequestTrace):
 
 _NOTHING: Final = contextlib.nullcontext()
 OFF: Final = _NotRecording(trace.INVALID_SPAN, "chat")
+_UNTRACED: Final = contextlib.nullcontext(OFF)
