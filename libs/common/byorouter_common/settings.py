@@ -34,7 +34,8 @@ class ServiceSettings(BaseSettings):
     # A stream with no message (not even a keep-alive) for this long is treated as failed.
     # Three of the senders' 5 s keep-alives: a copy killed mid-stream is noticed after 15 s.
     stream_idle_timeout_s: float = 15.0
-    # OpenTelemetry exporter: none | console (OTLP can be added by the operator's own config).
+    # Where spans go: none | console | otlp. With none the standard OTEL_TRACES_EXPORTER and
+    # OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT decide (`telemetry.chosen_exporters`).
     otel_exporter: str = "none"
     # BYOROUTER_TRUSTED_PROXIES: comma-separated IPs or CIDRs of the reverse proxies in front of
     # the HTTP services. Only a peer listed here may say who the client is (X-Forwarded-For,
