@@ -10,7 +10,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.trace import Status, StatusCode
 
 from byorouter_common.redact import REDACTED
-from byorouter_common.telemetry import RedactingExporter, chosen_exporters
+from byorouter_common.span_export import RedactingExporter
+from byorouter_common.telemetry import chosen_exporters
 
 
 @pytest.mark.parametrize(
