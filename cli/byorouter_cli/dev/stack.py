@@ -42,7 +42,7 @@ from byorouter_cli.dev.demo import (
     register_demo_tunnel,
 )
 from byorouter_cli.dev.errors import StackError
-from byorouter_cli.dev.ports import Ports, port_is_free
+from byorouter_cli.dev.ports import Ports, free_ports, port_is_free
 from byorouter_cli.dev.processes import (
     LOG_TAIL_LINES,
     AnswersOn,
@@ -117,6 +117,8 @@ class Stack:
         self.nats_users_file = self._state.nats_users_file
         self.nats_config_file = self._state.nats_config_file
         self.ports = ports or Ports.free()
+        # Each service copy's own /metrics listener (copies get theirs in `start_copy`).
+        self._metrics_ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
         self.services = tuple(name for name in SERVICES if name in services)
         self.with_upstream = upstream
         # The example chat app needs the gateway, Connect and the demo app it plays.
@@ -203,6 +205,10 @@ class Stack:
     @property
     def example_app_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.example_app}"
+
+    def metrics_url(self, name: str) -> str:
+        """Where the service (or copy, `router-2`) `name` serves its Prometheus metrics."""
+        return f"http://127.0.0.1:{self._metrics_ports[name]}/metrics"
 
     def log_file(self, name: str) -> Path:
         return self.logs_dir / f"{name}.log"
@@ -312,8 +318,19 @@ class Stack:
             number += 1
         copy = f"{name}-{number}"
         spec = dataclasses.replace(self._spec_for(name), name=copy, log_path=self.log_file(copy))
+        if copy not in self._metrics_ports:
+            self._metrics_ports[copy] = self._new_metrics_port()
+        spec.env["BYOROUTER_METRICS_PORT"] = str(self._metrics_ports[copy])
         self._children.launch(spec)
         return copy
+
+    def _new_metrics_port(self) -> int:
+        """A free port no service or copy of this stack has been given yet."""
+        taken = set(self._metrics_ports.values())
+        while True:
+            port = free_ports(1)[0]
+            if port not in taken:
+                return port
 
     def restarts(self, name: str) -> int:
         """How often `name` was started again after exiting on its own."""
@@ -516,6 +533,8 @@ class Stack:
         if password is not None:
             env["BYOROUTER_NATS_USER"] = name
             env["BYOROUTER_NATS_PASSWORD"] = password
+        env["BYOROUTER_METRICS_HOST"] = "127.0.0.1"
+        env["BYOROUTER_METRICS_PORT"] = str(self._metrics_ports[name])
         env.update(self.env_overrides)
         if name == "keystore":
             env["DATABASE_URL"] = self.database_url

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
+from byorouter_common.access import AccessMiddleware
 from byorouter_common.health import health_router
 from byorouter_common.service import Service, ServiceRuntime
 from byorouter_connect import consent, manage
@@ -65,6 +66,8 @@ def create_app(runtime: ServiceRuntime[ConnectSettings]) -> FastAPI:
     app.include_router(manage.router)
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")
     app.add_middleware(SecurityHeadersMiddleware)
+    # Outermost: every request is counted and gets its access line, refusals included.
+    app.add_middleware(AccessMiddleware)
     return app
 
 

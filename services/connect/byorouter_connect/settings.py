@@ -13,6 +13,8 @@ class ConnectSettings(ServiceSettings):
     # Loopback by default: exposing the UI beyond this machine is an explicit operator choice.
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("BYOROUTER_CONNECT_HOST"))
     port: int = Field(default=8080, validation_alias=AliasChoices("BYOROUTER_CONNECT_PORT"))
+    # BYOROUTER_METRICS_PORT: /metrics on its own listener (0: none); see docs/operations.md.
+    metrics_port: int = Field(default=9404, ge=0, le=65535)
     # BYOROUTER_CODE_TTL_S: how long an authorization code may wait for the app's exchange
     # (at most 10 minutes, RFC 9700; the app's server normally exchanges it within a second).
     code_ttl_s: int = Field(default=300, ge=10, le=MAX_CODE_TTL_S)

@@ -1,4 +1,4 @@
-"""The one middleware: a request id on every response, a server span, an optional access line.
+"""The one middleware: a request id on every response, a server span, metrics, an access line.
 
 Pure ASGI (no `BaseHTTPMiddleware`, which costs a task and a memory stream per request). It is
 also the last resort for an unexpected exception: a 500 in the error envelope, with the request
@@ -18,10 +18,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from byorouter_common import errors
+from byorouter_common.access import QUIET_ROUTES, UNMATCHED, status_label
+from byorouter_common.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, method_label
 from byorouter_gateway.errors import error_headers
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("byorouter.gateway.access")
+access_log = logging.getLogger("byorouter.access")
 tracer = trace.get_tracer("byorouter.gateway")
 
 REQUEST_ID_SCOPE_KEY: Final = "byorouter.request_id"
@@ -30,6 +32,9 @@ CLIENT_CHOSE_ID_SCOPE_KEY: Final = "byorouter.client_chose_request_id"
 _INCOMING_ID: Final = re.compile(rb"^[A-Za-z0-9_-]{1,64}$")
 _X_REQUEST_ID: Final = b"x-request-id"
 _TRACEPARENT: Final = b"traceparent"
+# Set by the chat relay from the router's `start`: who answered, after how many upstream calls.
+_PROVIDER: Final = b"x-byorouter-provider"
+_ATTEMPTS: Final = b"x-byorouter-attempts"
 # Status recorded when the client left before any response started (nginx's convention).
 CLIENT_CLOSED: Final = 499
 
@@ -53,7 +58,7 @@ def bus_request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, access_log_enabled: bool = False) -> None:
+    def __init__(self, app: ASGIApp, *, access_log_enabled: bool = True) -> None:
         self.app = app
         self.access_log_enabled = access_log_enabled
 
@@ -76,12 +81,20 @@ class RequestContextMiddleware:
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         request_id_header = (_X_REQUEST_ID, request_id.encode())
         status = 0
+        served_by: bytes | None = None
+        attempts: bytes | None = None
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, served_by, attempts
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), request_id_header]
+                headers = message.get("headers", ())
+                for name, value in headers:
+                    if name == _PROVIDER:
+                        served_by = value
+                    elif name == _ATTEMPTS:
+                        attempts = value
+                message["headers"] = [*headers, request_id_header]
             await send(message)
 
         parent = (
@@ -112,9 +125,18 @@ class RequestContextMiddleware:
                 await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             context.detach(token)
-            self._finish(scope, span, status or CLIENT_CLOSED, started)
+            self._finish(scope, span, status or CLIENT_CLOSED, started, served_by, attempts)
 
-    def _finish(self, scope: Scope, span: trace.Span, status: int, started: float) -> None:
+    def _finish(
+        self,
+        scope: Scope,
+        span: trace.Span,
+        status: int,
+        started: float,
+        served_by: bytes | None,
+        attempts: bytes | None,
+    ) -> None:
+        elapsed = time.perf_counter() - started
         route = scope.get("route")
         path_format: str | None = getattr(route, "path_format", None)
         app_id: str | None = scope.get(APP_ID_SCOPE_KEY)
@@ -128,13 +150,26 @@ class RequestContextMiddleware:
             if status >= 500:
                 span.set_status(StatusCode.ERROR)
             span.end()
-        if self.access_log_enabled:
-            # The route template, never the raw path or query: they may carry ids or secrets.
+        # The route template, never the raw path or query: they may carry ids or secrets.
+        template = path_format or UNMATCHED
+        method = method_label(scope["method"])
+        HTTP_REQUESTS(template, method, status_label(status)).inc()
+        HTTP_REQUEST_SECONDS(template).observe(elapsed)
+        if self.access_log_enabled and template not in QUIET_ROUTES:
             access_log.info(
                 "%s %s %d %.1fms",
-                scope["method"],
-                path_format or "-",
+                method,
+                template,
                 status,
-                (time.perf_counter() - started) * 1000,
-                extra={"request_id": scope[REQUEST_ID_SCOPE_KEY], "app_id": app_id},
+                elapsed * 1000,
+                extra={
+                    "method": method,
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "request_id": scope[REQUEST_ID_SCOPE_KEY],
+                    "app_id": app_id,
+                    "provider": served_by.decode() if served_by is not None else None,
+                    "attempts": int(attempts) if attempts is not None else None,
+                },
             )

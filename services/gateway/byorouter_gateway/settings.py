@@ -19,6 +19,8 @@ class GatewaySettings(ServiceSettings):
     # Loopback by default: exposing the API beyond this machine is an explicit operator choice.
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("BYOROUTER_GATEWAY_HOST"))
     port: int = Field(default=4000, validation_alias=AliasChoices("BYOROUTER_GATEWAY_PORT"))
+    # BYOROUTER_METRICS_PORT: /metrics on its own listener (0: none); see docs/operations.md.
+    metrics_port: int = Field(default=9401, ge=0, le=65535)
     # How long a verified app key is trusted without asking keystore; revocation events drop it
     # sooner, so this only bounds the damage of a missed event.
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
@@ -39,8 +41,9 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = Field(default=8 * MIB, ge=1)
     # Browser origins allowed to call the API directly; empty turns CORS off.
     cors_origins: list[str] = Field(default_factory=list)
-    # One compact INFO line per request; off by default (the hot path logs nothing above DEBUG).
-    access_log: bool = False
+    # BYOROUTER_ACCESS_LOG: one INFO line per request (method, route template, status,
+    # duration, request id, provider, attempts); false turns it off.
+    access_log: bool = True
     # /readyz waits this long for keystore and router to answer discovery pings.
     ready_timeout_s: float = Field(default=1.0, gt=0)
     # On shutdown, how long open responses (long streams) may finish before they are cut.

@@ -27,6 +27,7 @@ from byorouter_common.contracts import router
 from byorouter_common.contracts.router import StreamStart
 from byorouter_common.errors import ByoError
 from byorouter_gateway.errors import JSON, error_headers
+from byorouter_gateway.metrics import STREAMS_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class ChatRelay(Response):
         relay = asyncio.current_task()
         assert relay is not None
         watcher = asyncio.get_running_loop().create_task(self._watch_client(receive, relay))
+        STREAMS_IN_FLIGHT.inc()
         try:
             await self._relay(send)
         except asyncio.CancelledError:
@@ -121,6 +123,7 @@ class ChatRelay(Response):
             # We cancelled ourselves because the client left; that is a normal end.
             relay.uncancel()
         finally:
+            STREAMS_IN_FLIGHT.dec()
             watcher.cancel()
             self._stream.close()
             if not self._complete:

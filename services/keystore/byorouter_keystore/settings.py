@@ -10,6 +10,8 @@ from byorouter_common.settings import ServiceSettings
 
 
 class KeystoreSettings(ServiceSettings):
+    # BYOROUTER_METRICS_PORT: /metrics on its own listener (0: none); see docs/operations.md.
+    metrics_port: int = Field(default=9403, ge=0, le=65535)
     # An SQLAlchemy URL for psycopg 3, e.g. postgresql+psycopg://user:pw@host/db or, for a unix
     # socket, postgresql+psycopg://postgres@/postgres?host=/run/postgresql.
     database_url: str = Field(

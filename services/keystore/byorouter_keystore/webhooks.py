@@ -42,6 +42,7 @@ from byorouter_keystore.crypto import (
     seal,
     unseal,
 )
+from byorouter_keystore.metrics import WEBHOOK_DELIVERIES
 from byorouter_keystore.settings import KeystoreSettings
 from byorouter_keystore.shared import BASE_URL_RULE, Handlers, audit, get_app, is_plain_http_url
 from byorouter_keystore.tables import Connection, Credential, Webhook, WebhookDelivery
@@ -401,13 +402,16 @@ class WebhookSender:
         values: dict[str, Any] = {"attempts": attempts}
         if error is None:
             values.update(status="delivered", delivered_at=func.now(), last_error=None)
+            WEBHOOK_DELIVERIES("delivered").inc()
         else:
             delay = retry_delay_s(self._settings.webhook_retry_schedule_s, attempts)
             values["last_error"] = error[:_MAX_ERROR]
             if delay is None:
                 values["status"] = "failed"
+                WEBHOOK_DELIVERIES("failed").inc()
             else:
                 values["next_attempt_at"] = func.now() + timedelta(seconds=delay)
+                WEBHOOK_DELIVERIES("retry").inc()
             # The webhook's id, never its URL: a URL may carry the receiver's own token.
             log.info(
                 "webhook delivery failed",

@@ -64,6 +64,7 @@ from byorouter_router.fallback import (
     RetryPolicy,
     fallback_candidates,
 )
+from byorouter_router.metrics import RequestRecord, count_in_flight, count_tokens
 from byorouter_router.model_ids import choose_provider
 from byorouter_router.providers.base import Operation, Provider, ProviderCredential
 from byorouter_router.reply import BusReply
@@ -131,6 +132,7 @@ class ChatRouter:
         self._chain = FallbackChain(
             self._retry, clock=asyncio.get_running_loop().time, cooldowns=self._cooldowns
         )
+        count_in_flight(lambda: len(self._tasks))
         await self._usage.start()
         self._discovery.add(ENDPOINT_NAME, CHAT.subject, CHAT.service, CHAT.description)
         self._requests = await self._nc.subscribe(
@@ -279,6 +281,7 @@ class ChatRouter:
         operation: Operation = "chat",
     ) -> None:
         began = time.perf_counter_ns()
+        record = RequestRecord(operation, request_id)
         deadline = asyncio.get_running_loop().time() + self._deadline_s
         # A request that came in parts already has its writer (its `more` took a Byo-Seq).
         writer = writer or StreamWriter(self._nc, msg.reply)
@@ -296,6 +299,7 @@ class ChatRouter:
                     provider_kind(connection, requested),
                     body.get("stream") is True,
                 )
+                record.asked(requested)
                 if provider_name == APP_DEFAULT and connection.app_default is not None:
                     if connection.app_default.provider not in self._providers:
                         raise ByoError(
@@ -323,7 +327,9 @@ class ChatRouter:
                     deadline,
                     operation,
                     traced,
+                    record,
                 )
+                record.answered(served, reply.first_output)
                 usage = self._publish_usage(request_id, connection, served, reply)
                 traced.served(served, provider_kind(connection, served), usage)
             except ByoError as exc:
@@ -348,6 +354,7 @@ class ChatRouter:
                 self._discovery.record(
                     _endpoint_name(operation), time.perf_counter_ns() - began, failure
                 )
+                record.finish(failure)
 
     async def _serve(
         self,
@@ -359,6 +366,7 @@ class ChatRouter:
         deadline: float,
         operation: Operation = "chat",
         traced: RequestTrace = OFF,
+        record: RequestRecord | None = None,
     ) -> tuple[Candidate, BusReply]:
         """Answer from the requested provider or a fallback; who served it and its reply."""
         # Usage is always asked of a streaming upstream (it is what the user pays for); the
@@ -385,6 +393,7 @@ class ChatRouter:
             candidates = [c for c in candidates if allows(connection.limits, c)]
         replies: list[BusReply] = []
         tried: list[Candidate] = []
+        recorded = record or RequestRecord(operation, request_id)
 
         async def attempt(candidate: Candidate, attempts: int) -> None:
             reply = BusReply(
@@ -401,7 +410,10 @@ class ChatRouter:
                         "attempt": attempts,
                     },
                 )
-            with traced.attempt(candidate, provider_kind(connection, candidate)):
+            with (
+                traced.attempt(candidate, provider_kind(connection, candidate)),
+                recorded.attempt(candidate),
+            ):
                 provider, credential = self._provider_for(connection, candidate)
                 if operation == "chat":
                     await provider.chat(credential, candidate.model, body, reply, deadline)
@@ -482,6 +494,7 @@ class ChatRouter:
         )
         # The ack is awaited (and retried) in the background: the answer never waits for it.
         self._usage.publish(events.USAGE.subject, event.model_dump_json().encode(), request_id)
+        count_tokens(served.provider, event)
         return event
 
     async def _publish_credential_status(

@@ -23,6 +23,7 @@ from byorouter_router.cooldowns import Cooldowns
 from byorouter_router.credential_check import CredentialChecker
 from byorouter_router.credentials import CredentialCache
 from byorouter_router.fallback import RetryPolicy
+from byorouter_router.metrics import cooldown_ended, cooldown_started
 from byorouter_router.providers.anthropic.provider import AnthropicProvider
 from byorouter_router.providers.base import Provider
 from byorouter_router.providers.errors import Timeouts
@@ -66,6 +67,8 @@ class RouterHandlers:
             window_s=settings.cooldown_window_s,
             cooldown_s=settings.cooldown_s,
             max_cooldown_s=settings.cooldown_max_s,
+            on_start=cooldown_started,
+            on_end=cooldown_ended,
         )
         self._session: aiohttp.ClientSession | None = None
         self._catalog: ModelCatalog | None = None

@@ -6,6 +6,7 @@ and done (streamed) or result, or error (written by `chat.py`, which knows why i
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ class BusReply:
         "_strip_usage",
         "_writer",
         "delivered",
+        "first_output",
         "result_body",
         "started",
         "usage",
@@ -53,12 +55,16 @@ class BusReply:
         self.result_body: bytes | None = None
         # Deltas with text sent on (an estimate of tokens, for an answer that breaks midway).
         self.delivered = 0
+        # When (perf_counter) the first chunk or the whole answer went out: time to first token.
+        self.first_output = 0.0
 
     async def start(self) -> None:
         self.started = True
         await self._writer.send(START, self._start)
 
     async def chunk(self, lines: bytes) -> None:
+        if not self.first_output:
+            self.first_output = time.perf_counter()
         self.delivered += delivered_deltas(lines)
         # Usage seen in a chunk still counts if the stream breaks before `done`.
         reported = streamed_usage(lines)
@@ -80,6 +86,7 @@ class BusReply:
     async def result(self, body: bytes) -> None:
         # Its usage is read after the answer is on its way (`reported_usage`), not before.
         self.result_body = body
+        self.first_output = time.perf_counter()
         await self._writer.send(RESULT, body)
 
     def reported_usage(self) -> dict[str, Any] | None:

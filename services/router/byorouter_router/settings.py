@@ -8,6 +8,8 @@ from byorouter_common.settings import ServiceSettings
 
 
 class RouterSettings(ServiceSettings):
+    # BYOROUTER_METRICS_PORT: /metrics on its own listener (0: none); see docs/operations.md.
+    metrics_port: int = Field(default=9402, ge=0, le=65535)
     # Opening a TCP/TLS connection to a provider.
     upstream_connect_timeout_s: float = Field(default=10.0, gt=0)
     # Waiting for the first byte, and for each next byte of a streamed answer.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI, WebSocket
 
+from byorouter_common.access import AccessMiddleware
 from byorouter_common.bus import subscribe_event
 from byorouter_common.contracts import events
 from byorouter_common.health import health_router
 from byorouter_common.service import Service, ServiceRuntime
 from byorouter_tunnel.downloads import default_dist_dir, downloads_router
 from byorouter_tunnel.hub import Hub
+from byorouter_tunnel.metrics import watch_hub
 from byorouter_tunnel.settings import TunnelSettings
 
 # The path clients dial: `wss://<host>/tunnel`.
@@ -26,12 +28,14 @@ def create_app(runtime: ServiceRuntime[TunnelSettings], hub: Hub) -> FastAPI:
     async def tunnel_socket(ws: WebSocket) -> None:
         await hub.serve(ws)
 
+    app.add_middleware(AccessMiddleware)
     return app
 
 
 async def register(runtime: ServiceRuntime[TunnelSettings]) -> None:
     settings = runtime.settings
     hub = Hub(settings, lambda: runtime.bus)
+    watch_hub(hub)
     subscribe_event(runtime.broker, events.TUNNEL_CHANGED, hub.on_tunnel_changed)
 
     async def started() -> None:

@@ -35,6 +35,7 @@ from byorouter_common.bus import (
 )
 from byorouter_common.contracts import tunnel as tn
 from byorouter_common.errors import ByoError
+from byorouter_tunnel.metrics import BUSY_REFUSALS
 from byorouter_tunnel_client import protocol
 from byorouter_tunnel_client.e2e import fingerprint
 
@@ -195,6 +196,7 @@ class ClientSocket:
             await writer.error(draining())
             return
         if len(self.streams) >= self.max_concurrency:
+            BUSY_REFUSALS.inc()
             await writer.error(busy(self.max_concurrency))
             return
         self.streams[stream_id] = Stream(stream_id, writer)

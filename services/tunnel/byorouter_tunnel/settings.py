@@ -13,6 +13,8 @@ class TunnelSettings(ServiceSettings):
     # Loopback by default: exposing the tunnel endpoint is an explicit operator choice.
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("BYOROUTER_TUNNEL_HOST"))
     port: int = Field(default=4001, validation_alias=AliasChoices("BYOROUTER_TUNNEL_PORT"))
+    # BYOROUTER_METRICS_PORT: /metrics on its own listener (0: none); see docs/operations.md.
+    metrics_port: int = Field(default=9405, ge=0, le=65535)
     # The service pings every client this often; a client silent for 2.5 intervals is dead and
     # every request in flight on it fails at once.
     heartbeat_s: float = 10.0
