@@ -89,7 +89,10 @@ class ReplyStream:
                 msg = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 try:
-                    msg = await asyncio.wait_for(self._queue.get(), self._idle)
+                    # Not `wait_for`: it wraps the get in a task of its own, for every message
+                    # of a stream whose next one is not there yet.
+                    async with asyncio.timeout(self._idle):
+                        msg = await self._queue.get()
                 except TimeoutError:
                     self.finished = True
                     raise errors.timeout(
