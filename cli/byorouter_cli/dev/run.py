@@ -19,7 +19,13 @@ from byorouter_common.errors import ByoError
 
 
 def run_dev(
-    state_dir: Path, ports: Ports, *, json_mode: bool = False, example_app: bool = True
+    state_dir: Path,
+    ports: Ports,
+    *,
+    json_mode: bool = False,
+    example_app: bool = True,
+    copies: int = 1,
+    nats_cluster: int = 1,
 ) -> int:
     """Start the stack, create the demo app, print how to call it, and run until Ctrl-C.
 
@@ -47,6 +53,8 @@ def run_dev(
         example_app=example_app and EXAMPLE_APP_SCRIPT.exists(),
         # One crashed service must not take the stack down: start it again, as compose would.
         restart=RestartPolicy(),
+        copies=copies,
+        nats_cluster=nats_cluster,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
     # Set explicitly: a shell that starts us in the background hands SIGINT down as ignored.

@@ -10,26 +10,34 @@ its own user with the permissions `byorouter_common.nats_permissions` derives fr
 and the stack's own helpers (readiness, the demo app) and the CLI connect as `admin`. Fresh
 random passwords are written to `<state_dir>/nats-users.json` (owner-only) on every start.
 
-Over 500 lines for now: it grew with the chaos suite's restart helpers (NATS, PostgreSQL); those
-are the next to move out, into their own module beside `processes.py`.
+With `copies` every service runs that many times (`gateway`, `gateway-2`, ...; HTTP copies share
+their port); with `nats_cluster` NATS is a cluster of that many nodes (`nats_backend.py`). What
+each child runs is in `children.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import subprocess
+import signal
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Final
+from typing import IO
 
 from nats.aio.client import Client as NatsClient
 
-from byorouter_cli.backends import EmbeddedPostgres, NatsServer
+from byorouter_cli.backends import EmbeddedPostgres
 from byorouter_cli.dev.admin_bus import connect_admin, run_sync
+from byorouter_cli.dev.children import (
+    HTTP_SERVICES,
+    SERVICES,
+    UPSTREAM,
+    Backends,
+    ChildSpecs,
+    copy_name,
+    service_of,
+)
 from byorouter_cli.dev.demo import (
     DEMO_TUNNEL_MODEL,
     EXAMPLE_APP,
@@ -42,37 +50,21 @@ from byorouter_cli.dev.demo import (
     register_demo_tunnel,
 )
 from byorouter_cli.dev.errors import StackError
-from byorouter_cli.dev.ports import Ports, free_ports, port_is_free
+from byorouter_cli.dev.nats_backend import StackNats
+from byorouter_cli.dev.ports import Ports, port_is_free
 from byorouter_cli.dev.processes import (
     LOG_TAIL_LINES,
-    AnswersOn,
-    ChildSpec,
-    HttpReady,
-    MicroReady,
-    PortReady,
-    Readiness,
     RestartPolicy,
     Supervisor,
+    run_to_end,
 )
 from byorouter_cli.dev.state import (
     StateDir,
     make_private_dir,
-    open_private_log,
-    write_nats_logins,
     write_private_json,
 )
 from byorouter_common import nats_permissions
-from byorouter_common.contracts import tunnel
 from byorouter_common.settings import ServiceSettings
-
-SERVICES: Final = ("keystore", "router", "gateway", "connect", "tunnel")
-UPSTREAM: Final = "fake-openai"
-# Services with an HTTP front door are ready when GET /readyz answers 200; the others when
-# they answer NATS micro discovery ($SRV.PING.<name>).
-HTTP_SERVICES: Final = frozenset({"gateway", "connect", "tunnel"})
-_NOT_INHERITED: Final = frozenset(
-    {"DATABASE_URL", "BYOROUTER_KEYRING_FILE", "BYOROUTER_NATS_USER", "BYOROUTER_NATS_PASSWORD"}
-)
 
 
 class Stack:
@@ -104,10 +96,14 @@ class Stack:
         echo: IO[str] | bool | None = None,
         ready_timeout_s: float = 60.0,
         restart: RestartPolicy | None = None,
+        copies: int = 1,
+        nats_cluster: int = 1,
     ) -> None:
         unknown = set(services) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services: {sorted(unknown)}")
+        if copies < 1 or nats_cluster < 1:
+            raise ValueError("copies and nats_cluster are at least 1")
         self._state = StateDir(state_dir.resolve())
         self.state_dir = self._state.root
         self.logs_dir = self._state.logs_dir
@@ -117,14 +113,23 @@ class Stack:
         self.nats_users_file = self._state.nats_users_file
         self.nats_config_file = self._state.nats_config_file
         self.ports = ports or Ports.free()
-        # Each service copy's own /metrics listener (copies get theirs in `start_copy`).
-        self._metrics_ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
         self.services = tuple(name for name in SERVICES if name in services)
+        # Copies of every service: the first is `gateway`, the others `gateway-2`, ...
+        self.copies = copies
+        self.nats_cluster = nats_cluster
         self.with_upstream = upstream
         # The example chat app needs the gateway, Connect and the demo app it plays.
         self.with_example_app = example_app
         self.env_overrides = dict(env_overrides or {})
         self.service_env = {name: dict(env) for name, env in (service_env or {}).items()}
+        self._specs = ChildSpecs(
+            self.ports,
+            self.logs_dir,
+            self.keyring_file,
+            copies=copies,
+            env_overrides=self.env_overrides,
+            service_env=self.service_env,
+        )
         # True echoes children's lines to stdout; a stream echoes them there; None/False: only logs.
         self.echo: IO[str] | None = sys.stdout if echo is True else (echo or None)
         self.ready_timeout_s = ready_timeout_s
@@ -134,7 +139,7 @@ class Stack:
         # Empty: everyone connects anonymously (a bus without authorization).
         self._given_nats_passwords = dict(nats_passwords or {})
         self._nats_passwords = dict(self._given_nats_passwords)
-        self._nats: NatsServer | None = None
+        self._nats: StackNats | None = None
         self._postgres: EmbeddedPostgres | None = None
         self._children = Supervisor(
             echo=self.echo,
@@ -190,7 +195,7 @@ class Stack:
     @property
     def tunnel_ws_url(self) -> str:
         """Where tunnel clients dial: the tunnel service's WebSocket endpoint."""
-        return f"ws://127.0.0.1:{self.ports.tunnel}/tunnel"
+        return self._specs.tunnel_ws_url
 
     @property
     def upstream_url(self) -> str:
@@ -208,10 +213,10 @@ class Stack:
 
     def metrics_url(self, name: str) -> str:
         """Where the service (or copy, `router-2`) `name` serves its Prometheus metrics."""
-        return f"http://127.0.0.1:{self._metrics_ports[name]}/metrics"
+        return f"http://127.0.0.1:{self._specs.metrics_ports[name]}/metrics"
 
     def log_file(self, name: str) -> Path:
-        return self.logs_dir / f"{name}.log"
+        return self._specs.log_file(name)
 
     def log_lines(self, name: str) -> list[str]:
         """Everything `name` (a service, `fake-openai` or `nats`) has written so far."""
@@ -239,9 +244,13 @@ class Stack:
             self._start_backends()
             if "keystore" in self.services:
                 self._prepare_keystore()
-            names = ([UPSTREAM] if self.with_upstream else []) + list(self.services)
+            names = ([UPSTREAM] if self.with_upstream else []) + [
+                copy_name(service, number)
+                for service in self.services
+                for number in range(1, self.copies + 1)
+            ]
             for name in names:
-                self._children.launch(self._spec_for(name))
+                self._children.launch(self._specs.service(name))
             self._children.wait_ready(names)
             facts = {
                 "nats_url": self.nats_url,
@@ -290,47 +299,46 @@ class Stack:
         self._postgres = EmbeddedPostgres(self._state.pgdata_dir).start()
 
     def restart_nats(self, down_s: float = 0.0) -> None:
-        """Stop this stack's NATS, wait `down_s`, start it again on the same port and logins
-        (an outage, for tests); every client has to reconnect."""
-        if self._nats is None:
-            raise StackError("this stack did not start NATS")
-        self._nats.stop()
-        time.sleep(down_s)
-        self._nats.start()
+        """Stop this stack's NATS (every node), wait `down_s`, start it again on the same ports
+        and logins (an outage, for tests); every client has to reconnect."""
+        self._own_nats().restart(down_s)
+
+    def stop_nats_node(self, number: int) -> None:
+        """Kill node `number` (1-based) of this stack's NATS cluster; clients move to others."""
+        self._own_nats().stop_node(number)
+
+    def start_nats_node(self, number: int) -> None:
+        """Start cluster node `number` again and wait until its JetStream has caught up."""
+        self._own_nats().start_node(number)
 
     def stop_service(self, name: str) -> None:
+        """Stop a service or one copy of it (`gateway-2`) for good; the watchdog leaves it."""
         self._children.stop(name)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL a service or one copy of it (`router-2`), as a crash: with a restart policy
+        the watchdog starts it again."""
+        os.kill(self._children.pids()[name], signal.SIGKILL)
+
     def start_service(self, name: str) -> None:
-        """(Re)start one service and wait until it is ready; its log file keeps growing."""
+        """(Re)start one service or copy and wait until it is ready; its log keeps growing."""
         if self._children.is_running(name):
             return
-        self._children.launch(self._spec_for(name))
+        self._children.launch(self._specs.service(name))
         self._children.wait_ready([name])
 
     def start_copy(self, name: str) -> str:
-        """Another copy of the NATS-only service `name` (router, keystore) in its queue group;
+        """Another copy of service `name` (router and keystore copies share a queue group,
+        HTTP copies share the port, which a stack of `copies` > 1 opens with SO_REUSEPORT);
         returns the copy's name (`router-2`, ...), which `stop_service` and `pids` know."""
-        if name in HTTP_SERVICES or name not in self.services:
+        if name not in self.services or (name in HTTP_SERVICES and self.copies == 1):
             raise ValueError(f"{name} cannot have a second copy on this stack")
         number = 2
-        while f"{name}-{number}" in self._children.pids():
+        while copy_name(name, number) in self._children.pids():
             number += 1
-        copy = f"{name}-{number}"
-        spec = dataclasses.replace(self._spec_for(name), name=copy, log_path=self.log_file(copy))
-        if copy not in self._metrics_ports:
-            self._metrics_ports[copy] = self._new_metrics_port()
-        spec.env["BYOROUTER_METRICS_PORT"] = str(self._metrics_ports[copy])
-        self._children.launch(spec)
+        copy = copy_name(name, number)
+        self._children.launch(self._specs.service(copy))
         return copy
-
-    def _new_metrics_port(self) -> int:
-        """A free port no service or copy of this stack has been given yet."""
-        taken = set(self._metrics_ports.values())
-        while True:
-            port = free_ports(1)[0]
-            if port not in taken:
-                return port
 
     def restarts(self, name: str) -> int:
         """How often `name` was started again after exiting on its own."""
@@ -342,17 +350,18 @@ class Stack:
 
     def service_pids(self) -> dict[str, int]:
         """Process ids of the running services and their copies (not backends or the fake)."""
-        return {
-            name: pid
-            for name, pid in self.pids().items()
-            if name.split("-")[0] in SERVICES and name != UPSTREAM
-        }
+        return {name: pid for name, pid in self.pids().items() if service_of(name) in SERVICES}
+
+    def copies_of(self, service: str) -> list[str]:
+        """The names of `service`'s copies this stack holds (`router`, `router-2`, ...)."""
+        return [name for name in self._children.pids() if service_of(name) == service]
 
     def pids(self) -> dict[str, int]:
-        """Process ids of everything this stack started and still holds (for `ps`-style checks)."""
+        """Process ids of everything this stack started and still holds (for `ps`-style checks):
+        children by name, `nats` (or `nats-<n>` per cluster node) and `postgres`."""
         found = self._children.pids()
-        if self._nats is not None and self._nats.process is not None:
-            found["nats"] = self._nats.process.pid
+        if self._nats is not None:
+            found |= self._nats.pids()
         if self._postgres is not None and self._postgres.pid is not None:
             found["postgres"] = self._postgres.pid
         return found
@@ -400,13 +409,10 @@ class Stack:
 
     def _start_backends(self) -> None:
         if self._nats_url is None:
-            self._nats_passwords = write_nats_logins(self._state)
-            self._nats = NatsServer(
-                self._nats_port,
-                config_file=self.nats_config_file,
-                log_file=self.log_file("nats"),
-                store_dir=self._state.jetstream_dir,
+            self._nats = StackNats(
+                self._state, self.log_file("nats"), nodes=self.nats_cluster, port=self._nats_port
             ).start()
+            self._nats_passwords = dict(self._nats.passwords)
             self._nats_url = self._nats.url
         if self._database_url is None and "keystore" in self.services:
             pgdata = self._state.pgdata_dir
@@ -417,6 +423,17 @@ class Stack:
                     f"PostgreSQL did not start ({type(exc).__name__}); its log is {pgdata / 'log'}."
                 ) from exc
             self._database_url = self._postgres.url
+        self._specs.backends = Backends(
+            self.nats_url,
+            self._nats_passwords,
+            self._database_url,
+            None if self._nats is None else self._nats.replicas,
+        )
+
+    def _own_nats(self) -> StackNats:
+        if self._nats is None:
+            raise StackError("this stack did not start NATS")
+        return self._nats
 
     def _prepare_keystore(self) -> None:
         if not self.keyring_file.exists():
@@ -429,74 +446,25 @@ class Stack:
 
     def _run_keystore_command(self, command: str) -> None:
         argv = [sys.executable, "-m", "byorouter_keystore", command]
-        with open_private_log(self.log_file("keystore")) as log:
-            try:
-                done = subprocess.run(
-                    argv,
-                    env=self._env_for("keystore"),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=120,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                raise StackError(
-                    f"`python -m byorouter_keystore {command}` took over 120 s.",
-                    self._log_tail("keystore"),
-                ) from None
-        if done.returncode != 0:
+        failure = run_to_end(argv, self._specs.env("keystore"), self.log_file("keystore"))
+        if failure is not None:
             raise StackError(
-                f"`python -m byorouter_keystore {command}` failed (exit {done.returncode}).",
-                self._log_tail("keystore"),
+                f"`python -m byorouter_keystore {command}` {failure}.", self._log_tail("keystore")
             )
 
     def _log_tail(self, name: str) -> list[str]:
         return self.log_lines(name)[-LOG_TAIL_LINES:]
-
-    def _spec_for(self, name: str) -> ChildSpec:
-        """The fake upstream or one of the services, as a child of this stack."""
-        ready: Readiness
-        if name == UPSTREAM:
-            argv = [sys.executable, "-m", "byorouter_fakes.openai"]
-            argv += ["--host", "127.0.0.1", "--port", str(self.ports.upstream)]
-            ready = PortReady(self.ports.upstream)
-        else:
-            argv = [sys.executable, "-m", f"byorouter_{name}"]
-            if name in HTTP_SERVICES:
-                ready = HttpReady(f"http://127.0.0.1:{getattr(self.ports, name)}/readyz")
-            else:
-                ready = MicroReady(name)
-        return ChildSpec(name, argv, self._env_for(name), self.log_file(name), ready)
 
     def start_demo_tunnel(self, demo: DemoFacts) -> str:
         """A tunnel client in front of the fake upstream, as a user's own server: registers a
         tunnel on the demo connection, runs `byorouter-tunnel` for it, waits until it is online;
         returns the model to ask for through it."""
         registered = run_sync(lambda: register_demo_tunnel(self.nats_settings(), demo))
-        env = _inherited_env() | {
-            "PYTHONUNBUFFERED": "1",
-            # The token goes in the environment, never on the command line (`ps` shows that).
-            "BYOROUTER_TUNNEL_TOKEN": registered.token.get_secret_value(),
-        }
-        client = Path(sys.executable).with_name("byorouter-tunnel")
-        argv = (
-            [str(client)] if client.exists() else [sys.executable, "-m", "byorouter_tunnel_client"]
-        )
-        argv += [
-            "--url",
-            self.tunnel_ws_url,
-            "--upstream",
+        spec = self._specs.demo_tunnel(
+            registered.token.get_secret_value(),
+            registered.tunnel_id,
             self.upstream_base_url,
-            "--key-file",
-            str(self.state_dir / "tunnel-client.key"),
-        ]
-        spec = ChildSpec(
-            TUNNEL_CLIENT,
-            argv,
-            env,
-            self.log_file(TUNNEL_CLIENT),
-            AnswersOn(tunnel.status_subject(registered.tunnel_id)),
+            self.state_dir / "tunnel-client.key",
         )
         self._children.launch(spec)
         self._children.wait_ready([TUNNEL_CLIENT])
@@ -506,65 +474,15 @@ class Stack:
         """Run examples/chat-app as the demo app: its users connect their keys through Connect."""
         if not EXAMPLE_APP_SCRIPT.exists():
             raise StackError(f"The example app is not here: {EXAMPLE_APP_SCRIPT}.")
-        env = _inherited_env() | {"PYTHONUNBUFFERED": "1"}
-        env |= example_app_env(
+        app_env = example_app_env(
             demo,
             connect_url=self.connect_url,
             base_url=self.example_app_url,
             port=self.ports.example_app,
         )
-        spec = ChildSpec(
-            EXAMPLE_APP,
-            [sys.executable, str(EXAMPLE_APP_SCRIPT)],
-            env,
-            self.log_file(EXAMPLE_APP),
-            HttpReady(f"{self.example_app_url}/healthz"),
-        )
+        spec = self._specs.example_app(app_env)
         self._children.launch(spec)
         self._children.wait_ready([EXAMPLE_APP])
 
-    def _env_for(self, name: str) -> dict[str, str]:
-        env = _inherited_env()
-        env["NATS_URL"] = self.nats_url
-        env["PYTHONUNBUFFERED"] = "1"
-        if name == UPSTREAM:
-            return env
-        password = self._nats_passwords.get(name)
-        if password is not None:
-            env["BYOROUTER_NATS_USER"] = name
-            env["BYOROUTER_NATS_PASSWORD"] = password
-        env["BYOROUTER_METRICS_HOST"] = "127.0.0.1"
-        env["BYOROUTER_METRICS_PORT"] = str(self._metrics_ports[name])
-        env.update(self.env_overrides)
-        if name == "keystore":
-            env["DATABASE_URL"] = self.database_url
-            env["BYOROUTER_KEYRING_FILE"] = str(self.keyring_file)
-            # Webhook receivers of a local stack (and its tests) listen on loopback too.
-            env["BYOROUTER_ALLOW_PRIVATE_UPSTREAMS"] = "true"
-        elif name == "router":
-            # The fake upstream listens on loopback, which the router refuses by default.
-            env["BYOROUTER_ALLOW_PRIVATE_UPSTREAMS"] = "true"
-        elif name in HTTP_SERVICES:
-            prefix = f"BYOROUTER_{name.upper()}"
-            env[f"{prefix}_HOST"] = "127.0.0.1"
-            env[f"{prefix}_PORT"] = str(getattr(self.ports, name))
-            if name == "gateway":
-                # Manage links the gateway hands out must point at this stack's Connect page.
-                env["BYOROUTER_CONNECT_PUBLIC_URL"] = self.connect_url
-            if name in ("gateway", "connect"):
-                # The command they show a user names this stack's tunnel endpoint.
-                env["BYOROUTER_TUNNEL_PUBLIC_URL"] = self.tunnel_ws_url
-        env.update(self.service_env.get(name, {}))
-        return env
-
     async def _connect_bus(self) -> NatsClient:
         return await connect_admin(self.nats_settings())
-
-
-def _inherited_env() -> dict[str, str]:
-    """This process's environment for a child, minus what only some children may see.
-
-    Only keystore may see the database and the keyring; nobody inherits them by accident.
-    Nor does anyone inherit a NATS login meant for somebody else.
-    """
-    return {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
