@@ -3,7 +3,9 @@
 A stack of its own (its own NATS, so no other suite's router answers its requests) exports to
 a small OTLP/HTTP receiver in this test: an aiohttp server decoding `ExportTraceServiceRequest`
 protobuf, the wire format Jaeger, Tempo and the OpenTelemetry Collector accept. Its connection
-asks openai first, which answers 429, and falls back to selfhosted, which serves.
+asks openai first, which answers 429, and falls back to selfhosted, which serves. The demo
+connection's self-hosted server sits behind a tunnel client, so its request crosses the tunnel
+service too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import openai
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -126,7 +129,7 @@ async def traced_stack(
     stack = Stack(
         tmp_path_factory.mktemp("traced-stack") / ".byorouter",
         database_url=create_database(database_url, "traces"),
-        services=("keystore", "router", "gateway"),
+        services=("keystore", "router", "gateway", "tunnel"),
         # Configured as an operator would, with the standard variables only.
         env_overrides={
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
@@ -147,6 +150,35 @@ async def traced_bus(traced_stack: Stack) -> AsyncIterator[Bus]:
     nc = await connect(traced_stack.nats_settings(), "traces-tests")
     yield Bus(nc)
     await nc.close()
+
+
+async def wait_for_spans(
+    receiver: OtlpReceiver, trace_id: str, done: Any, timeout_s: float = 20.0
+) -> list[ExportedSpan]:
+    """The spans of `trace_id` once `done(spans)` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        found = trace_of(receiver.spans, trace_id)
+        if done(found):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"trace {trace_id} incomplete after {timeout_s}s: {found}")
+
+
+async def wait_for_trace_root(
+    receiver: OtlpReceiver, request_id: str, timeout_s: float = 20.0
+) -> ExportedSpan:
+    """The gateway's span of the request the client saw as `request_id`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        for span in receiver.spans:
+            if (
+                span.service == "byorouter-gateway"
+                and span.attributes.get("byorouter.request_id") == request_id
+            ):
+                return span
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no gateway span for {request_id} after {timeout_s}s")
 
 
 def trace_of(spans: list[ExportedSpan], trace_id: str) -> list[ExportedSpan]:
@@ -236,3 +268,45 @@ async def test_a_fallback_is_one_trace_with_one_span_per_attempt(
     exported = b"".join(receiver.bodies)
     for secret in (tenant.app_api_key, tenant.provider_key, PROMPT):
         assert secret.encode() not in exported
+
+
+async def test_a_tunnelled_request_is_relayed_under_its_attempt_with_sizes_only(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    demo = await asyncio.to_thread(traced_stack.create_demo)
+    model = await asyncio.to_thread(traced_stack.start_demo_tunnel, demo)
+    client = openai.AsyncOpenAI(
+        base_url=traced_stack.gateway_url + "/v1",
+        api_key=demo["app_api_key"],
+        default_headers={"X-Byorouter-Connection": demo["connection_id"]},
+        max_retries=0,
+    )
+    raw = await client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": PROMPT}]
+    )
+    assert PROMPT in (raw.parse().choices[0].message.content or "")
+    request_id = raw.headers["x-request-id"]
+    root = await wait_for_trace_root(receiver, request_id)
+    spans = await wait_for_spans(
+        receiver,
+        root.trace_id,
+        lambda found: (
+            any(s.name == "tunnel relay" for s in found)
+            and any(s.attributes.get("byorouter.attempts") for s in found)
+        ),
+    )
+
+    (relay,) = [s for s in spans if s.name == "tunnel relay"]
+    (attempt,) = [s for s in spans if s.name.startswith("attempt ")]
+    assert relay.service == "byorouter-tunnel"
+    assert relay.parent_id == attempt.span_id
+    assert attempt.attributes["byorouter.outcome"] == "ok"
+    assert relay.attributes["byorouter.outcome"] == "ok"
+    assert relay.attributes["byorouter.tunnel_id"].startswith("tun_")
+    # Sealed both ways: the sizes are all the relay can know.
+    assert relay.attributes["byorouter.tunnel.request_bytes"] > len(PROMPT)
+    assert relay.attributes["byorouter.tunnel.response_bytes"] > len(PROMPT)
+
+    exported = b"".join(receiver.bodies)
+    for secret in (demo["app_api_key"].encode(), PROMPT.encode(), b"byo_tun_"):
+        assert secret not in exported

@@ -36,6 +36,7 @@ from byorouter_common.bus import (
 from byorouter_common.contracts import tunnel as tn
 from byorouter_common.errors import ByoError
 from byorouter_tunnel.metrics import BUSY_REFUSALS
+from byorouter_tunnel.tracing import UNTRACED, RelaySpan, relay_span
 from byorouter_tunnel_client import protocol
 from byorouter_tunnel_client.e2e import fingerprint
 
@@ -72,6 +73,7 @@ class Stream:
 
     stream_id: str
     writer: StreamWriter
+    span: RelaySpan = UNTRACED
 
 
 @dataclass(eq=False)  # identity: each socket is its own, and lives in sets
@@ -134,10 +136,12 @@ class ClientSocket:
         stream = self.streams.get(str(header.get("id", "")))
         if stream is None:
             return  # cancelled, or never ours: nothing waits for it
+        stream.span.received(payload)
         if header.get("end"):
             del self.streams[stream.stream_id]
             self.keepalive.discard(stream.writer)
             if header.get("error") == "decrypt":
+                stream.span.end("tunnel_key_mismatch")
                 # The one unsealed answer: the client could not open the request at all.
                 await stream.writer.error(
                     ByoError(
@@ -148,6 +152,7 @@ class ClientSocket:
                     )
                 )
                 return
+            stream.span.end("ok")
             await stream.writer.send(DONE, payload)
         else:
             await stream.writer.send(CHUNK, payload)
@@ -170,6 +175,7 @@ class ClientSocket:
         failure = error or disconnected()
         for stream in list(self.streams.values()):
             self.keepalive.discard(stream.writer)
+            stream.span.end(failure.code)
             await stream.writer.error(failure)
         self.streams.clear()
         with contextlib.suppress(asyncio.QueueFull):
@@ -199,7 +205,8 @@ class ClientSocket:
             BUSY_REFUSALS.inc()
             await writer.error(busy(self.max_concurrency))
             return
-        self.streams[stream_id] = Stream(stream_id, writer)
+        stream = Stream(stream_id, writer, relay_span(msg.headers, self.tunnel_id))
+        self.streams[stream_id] = stream
         self.keepalive.add(writer)
         try:
             parts = protocol.unpack_parts(await self._whole(msg, stream_id, writer))
@@ -207,12 +214,14 @@ class ClientSocket:
             self.streams.pop(stream_id, None)
             self.keepalive.discard(writer)
             error = exc if isinstance(exc, ByoError) else None
+            stream.span.end(error.code if error else "bad_request")
             await writer.error(
                 error or ByoError(400, "bad_request", "Tunnel request is malformed.")
             )
             return
         if stream_id not in self.streams:
             return  # cancelled, or the socket went away, while the parts arrived
+        stream.span.sent(parts)
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             await self.send({"t": "req", "id": stream_id, "last": last}, part)
@@ -242,6 +251,7 @@ class ClientSocket:
         stream = self.streams.pop(cancel.stream_id, None)
         if stream is not None:
             self.keepalive.discard(stream.writer)
+            stream.span.end("cancelled")
             stream.writer.closed = True
             await self.send({"t": "cancel", "id": cancel.stream_id})
 
