@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from byorouter_cli.backends import free_port
@@ -50,6 +51,12 @@ def _selfhosted(base_url: str, model: str = FALLBACK_MODEL) -> ks.ProviderCreden
 
 def _asked(upstream: FakeOpenAI, tag: str) -> list[str]:
     return [r["body"]["model"] for r in upstream.requests(tag)]
+
+
+def _cooldowns_started(provider: str) -> float:
+    """The router's Prometheus counter of cooldowns started, as a scrape would read it."""
+    value = REGISTRY.get_sample_value("byorouter_router_cooldowns_total", {"provider": provider})
+    return value or 0.0
 
 
 def _served(answer: ChatAnswer) -> tuple[str, int]:
@@ -102,6 +109,7 @@ async def test_a_provider_that_keeps_failing_is_skipped_until_its_cooldown_is_ov
     key = "sk-user-" + secrets.token_hex(16)
     ref = await connect(bus, _openai(upstream.base_url, key), _selfhosted(upstream.base_url))
     caplog.set_level(logging.INFO, logger="byorouter_router.cooldowns")
+    started_before = _cooldowns_started("openai")
     for _ in range(3):
         tag = _tag()
         assert _served(await chat(bus, ref, _body("openai/busy-500", tag))) == ("selfhosted", 2)
@@ -115,6 +123,7 @@ async def test_a_provider_that_keeps_failing_is_skipped_until_its_cooldown_is_ov
     assert started.__dict__["provider"] == "openai"
     assert started.__dict__["connection_id"] == ref.connection_id
     assert all(key not in str(r.__dict__) for r in caplog.records)
+    assert _cooldowns_started("openai") == started_before + 1
 
     # After the cooldown one request probes it first again (and, still failing, it cools again).
     deadline = time.monotonic() + 15
