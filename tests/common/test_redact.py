@@ -73,3 +73,23 @@ def test_safe_url_drops_the_credentials_and_keeps_the_address() -> None:
 
 def test_redacted_marker_is_what_replaces_a_secret() -> None:
     assert REDACTED in redact("nats://tok@nats.internal:4222")
+
+
+def test_secrets_in_capitals_are_removed_too() -> None:
+    # `redact` first looks for what a secret needs in the case-folded text, then substitutes:
+    # a secret in capitals must still be found by that first look.
+    encoded = base64.b64encode(b"alice:correct-horse").decode()
+    for line, secret in (
+        ("AUTHORIZATION: BEARER abcdefgh12345678", "abcdefgh12345678"),
+        ('{"API_KEY": "plainsecret123"}', "plainsecret123"),
+        ("PASSWORD=hunter2hunter2", "hunter2hunter2"),
+        ("GET HTTPS://HOST/V1?KEY=AIzaSyQuerySecret99", "AIzaSyQuerySecret99"),
+        (f"AUTHORIZATION: BASIC {encoded}", encoded),
+        ("SENT TOKEN: tok3nValue9", "tok3nValue9"),
+    ):
+        assert secret not in redact(line), line
+
+
+def test_a_line_with_nothing_a_secret_needs_is_returned_as_it_is() -> None:
+    line = "POST /v1/chat/completions 200 12.3ms req_0123456789abcdef gpt-4o-mini"
+    assert redact(line) is line
