@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
+import httpx2
 import openai
 import orjson
 
@@ -29,6 +30,9 @@ HUNG: Final = "hung"
 TRUNCATED_DONE: Final = "[DONE] after a truncated answer"
 UNCLEAR: Final = "unclear failure"
 VIOLATIONS: Final = frozenset({HUNG, TRUNCATED_DONE, UNCLEAR})
+# The `openai` SDK talks over httpx2 and lets its transport errors through unwrapped when a
+# stream it is reading breaks (a gateway copy killed mid-answer); the tests' own calls use httpx.
+TRANSPORT_ERRORS: Final = (httpx.HTTPError, httpx2.HTTPError)
 
 
 @dataclass
@@ -101,7 +105,7 @@ async def streamed(client: openai.AsyncOpenAI, model: str, tag: str, prompt: str
                 outcome.detail = "the stream ended with neither [DONE] nor an error"
     except openai.APIStatusError as exc:
         _status_error(outcome, exc)
-    except (openai.APIError, httpx.HTTPError, orjson.JSONDecodeError) as exc:
+    except (openai.APIError, *TRANSPORT_ERRORS, orjson.JSONDecodeError) as exc:
         outcome.detail = f"{type(exc).__name__}: {exc}"[:200]
     outcome.took_s = time.monotonic() - began
     return outcome
@@ -119,7 +123,7 @@ async def plain(client: openai.AsyncOpenAI, model: str, tag: str, prompt: str) -
         outcome.status = 200
     except openai.APIStatusError as exc:
         _status_error(outcome, exc)
-    except (openai.APIError, httpx.HTTPError) as exc:
+    except (openai.APIError, *TRANSPORT_ERRORS) as exc:
         outcome.detail = f"{type(exc).__name__}: {exc}"[:200]
     outcome.took_s = time.monotonic() - began
     return outcome
