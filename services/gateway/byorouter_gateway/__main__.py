@@ -2,9 +2,11 @@
 
 import sys
 
-# nats-py loads aiohttp only for a WebSocket transport this service never dials (NATS_URL is
-# nats://): kept out, the process is 9 MiB smaller resident (measured). Router and keystore use it.
-sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
+# Packages loaded only for what this service never does, kept out (measured resident savings):
+# aiohttp, which nats-py loads for a WebSocket transport never dialled (NATS_URL is nats://;
+# 9 MiB; router and keystore use it), and watchfiles, uvicorn's reloader (1 MiB).
+for unused in ("aiohttp", "watchfiles"):
+    sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
 
 from byorouter_common.service import run_service  # noqa: E402
 from byorouter_gateway.main import SERVICE  # noqa: E402
