@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
+from byorouter_common.contracts.keystore import CREDENTIALS_RESOLVE
 from tests.e2e.conftest import AppWithConnection, create_app_with_connection
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -248,7 +249,9 @@ async def test_metrics_move_with_bounded_labels_and_every_request_has_an_access_
     assert router_failed["attempts"] == 2
 
     assert any(
-        e.get("endpoint") == "credentials_resolve" and e.get("outcome") == "ok"
+        e.get("endpoint") == "credentials_resolve"
+        and e.get("subject") == CREDENTIALS_RESOLVE.subject
+        and e.get("outcome") == "ok"
         for e in lines["keystore"]
     )
     assert all("duration_ms" in e for e in lines["keystore"])

@@ -104,7 +104,12 @@ def serve(
             name,
             outcome,
             elapsed_ns / 1e6,
-            extra={"endpoint": name, "outcome": outcome, "duration_ms": elapsed_ns // 1000 / 1000},
+            extra={
+                "endpoint": name,
+                "subject": endpoint.subject,
+                "outcome": outcome,
+                "duration_ms": elapsed_ns // 1000 / 1000,
+            },
         )
         return response
 
