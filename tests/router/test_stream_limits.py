@@ -7,6 +7,7 @@ the fake upstream, as the chat router calls it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from byorouter_common.errors import ByoError
 from byorouter_fakes.openai import FakeOpenAI
 from byorouter_router.providers.base import ProviderCredential
 from byorouter_router.providers.errors import Timeouts
+from byorouter_router.providers.http import StreamPace
 from byorouter_router.providers.openai_compat import OpenAICompatProvider
 from byorouter_router.settings import RouterSettings
 from byorouter_router.upstream import create_session
@@ -96,3 +98,38 @@ async def test_headers_that_never_come_are_a_first_token_timeout_before_anything
     assert error.message == "The selfhosted provider did not start its answer within 1s."
     assert reply.kinds == [], "nothing started: the router may still fall back"
     assert took < 2.5
+
+
+class _Silent:
+    """A response body that never sends anything."""
+
+    async def readany(self) -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
+
+async def test_a_cancel_from_outside_while_reading_stays_a_cancel_not_a_timeout() -> None:
+    # The client went away: the relay must end as cancelled, not report the upstream as slow.
+    pace = StreamPace("selfhosted", Timeouts(2, 20, 20, first_token_s=0.2, gap_s=0.2))
+    reading = asyncio.create_task(pace.read(_Silent()))
+    await asyncio.sleep(0.05)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    pace.close()
+
+
+async def test_a_read_past_the_limit_is_the_timeout_and_the_task_is_not_left_cancelled() -> None:
+    pace = StreamPace("selfhosted", Timeouts(2, 20, 20, first_token_s=0.1, gap_s=0.1))
+
+    async def read_then_go_on() -> bool:
+        with pytest.raises(ByoError) as caught:
+            await pace.read(_Silent())
+        assert (
+            caught.value.message == "The selfhosted provider did not start its answer within 0.1s."
+        )
+        await asyncio.sleep(0.01)  # would raise if the limit's cancel were still pending
+        return True
+
+    assert await asyncio.wait_for(read_then_go_on(), 5)
+    pace.close()

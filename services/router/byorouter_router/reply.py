@@ -7,6 +7,7 @@ and done (streamed) or result, or error (written by `chat.py`, which knows why i
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -14,6 +15,12 @@ import orjson
 from byorouter_common.bus import CHUNK, DONE, RESULT, START, StreamWriter
 from byorouter_common.contracts.router import StreamDone, StreamStart
 from byorouter_router.usage import delivered_deltas, streamed_usage, without_usage
+
+
+@lru_cache(maxsize=1024)
+def _start_message(provider: str, model: str, attempts: int) -> bytes:
+    # Most requests share a few (provider, model) pairs: encoded once each, not per request.
+    return StreamStart(provider=provider, model=model, attempts=attempts).model_dump_json().encode()
 
 
 class BusReply:
@@ -44,11 +51,7 @@ class BusReply:
         strip_usage: bool = False,
     ) -> None:
         self._writer = writer
-        self._start = (
-            StreamStart(provider=provider, model=model, attempts=attempts)
-            .model_dump_json()
-            .encode()
-        )
+        self._start = _start_message(provider, model, attempts)
         self._strip_usage = strip_usage
         self.started = False
         self.usage: dict[str, Any] | None = None

@@ -222,6 +222,9 @@ class OpenAICompatProvider:
             raise transport_error(
                 exc, self.name, started=started, timeouts=self._timeouts
             ) from None
+        finally:
+            if pace is not None:
+                pace.close()
 
     async def _relay_response_events(
         self, response: UpstreamResponse, reply: ChatReply, pace: StreamPace

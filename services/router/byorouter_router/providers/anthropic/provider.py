@@ -182,6 +182,9 @@ class AnthropicProvider:
             raise transport_error(
                 exc, self.name, started=started, timeouts=self._timeouts
             ) from None
+        finally:
+            if pace is not None:
+                pace.close()
 
     def _message(self, answer: bytes) -> dict[str, Any]:
         """A 2xx non-streamed answer, which must be a message and not an error."""
