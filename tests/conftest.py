@@ -155,15 +155,18 @@ def drop_database(database_url: str, owned_database_url: str) -> None:
 
 
 class KeystoreProcess:
-    """One `python -m byorouter_keystore` process; its log is kept to check it for secrets."""
+    """One `python -m byorouter_keystore` process; its log is kept to check it for secrets.
 
-    def __init__(self, env: KeystoreEnv, name: str) -> None:
+    `settings` are more environment for it, e.g. `BYOROUTER_USAGE_FLUSH_INTERVAL_S="5"`.
+    """
+
+    def __init__(self, env: KeystoreEnv, name: str, **settings: str) -> None:
         self.env = env
         self.log_file = env.log_dir / f"{name}.log"
         self._log = open(self.log_file, "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "byorouter_keystore"],
-            env=env.env(),
+            env=env.env(**settings),
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -13,9 +13,11 @@ import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy
 
 from byorouter_cli.backends import NatsServer
 from byorouter_common.bus import DurablePublisher, DurableRecorder, ensure_stream
+from byorouter_common.bus.durable import MAX_ACK_PENDING
 from byorouter_common.contracts.base import Contract, DurableConsumer, DurableStream, Event
 
 
@@ -123,13 +125,15 @@ async def test_a_record_that_failed_is_delivered_again_and_acked_once_it_succeed
     await ensure_stream(nc.jetstream(), stream)
     seen: list[int] = []
 
-    async def record(report: Report) -> None:
-        seen.append(report.n)
+    async def record(reports: list[Report]) -> None:
+        seen.extend(report.n for report in reports)
         if len(seen) == 1:
             raise RuntimeError("database down")
 
     consumer = DurableConsumer(stream, "recorder", "test")
-    recorder = DurableRecorder(nc, consumer, event, record, retry_delay_s=0.1)
+    recorder = DurableRecorder(
+        nc, consumer, event, record, flush_interval_s=0.05, retry_delay_s=0.1
+    )
     recorder.start()
     try:
         await nc.jetstream().publish(event.subject, Report(n=7).model_dump_json().encode())
@@ -176,11 +180,11 @@ async def test_a_deleted_consumer_is_made_again_and_recording_goes_on(
 ) -> None:
     seen: list[int] = []
 
-    async def record(report: Report) -> None:
-        seen.append(report.n)
+    async def record(reports: list[Report]) -> None:
+        seen.extend(report.n for report in reports)
 
     consumer = DurableConsumer(stream, "recorder", "test")
-    recorder = DurableRecorder(nc, consumer, event, record)
+    recorder = DurableRecorder(nc, consumer, event, record, flush_interval_s=0.05)
     recorder.start()
     js = nc.jetstream()
     try:
@@ -220,3 +224,101 @@ async def test_a_test_nats_server_keeps_its_streams_across_a_restart(
         await client.close()
     finally:
         server.stop()
+
+
+async def consumer_state(nc: NatsClient, consumer: DurableConsumer) -> tuple[int, int]:
+    """(messages fetched and not yet acked, messages not yet fetched) of `consumer`."""
+    info = await nc.jetstream().consumer_info(consumer.stream.name, consumer.name)
+    return info.num_ack_pending, info.num_pending
+
+
+async def test_records_come_in_batches_of_at_most_flush_events_and_all_are_acked(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    await ensure_stream(nc.jetstream(), stream)
+    batches: list[list[int]] = []
+
+    async def record(reports: list[Report]) -> None:
+        batches.append([report.n for report in reports])
+
+    for n in range(45):
+        await nc.jetstream().publish(event.subject, Report(n=n).model_dump_json().encode())
+    consumer = DurableConsumer(stream, "recorder", "test")
+    recorder = DurableRecorder(nc, consumer, event, record, flush_events=10)
+    recorder.start()
+    try:
+
+        async def all_recorded() -> bool:
+            return sum(map(len, batches)) == 45 and await stored(nc, stream) == 0
+
+        await until(all_recorded)
+    finally:
+        await recorder.stop()
+    assert sorted(n for batch in batches for n in batch) == list(range(45))
+    # Waiting when the recorder started: full batches, not one transaction per report.
+    assert [len(batch) for batch in batches] == [10, 10, 10, 10, 5]
+
+
+async def test_a_recorder_told_to_stop_records_what_it_fetched_instead_of_leaving_it(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    await ensure_stream(nc.jetstream(), stream)
+    seen: list[int] = []
+
+    async def record(reports: list[Report]) -> None:
+        seen.extend(report.n for report in reports)
+
+    consumer = DurableConsumer(stream, "recorder", "test")
+    # A flush far away: without the stop, nothing would be written for a minute.
+    recorder = DurableRecorder(nc, consumer, event, record, flush_interval_s=60, ack_wait_s=120)
+    recorder.start()
+    try:
+        for n in range(5):
+            await nc.jetstream().publish(event.subject, Report(n=n).model_dump_json().encode())
+
+        async def fetched() -> bool:
+            return await consumer_state(nc, consumer) == (5, 0)
+
+        await until(fetched)
+        assert seen == []
+    finally:
+        await recorder.stop()
+    assert seen == [0, 1, 2, 3, 4]
+
+    async def acked() -> bool:
+        return await stored(nc, stream) == 0
+
+    # Acked, so no copy gets them again after the ack wait (two minutes away).
+    await until(acked)
+
+
+async def test_a_recorder_puts_its_ack_wait_back_on_an_existing_consumer(
+    nc: NatsClient, stream: DurableStream, event: Event[Report]
+) -> None:
+    js = nc.jetstream()
+    await ensure_stream(js, stream)
+    consumer = DurableConsumer(stream, "recorder", "test")
+    # As an older keystore made it: another ack wait and the server's pending limit.
+    await js.add_consumer(
+        stream.name,
+        durable_name=consumer.name,
+        name=consumer.name,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        filter_subject=event.subject,
+    )
+
+    async def record(reports: list[Report]) -> None:
+        pass
+
+    recorder = DurableRecorder(nc, consumer, event, record, ack_wait_s=7)
+    recorder.start()
+    try:
+
+        async def repaired() -> bool:
+            config = (await js.consumer_info(stream.name, consumer.name)).config
+            return (config.ack_wait, config.max_ack_pending) == (7, MAX_ACK_PENDING)
+
+        await until(repaired)
+    finally:
+        await recorder.stop()

@@ -51,6 +51,25 @@ class KeystoreSettings(ServiceSettings):
     # request ids past redelivery, old daily counters, finished webhook deliveries) are deleted.
     housekeeping_interval_s: float = Field(default=3600.0, gt=0)
 
+    # BYOROUTER_USAGE_FLUSH_INTERVAL_S / BYOROUTER_USAGE_FLUSH_EVENTS: usage reports are gathered
+    # and written in one transaction this long after the first arrived, or as soon as this many
+    # wait (decision 0025): usage shows within about the interval, and a busy connection's daily
+    # row is written once per batch instead of once per request.
+    usage_flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    usage_flush_events: int = Field(default=500, ge=1, le=10_000)
+    # BYOROUTER_USAGE_ACK_WAIT_S: a report fetched but not acknowledged this long (its copy died
+    # before the commit) goes to another copy. Set the same on every copy: each puts its own
+    # back on the shared consumer when it starts.
+    usage_ack_wait_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ack_wait_spans_flushes(self) -> KeystoreSettings:
+        if self.usage_ack_wait_s < 2 * self.usage_flush_interval_s:
+            raise ValueError(
+                "BYOROUTER_USAGE_ACK_WAIT_S must be at least 2 x BYOROUTER_USAGE_FLUSH_INTERVAL_S"
+            )
+        return self
+
     # BYOROUTER_ALLOW_PRIVATE_UPSTREAMS: let webhook URLs reach loopback/private/link-local
     # addresses, as the router lets base URLs. Off in production (SSRF); on for tests.
     allow_private_upstreams: bool = False

@@ -1,82 +1,163 @@
 """Usage: every request the router reports, summed per connection, provider, model and day.
 
 Reports come from the durable usage stream (`events.USAGE_STREAM`), shared by every keystore copy
-through one consumer; each is acked only after its transaction commits, and a request id already
-recorded adds nothing, so a report delivered twice is counted once.
+through one consumer. A copy gathers them for up to a second (or 500 of them) and records the
+batch in one transaction: request ids already recorded add nothing, the rest are summed per row
+and each row is written once. The batch's reports are acked only after that commit, so a report
+delivered twice is counted once and one a copy fetched but never committed comes back
+(decision 0025).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, text
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from byorouter_common.bus import DurableRecorder, serve
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
 from byorouter_keystore.shared import Handlers, owned_connection
-from byorouter_keystore.tables import UsageDaily, UsageRequest
+from byorouter_keystore.tables import Connection, UsageDaily
 
 log = logging.getLogger(__name__)
 
 # Column width: a longer model id is cut, never refused.
 _MAX_MODEL = 200
 
+# One statement per batch, whatever its size: the reports travel as arrays (a handful of
+# parameters), which costs PostgreSQL and psycopg far less than a row of parameters each.
+_NEW_REQUESTS = text(
+    """
+    INSERT INTO usage_requests (request_id, connection_id, day, partial, estimated)
+    SELECT * FROM unnest(
+        CAST(:request_ids AS text[]), CAST(:connection_ids AS text[]), CAST(:days AS date[]),
+        CAST(:partial AS boolean[]), CAST(:estimated AS boolean[])
+    )
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+    """
+)
+_TOKENS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+# The counted columns in the order _ADD_TO_DAILY takes them.
+_COUNTS = ("requests", *_TOKENS, "partial_requests")
+_ADD_TO_DAILY = text(
+    """
+    INSERT INTO usage_daily (
+        connection_id, app_id, provider, model, day, requests, prompt_tokens, completion_tokens,
+        total_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, partial_requests
+    )
+    SELECT * FROM unnest(
+        CAST(:connection_ids AS text[]), CAST(:app_ids AS text[]), CAST(:providers AS text[]),
+        CAST(:models AS text[]), CAST(:days AS date[]), CAST(:requests AS bigint[]),
+        CAST(:prompt_tokens AS bigint[]), CAST(:completion_tokens AS bigint[]),
+        CAST(:total_tokens AS bigint[]), CAST(:cached_tokens AS bigint[]),
+        CAST(:cache_write_tokens AS bigint[]), CAST(:reasoning_tokens AS bigint[]),
+        CAST(:partial_requests AS bigint[])
+    )
+    ON CONFLICT ON CONSTRAINT pk_usage_daily DO UPDATE SET
+        requests = usage_daily.requests + excluded.requests,
+        prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens,
+        total_tokens = usage_daily.total_tokens + excluded.total_tokens,
+        cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens,
+        cache_write_tokens = usage_daily.cache_write_tokens + excluded.cache_write_tokens,
+        reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens,
+        partial_requests = usage_daily.partial_requests + excluded.partial_requests
+    """
+)
 
-async def record_usage(session: AsyncSession, event: events.UsageEvent) -> bool:
-    """Add one request to its connection's row for that provider, model and day, unless its
-    request id was recorded already; whether it was added."""
-    day = event.at.astimezone(UTC).date()
-    first_time = await session.scalar(
-        pg_insert(UsageRequest)
-        .values(
-            request_id=event.request_id,
-            connection_id=event.connection_id,
-            day=day,
-            partial=event.partial,
-            estimated=event.estimated,
-        )
-        .on_conflict_do_nothing(index_elements=[UsageRequest.request_id])
-        .returning(UsageRequest.request_id)
-    )
-    if first_time is None:
-        return False
-    insert = pg_insert(UsageDaily).values(
-        connection_id=event.connection_id,
-        app_id=event.app_id,
-        provider=event.provider,
-        model=event.model[:_MAX_MODEL],
-        day=day,
-        requests=1,
-        prompt_tokens=event.prompt_tokens,
-        completion_tokens=event.completion_tokens,
-        total_tokens=event.total_tokens,
-        cached_tokens=event.cached_tokens,
-        cache_write_tokens=event.cache_write_tokens,
-        reasoning_tokens=event.reasoning_tokens,
-        partial_requests=1 if event.partial else 0,
-    )
-    added = insert.excluded
-    await session.execute(
-        insert.on_conflict_do_update(
-            constraint="pk_usage_daily",
-            set_={
-                "requests": UsageDaily.requests + added.requests,
-                "prompt_tokens": UsageDaily.prompt_tokens + added.prompt_tokens,
-                "completion_tokens": UsageDaily.completion_tokens + added.completion_tokens,
-                "total_tokens": UsageDaily.total_tokens + added.total_tokens,
-                "cached_tokens": UsageDaily.cached_tokens + added.cached_tokens,
-                "cache_write_tokens": UsageDaily.cache_write_tokens + added.cache_write_tokens,
-                "reasoning_tokens": UsageDaily.reasoning_tokens + added.reasoning_tokens,
-                "partial_requests": UsageDaily.partial_requests + added.partial_requests,
+# A usage_daily row: (connection, provider, model, day).
+DailyKey = tuple[str, str, str, date]
+
+
+@dataclass
+class UsageRecorded:
+    """What one batch added: requests new to the tables, and reports dropped because their
+    connection no longer exists (per connection id)."""
+
+    added: int = 0
+    unknown_connections: Counter[str] = field(default_factory=Counter)
+
+
+async def record_usage(
+    session: AsyncSession, reports: Sequence[events.UsageEvent]
+) -> UsageRecorded:
+    """Add each request to its connection's row for that provider, model and day, unless its
+    request id was recorded already (in an earlier batch, by another copy, or twice in this
+    one): one row write per (connection, provider, model, day) however many requests it had.
+    """
+    recorded = UsageRecorded()
+    # The first report per request id, in id order: two copies inserting overlapping ids
+    # then wait on each other in the same order, never in a cycle.
+    by_id: dict[str, events.UsageEvent] = {}
+    for report in reports:
+        by_id.setdefault(report.request_id, report)
+    wanted = {report.connection_id for report in by_id.values()}
+    known = set(await session.scalars(select(Connection.id).where(Connection.id.in_(wanted))))
+    fresh: list[events.UsageEvent] = []
+    for request_id in sorted(by_id):
+        report = by_id[request_id]
+        if report.connection_id in known:
+            fresh.append(report)
+        else:
+            # Its app was deleted: there is nobody to bill.
+            recorded.unknown_connections[report.connection_id] += 1
+    if not fresh:
+        return recorded
+    days = [report.at.astimezone(UTC).date() for report in fresh]
+    new_ids = set(
+        await session.scalars(
+            _NEW_REQUESTS,
+            {
+                "request_ids": [report.request_id for report in fresh],
+                "connection_ids": [report.connection_id for report in fresh],
+                "days": days,
+                "partial": [report.partial for report in fresh],
+                "estimated": [report.estimated for report in fresh],
             },
         )
     )
-    return True
+    recorded.added = len(new_ids)
+    if not new_ids:
+        return recorded
+    # Summed here, so the busiest connection's row is written once per batch.
+    rows: dict[DailyKey, tuple[str, list[int]]] = {}
+    for report, day in zip(fresh, days, strict=True):
+        if report.request_id not in new_ids:
+            continue
+        key = (report.connection_id, report.provider, report.model[:_MAX_MODEL], day)
+        _, counts = rows.setdefault(key, (report.app_id, [0] * len(_COUNTS)))
+        counts[0] += 1
+        for i, kind in enumerate(_TOKENS, start=1):
+            counts[i] += getattr(report, kind)
+        counts[-1] += report.partial
+    keys = sorted(rows)  # the same lock order in every copy
+    columns: dict[str, list[Any]] = {
+        "connection_ids": [k[0] for k in keys],
+        "app_ids": [rows[k][0] for k in keys],
+        "providers": [k[1] for k in keys],
+        "models": [k[2] for k in keys],
+        "days": [k[3] for k in keys],
+    }
+    for i, column in enumerate(_COUNTS):
+        columns[column] = [rows[k][1][i] for k in keys]
+    await session.execute(_ADD_TO_DAILY, columns)
+    return recorded
 
 
 async def usage_of(session: AsyncSession, app_id: str, connection_id: str) -> list[UsageDaily]:
@@ -119,30 +200,57 @@ class UsageHandlers(Handlers):
 
     async def _start_recording(self) -> None:
         # Reports the router made while no keystore ran are waiting in the stream.
+        settings = self.runtime.settings
         recorder = DurableRecorder(
             self.runtime.bus.nc,
             events.USAGE_RECORDER,
             events.USAGE,
             self.on_usage,
-            replicas=self.runtime.settings.jetstream_replicas,
+            flush_events=settings.usage_flush_events,
+            flush_interval_s=settings.usage_flush_interval_s,
+            ack_wait_s=settings.usage_ack_wait_s,
+            replicas=settings.jetstream_replicas,
         )
         recorder.start()
         # Registered last, so it stops first: before the database engine is disposed of.
         self.runtime.on_stop(recorder.stop)
 
-    async def on_usage(self, event: events.UsageEvent) -> None:
-        """Record one report; raising (the database is down) has it delivered again."""
+    async def on_usage(self, reports: list[events.UsageEvent]) -> None:
+        """Record a batch of reports in one transaction; raising (the database is down) has the
+        whole batch delivered again."""
         try:
             async with self.sessions.begin() as session:
-                added = await record_usage(session, event)
-            if not added:
-                log.debug("usage already recorded", extra={"request_id": event.request_id})
-        except IntegrityError:
-            # The connection is gone (its app was deleted): there is nobody to bill.
+                recorded = await record_usage(session, reports)
+        except (IntegrityError, DataError):
+            # A report the tables refuse (its connection deleted meanwhile, a value too long)
+            # must not hold back the rest: each on its own, and only the refused one dropped.
+            recorded = await self._record_one_by_one(reports)
+        for connection_id, count in recorded.unknown_connections.items():
             log.warning(
                 "usage for an unknown connection dropped",
-                extra={"connection_id": event.connection_id, "request_id": event.request_id},
+                extra={"connection_id": connection_id, "count": count},
             )
+        log.debug("usage recorded", extra={"count": len(reports), "added": recorded.added})
+
+    async def _record_one_by_one(self, reports: list[events.UsageEvent]) -> UsageRecorded:
+        recorded = UsageRecorded()
+        for report in reports:
+            try:
+                async with self.sessions.begin() as session:
+                    one = await record_usage(session, [report])
+            except (IntegrityError, DataError) as exc:
+                log.warning(
+                    "usage the database refuses dropped",
+                    extra={
+                        "connection_id": report.connection_id,
+                        "request_id": report.request_id,
+                        "error": type(exc).__name__,
+                    },
+                )
+                continue
+            recorded.added += one.added
+            recorded.unknown_connections.update(one.unknown_connections)
+        return recorded
 
     async def usage_get(self, request: ks.ConnectionRef) -> ks.UsageReport:
         async with self.sessions.begin() as session:

@@ -2,8 +2,9 @@
 
 `ensure_stream` creates a contract's `DurableStream` if it is missing (both ends call it at
 start). `DurablePublisher` publishes without making the caller wait for the ack, and retries
-until the stream has it. `DurableRecorder` pulls from the contract's shared durable consumer and
-acks a message only once its handler has returned (the record is committed).
+until the stream has it. `DurableRecorder` pulls from the contract's shared durable consumer,
+hands its handler a batch at a time, and acks the batch's messages only once the handler has
+returned (the records are committed).
 """
 
 from __future__ import annotations
@@ -260,15 +261,26 @@ class DurablePublisher:
             self._acks = None
 
 
-Handler = Callable[[Any], Awaitable[None]]
+# A copy asks for at most this many messages at once, and all copies together hold at most
+# MAX_ACK_PENDING unacked.
+FETCH_BATCH: Final = 256
+MAX_ACK_PENDING: Final = 20_000
+# How long one pull waits when nothing is pending; also how long a stop may wait for it.
+IDLE_FETCH_S: Final = 1.0
+
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
 
 class DurableRecorder:
-    """Pulls `event`s from a shared durable consumer and records each with `handler`.
+    """Pulls `event`s from a shared durable consumer and records them a batch at a time.
 
-    A message is acked once `handler` returns, so a record the handler committed is never lost
-    and one it did not is delivered again (to this copy or another): `handler` must be
-    idempotent. A handler that raises gets the message back after `retry_delay_s`.
+    Messages gather until `flush_events` wait or `flush_interval_s` has passed since the first
+    of them; then `handler` gets all their payloads at once (one transaction for the lot) and
+    every message of the batch is acked once it returns. So a record the handler committed is
+    never lost, and a batch it did not commit (it raised, or this copy died first) is delivered
+    again, to this copy or another: `handler` must be idempotent. A message that does not decode
+    is terminated on arrival. JetStream hands a message to another copy if it is not acked
+    within `ack_wait_s`, which must therefore be well over the flush interval.
     """
 
     def __init__(
@@ -276,35 +288,67 @@ class DurableRecorder:
         nc: NatsClient,
         consumer: DurableConsumer,
         event: Event[Any],
-        handler: Handler,
+        handler: BatchHandler,
         *,
-        batch: int = 64,
-        concurrency: int = 4,
+        flush_events: int = 500,
+        flush_interval_s: float = 1.0,
         ack_wait_s: float = 30.0,
         retry_delay_s: float = 2.0,
         replicas: int = 1,
     ) -> None:
+        if ack_wait_s < 2 * flush_interval_s:
+            raise ValueError("the ack wait must be at least twice the flush interval")
+        self._nc = nc
         self._js = nc.jetstream()
         self._replicas = replicas
         self._consumer = consumer
         self._event = event
         self._handler = handler
-        self._batch = batch
-        self._concurrency = concurrency
+        self._flush_events = flush_events
+        self._flush_interval_s = flush_interval_s
         self._ack_wait_s = ack_wait_s
         self._retry_delay_s = retry_delay_s
         self._task: asyncio.Task[None] | None = None
+        # Fetched and decoded, not yet recorded; `_due` is when they must be.
+        self._messages: list[Msg] = []
+        self._payloads: list[Any] = []
+        self._due = 0.0
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"record-{self._consumer.name}")
 
     async def stop(self) -> None:
-        """Stop pulling; a message being recorded now and not yet acked comes back later."""
+        """Stop pulling and record what was fetched already; what is not recorded within a
+        few seconds comes back after the ack wait.
+
+        The pull running now is waited for (at most IDLE_FETCH_S), not cancelled: a fetch cut
+        short drops the messages it had received, which would then wait out the ack wait.
+        """
         if self._task is not None:
-            self._task.cancel()
+            self._stopping = True
+            done, _ = await asyncio.wait({self._task}, timeout=IDLE_FETCH_S + 5.0)
+            if not done:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            with contextlib.suppress(*BUS_ERRORS):
+                await self._nc.flush(timeout=2)  # the last acks out before the bus closes
+
+    def _config(self) -> JsConsumerConfig:
+        return JsConsumerConfig(
+            name=self._consumer.name,
+            durable_name=self._consumer.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self._ack_wait_s,
+            max_deliver=-1,
+            # Each copy holds up to a batch unacked: room for many copies (the default, 1,000,
+            # would stall a third copy until the first two flushed).
+            max_ack_pending=MAX_ACK_PENDING,
+            filter_subject=self._event.subject,
+        )
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         stream = self._consumer.stream
@@ -312,18 +356,12 @@ class DurableRecorder:
         while True:
             try:
                 await ensure_stream(self._js, stream, replicas=self._replicas)
+                await self._repair_consumer()
                 return await self._js.pull_subscribe(
                     self._event.subject,
                     durable=self._consumer.name,
                     stream=stream.name,
-                    config=JsConsumerConfig(
-                        durable_name=self._consumer.name,
-                        ack_policy=AckPolicy.EXPLICIT,
-                        deliver_policy=DeliverPolicy.ALL,
-                        ack_wait=self._ack_wait_s,
-                        max_deliver=-1,
-                        filter_subject=self._event.subject,
-                    ),
+                    config=self._config(),
                 )
             except BUS_ERRORS as exc:
                 log.warning(
@@ -333,54 +371,106 @@ class DurableRecorder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def _repair_consumer(self) -> None:
+        """Put the ack wait and pending limit back if the consumer exists with others (made by
+        an older copy, or changed by hand)."""
+        try:
+            have = await self._js.consumer_info(self._consumer.stream.name, self._consumer.name)
+        except nats.js.errors.NotFoundError:
+            return  # pull_subscribe makes it
+        want = self._config()
+        if (have.config.ack_wait, have.config.max_ack_pending) != (
+            want.ack_wait,
+            want.max_ack_pending,
+        ):
+            await self._js.add_consumer(self._consumer.stream.name, want)
+
     async def _run(self) -> None:
         subscription = await self._subscribe()
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                try:
-                    messages = await subscription.fetch(self._batch, timeout=5)
-                except nats.errors.TimeoutError:
-                    continue
-                except nats.errors.ConnectionClosedError:
-                    return
-                except BUS_ERRORS as exc:
-                    # The consumer or its stream may be gone (deleted): make them again.
-                    log.warning(
-                        "pulling from a durable stream failed",
-                        extra={"consumer": self._consumer.name, "error": type(exc).__name__},
-                    )
-                    await asyncio.sleep(1.0)
-                    with contextlib.suppress(*BUS_ERRORS):
-                        await subscription.unsubscribe()
-                    subscription = await self._subscribe()
-                    continue
-                # A few at a time: one by one falls behind a busy router, and all at once
-                # would take every database connection the service's requests need.
-                step = self._concurrency
-                for i in range(0, len(messages), step):
-                    await asyncio.gather(*(self._record(m) for m in messages[i : i + step]))
+            while not self._stopping:
+                room = self._flush_events - len(self._messages)
+                wait = self._due - loop.time() if self._messages else IDLE_FETCH_S
+                if room > 0 and wait > 0:
+                    try:
+                        asked = min(room, FETCH_BATCH)
+                        messages = await subscription.fetch(asked, timeout=max(wait, 0.05))
+                    except nats.errors.TimeoutError:
+                        messages = []
+                    except nats.errors.ConnectionClosedError:
+                        return
+                    except BUS_ERRORS as exc:
+                        # The consumer or its stream may be gone (deleted): make them again.
+                        log.warning(
+                            "pulling from a durable stream failed",
+                            extra={"consumer": self._consumer.name, "error": type(exc).__name__},
+                        )
+                        await asyncio.sleep(1.0)
+                        with contextlib.suppress(*BUS_ERRORS):
+                            await subscription.unsubscribe()
+                        subscription = await self._subscribe()
+                        continue
+                    await self._take(messages, loop.time())
+                    if 0 < len(messages) < asked and self._messages:
+                        # Nothing more waits in the stream: let some arrive before the next
+                        # pull, rather than one pull per report.
+                        pause = min(self._flush_interval_s / 10, 0.1)
+                        await asyncio.sleep(min(pause, max(0.0, self._due - loop.time())))
+                    if len(self._messages) < self._flush_events and loop.time() < self._due:
+                        continue
+                if self._messages:
+                    await self._flush()
         finally:
+            # Stopping: what this copy holds is written now rather than redelivered after the
+            # ack wait, including what JetStream sent after the last fetch returned (a pull
+            # stays open on the server until it expires; a last fetch gets those).
+            room = self._flush_events - len(self._messages)
+            with contextlib.suppress(*BUS_ERRORS):
+                if room > 0:
+                    fetched = await subscription.fetch(min(room, FETCH_BATCH), timeout=0.1)
+                    await self._take(fetched, loop.time())
+            if self._messages:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._flush(), timeout=5.0)
             with contextlib.suppress(*BUS_ERRORS):
                 await subscription.unsubscribe()
 
-    async def _record(self, message: Msg) -> None:
+    async def _take(self, messages: list[Msg], now: float) -> None:
+        for message in messages:
+            try:
+                payload = self._event.payload.model_validate_json(message.data)
+            except ValidationError:
+                # It will never decode: delivering it again would only block the ones behind.
+                log.error("malformed durable event dropped", extra={"event": self._event.subject})
+                with contextlib.suppress(*BUS_ERRORS):
+                    await message.term()
+                continue
+            if not self._messages:
+                self._due = now + self._flush_interval_s
+            self._messages.append(message)
+            self._payloads.append(payload)
+
+    async def _flush(self) -> None:
+        messages, payloads = self._messages, self._payloads
+        self._messages, self._payloads = [], []
         try:
-            payload = self._event.payload.model_validate_json(message.data)
-        except ValidationError:
-            # It will never decode: delivering it again would only block the ones behind it.
-            log.error("malformed durable event dropped", extra={"event": self._event.subject})
-            with contextlib.suppress(*BUS_ERRORS):
-                await message.term()
-            return
-        try:
-            await self._handler(payload)
+            await self._handler(payloads)
         except Exception as exc:
             log.warning(
-                "recording a durable event failed; it will be delivered again",
-                extra={"event": self._event.subject, "error": type(exc).__name__},
+                "recording durable events failed; they will be delivered again",
+                extra={
+                    "event": self._event.subject,
+                    "count": len(messages),
+                    "error": type(exc).__name__,
+                },
             )
+            recorded = False
+        else:
+            recorded = True
+        for message in messages:
             with contextlib.suppress(*BUS_ERRORS):
-                await message.nak(delay=self._retry_delay_s)
-            return
-        with contextlib.suppress(*BUS_ERRORS):
-            await message.ack()
+                if recorded:
+                    await message.ack()
+                else:
+                    await message.nak(delay=self._retry_delay_s)
