@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from byorouter_cli.dev.ports import free_ports
 from byorouter_cli.dev.state import make_private_dir, open_private_log
 
 
@@ -154,9 +155,13 @@ class NatsCluster:
     ) -> None:
         if size < 1:
             raise ValueError("a cluster has at least one node")
-        client_ports = list(ports) if ports else [free_port() for _ in range(size)]
-        route_ports = [free_port() for _ in range(size)]
-        monitor_ports = [free_port() for _ in range(size)]
+        # Given ports go to the first nodes (the dev stack's 4222 to node 1); the rest are free
+        # ones, taken together so no two are the same.
+        given = list(ports or ())[:size]
+        spare = free_ports(3 * size - len(given))
+        client_ports = given + spare[: size - len(given)]
+        route_ports = spare[size - len(given) : 2 * size - len(given)]
+        monitor_ports = spare[2 * size - len(given) :]
         routes = tuple(f"nats://127.0.0.1:{port}" for port in route_ports)
         self.nodes = [
             NatsServer(
