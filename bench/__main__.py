@@ -40,6 +40,7 @@ import psutil
 import uvloop
 from pydantic import SecretStr
 
+from bench.copies import measure_copies
 from bench.loadgen import LoadResult, run_load
 from bench.paced import PACE_MS, STREAMS, paced_body, run_paced
 from bench.tunnel import measure_tunnel
@@ -333,7 +334,15 @@ def main() -> None:
         help=f"run only this scenario (repeat, or comma-separate): {', '.join(SCENARIOS)}",
     )
     parser.add_argument("--tunnel-only", action="store_true", help="same as --scenario tunnel")
+    parser.add_argument(
+        "--copies",
+        action="store_true",
+        help="only throughput with 1 and 2 copies of every service (bench/copies.py)",
+    )
     args = parser.parse_args()
+    if args.copies:
+        measure_copies(args.seconds)
+        return
     scenarios = _scenarios(args.scenario, args.tunnel_only)
     state = Path(tempfile.mkdtemp(prefix="byorouter-bench-"))
     env = {
