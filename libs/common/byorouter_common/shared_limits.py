@@ -4,14 +4,18 @@ A request never waits on the bus in the common case: each copy holds a small lea
 key and spends them locally. When a lease runs out, the copy takes the next chunk from the shared
 bucket with one compare-and-set write (the entry's revision), so a busy key costs the bus about
 `1 / lease_s` writes a second however many requests it carries, and an idle key costs nothing.
-A chunk is `rate x lease_s` tokens: at most that many per copy are unused when a burst stops,
-which is how far below its limit a key can fall. Unused leases expire after `lease_ttl_s` (they
-are not given back: a key that goes quiet has a full bucket again by then anyway).
+A chunk is `rate x lease_s` tokens, or a tenth of the burst if that is more. A key a copy holds
+no lease for gets its first few tokens on credit (`credit`, at most a tenth of the burst) with no
+bus call at all, so users who send a request now and then cost the bus nothing; the next lease
+takes them from the bucket too, and a key refused lately gets no credit. Unused leases expire
+after `lease_ttl_s` and are not given back. So a key can fall below its limit by a chunk per
+copy when traffic stops, and go above it by a chunk per copy (tokens leased before the bucket
+refilled, or credit no lease recorded), never more.
 
 The shared bucket stores the tokens left and the wall-clock time they were counted at; a copy
-adds the refill since then with its own clock, never moving that time backwards, so a copy whose
-clock runs `d` seconds ahead gains at most `rate x d` tokens once, and one running behind gains
-none until its clock catches up.
+adds the refill since then with its own clock, never moving that time backwards, so skewed
+clocks give at most one extra burst (a time written in the past refills the bucket early once),
+and a copy running ahead makes the others see no refill until their clocks pass its time.
 
 When the bucket cannot be reached, limits fail open to a floor: each copy enforces the whole
 limit on its own (two copies then admit up to twice it), logs a warning, and tries the bus again
@@ -66,11 +70,13 @@ class _Lease:
     locally while the bucket is unreachable."""
 
     __slots__ = (
+        "debt",
         "expires_at",
         "known",
         "limit",
         "local_at",
         "pending",
+        "refused_at",
         "refused_until",
         "revision",
         "stored",
@@ -83,6 +89,10 @@ class _Lease:
         self.tokens = 0.0
         self.expires_at = 0.0
         self.refused_until = 0.0
+        self.refused_at = -math.inf
+        # Tokens given on credit before this copy's first lease; the next lease takes them from
+        # the bucket too.
+        self.debt = 0
         # The shared entry as this copy last wrote or read it (`known`): (tokens, counted at),
         # None if there was none, and its revision; a write based on it fails if another copy
         # wrote since (then it is read again).
@@ -122,7 +132,7 @@ class SharedTokenBuckets:
         *,
         replicas: int = 1,
         lease_s: float = 0.2,
-        lease_ttl_s: float = 1.0,
+        lease_ttl_s: float = 10.0,
         timeout_s: float = 0.25,
         retry_s: float = 2.0,
         wall_clock: Callable[[], float] = time.time,
@@ -176,6 +186,7 @@ class SharedTokenBuckets:
         elif lease.limit != limit:
             # Tokens leased under the old limit are not spent under the new one.
             lease.limit, lease.tokens, lease.refused_until, lease.local_at = limit, 0.0, 0.0, -1.0
+            lease.debt = 0
         # Each round either spends a token, refuses, or saw a lease taken from the bucket
         # (which holds finitely many tokens): it ends.
         while True:
@@ -187,11 +198,28 @@ class SharedTokenBuckets:
                 return lease.refused_until - now
             if now < self._local_until:
                 return self._take_locally(lease, limit, now)
+            if self._on_credit(lease, limit, now):
+                return None
             if lease.pending is None:
                 lease.pending = asyncio.ensure_future(self._lease(key, limit, lease))
                 lease.pending.add_done_callback(lambda _: setattr(lease, "pending", None))
             # Shielded: one caller going away must not cancel the lease the others wait for.
             await asyncio.shield(lease.pending)
+
+    def _on_credit(self, lease: _Lease, limit: Limit, now: float) -> bool:
+        """A key this copy holds no lease for, and has not refused lately, gets its first few
+        tokens on credit, with no bus call: a user sending one request now and then never
+        touches the bucket. The next lease, if one is needed, takes them from the bucket too;
+        if none is needed before the credit expires, they are forgiven (at most `credit` per
+        `lease_ttl_s` per copy, well below the rate they are a part of)."""
+        credit = self.credit(limit)
+        if credit < 1 or lease.expires_at > now or lease.pending is not None:
+            return False
+        if now - lease.refused_at < self.lease_ttl_s:
+            return False
+        lease.tokens, lease.debt = float(credit - 1), credit
+        lease.expires_at = now + self.lease_ttl_s
+        return True
 
     def _take_locally(self, lease: _Lease, limit: Limit, now: float) -> float | None:
         """The floor while the bucket is unreachable: this copy alone holds the whole limit."""
@@ -206,8 +234,14 @@ class SharedTokenBuckets:
         return (1.0 - lease.tokens) / limit.per_s
 
     def chunk(self, limit: Limit) -> int:
-        """How many tokens one lease takes: `lease_s` worth of the rate, at least one."""
-        return max(1, min(limit.burst, round(limit.per_s * self.lease_s)))
+        """How many tokens one lease takes: `lease_s` worth of the rate or a tenth of the burst,
+        whichever is more (a user's burst then costs a few writes), at least one."""
+        return max(1, min(limit.burst, max(round(limit.per_s * self.lease_s), limit.burst // 10)))
+
+    def credit(self, limit: Limit) -> int:
+        """How many requests may go ahead before a copy's first lease of a key: a chunk, and
+        never more than a tenth of the burst (none for a burst under 10)."""
+        return min(self.chunk(limit), limit.burst // 10)
 
     async def _lease(self, key: str, limit: Limit, lease: _Lease) -> None:
         try:
@@ -222,6 +256,10 @@ class SharedTokenBuckets:
         kv = self._kv or await self._open()
         chunk = self.chunk(limit)
         burst = float(limit.burst)
+        # A whole chunk: copies racing for single tokens would write to the bus once per
+        # request. What was let through on credit is taken too (unless that credit has expired:
+        # then it was forgiven).
+        debt = lease.debt if lease.expires_at > time.monotonic() else 0
         for _ in range(_CAS_TRIES):
             if not lease.known:
                 await self._read(kv, key, lease)
@@ -232,12 +270,11 @@ class SharedTokenBuckets:
                 tokens, counted_at = lease.stored
                 available = min(burst, tokens + max(0.0, now - counted_at) * limit.per_s)
                 counted_at = max(counted_at, now)  # never backwards (clock skew)
-            if available < chunk:
-                # Wait for a whole chunk, not one token: copies racing for single tokens would
-                # write to the bus once per request.
-                lease.refused_until = time.monotonic() + (chunk - available) / limit.per_s
+            if available < debt + chunk:
+                lease.refused_at = time.monotonic()
+                lease.refused_until = lease.refused_at + (debt + chunk - available) / limit.per_s
                 return
-            left = available - chunk
+            left = available - debt - chunk
             try:
                 lease.revision = await kv.update(key, encode(left, counted_at), last=lease.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
@@ -245,12 +282,13 @@ class SharedTokenBuckets:
                 continue
             self.kv_writes += 1
             lease.stored = (left, counted_at)
-            lease.tokens = max(0.0, lease.tokens) + chunk
+            lease.tokens, lease.debt = float(chunk), 0
             lease.local_at = -1.0
             lease.expires_at = time.monotonic() + self.lease_ttl_s
             return
         # Many copies racing on one key: refuse for a moment rather than write again at once.
-        lease.refused_until = time.monotonic() + self.lease_s / 4
+        lease.refused_at = time.monotonic()
+        lease.refused_until = lease.refused_at + self.lease_s / 4
 
     async def _read(self, kv: KeyValue, key: str, lease: _Lease) -> None:
         try:
