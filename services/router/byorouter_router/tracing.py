@@ -2,8 +2,8 @@
 
 Attributes follow the OpenTelemetry GenAI semantic conventions (`gen_ai.*`, decision 0022) plus
 our `byorouter.*`. None holds a key, a prompt or a completion: only names, ids, counts and
-outcomes. With tracing off every span is the API's non-recording one and `traced_request`
-gives `OFF`, whose methods do nothing, so no attribute is built on the hot path.
+outcomes. With tracing off (or the request not sampled) `traced_request` gives `OFF`, whose
+methods do nothing, so no span is started and no attribute built on the hot path.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def traced_request(
 def _recorded(
     operation: Operation, headers: Mapping[str, str] | None, request_id: str
 ) -> Iterator[RequestTrace]:
+    # Named by the operation until the model is known ("chat", then "chat gpt-4o-mini").
     with tracer.start_as_current_span(
-        "router.chat" if operation == "chat" else f"router.{operation}",
+        _GEN_AI_OPERATION[operation],
         context=extract_context(headers) if headers else None,
         kind=SpanKind.SERVER,
         record_exception=False,
