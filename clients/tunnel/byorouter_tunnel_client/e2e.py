@@ -15,7 +15,6 @@ router is not (it translates and meters).
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from byorouter_tunnel_client.fingerprints import fingerprint as fingerprint
 
 PROTOCOL = b"byorouter-tunnel/1"
 _SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)
@@ -56,12 +57,6 @@ def load_public_key(text: str) -> X25519PublicKey:
         return X25519PublicKey.from_public_bytes(_unb64(text))
     except ValueError as exc:
         raise ValueError("not an X25519 public key") from exc
-
-
-def fingerprint(public_key: str) -> str:
-    """A short, human-comparable name for a public key (shown by the client and the status)."""
-    digest = hashlib.sha256(_unb64(public_key)).hexdigest()
-    return ":".join(digest[i : i + 4] for i in range(0, 16, 4))
 
 
 def load_or_create_private_key(path: Path) -> X25519PrivateKey:

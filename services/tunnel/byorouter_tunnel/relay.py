@@ -38,7 +38,7 @@ from byorouter_common.errors import ByoError
 from byorouter_tunnel.metrics import BUSY_REFUSALS
 from byorouter_tunnel.tracing import UNTRACED, RelaySpan, relay_span
 from byorouter_tunnel_client import protocol
-from byorouter_tunnel_client.e2e import fingerprint
+from byorouter_tunnel_client.fingerprints import fingerprint
 
 log = logging.getLogger(__name__)
 
