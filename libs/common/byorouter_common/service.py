@@ -184,6 +184,8 @@ def run_service(service: Service[S], settings: S, argv: Sequence[str] | None = N
     parser.add_argument("command", nargs="?", default="serve", choices=("serve", *service.commands))
     args = parser.parse_args(argv)
     setup_logging(service.name, settings.log_level, settings.log_format)
+    # Every service's per-request lines go to this one logger (docs/operations.md).
+    logging.getLogger("byorouter.access").disabled = not settings.access_log
     if args.command != "serve":
         service.commands[args.command](settings)
         return

@@ -41,9 +41,6 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = Field(default=8 * MIB, ge=1)
     # Browser origins allowed to call the API directly; empty turns CORS off.
     cors_origins: list[str] = Field(default_factory=list)
-    # BYOROUTER_ACCESS_LOG: one INFO line per request (method, route template, status,
-    # duration, request id, provider, attempts); false turns it off.
-    access_log: bool = True
     # /readyz waits this long for keystore and router to answer discovery pings.
     ready_timeout_s: float = Field(default=1.0, gt=0)
     # On shutdown, how long open responses (long streams) may finish before they are cut.
