@@ -133,6 +133,18 @@ async def test_metrics_move_with_bounded_labels_and_every_request_has_an_access_
         ),
         "the router to count the failed request",
     )
+    # Keystore records the streamed chat's usage from the durable stream within its flush.
+    wait_for(
+        lambda: (
+            moved(
+                before["keystore"],
+                after_of("keystore"),
+                "byorouter_keystore_usage_events_recorded_total",
+            )
+            >= 1
+        ),
+        "keystore to record the chat's usage",
+    )
     after = {name: scrape(stack, name) for name in SERVICES}
 
     gateway, router, keystore = after["gateway"], after["router"], after["keystore"]

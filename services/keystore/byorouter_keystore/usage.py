@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from byorouter_common.bus import DurableRecorder, serve
 from byorouter_common.contracts import events
 from byorouter_common.contracts import keystore as ks
+from byorouter_keystore.metrics import USAGE_RECORDED
 from byorouter_keystore.shared import Handlers, owned_connection
 from byorouter_keystore.tables import Connection, UsageDaily
 
@@ -230,6 +231,7 @@ class UsageHandlers(Handlers):
                 "usage for an unknown connection dropped",
                 extra={"connection_id": connection_id, "count": count},
             )
+        USAGE_RECORDED.inc(recorded.added)
         log.debug("usage recorded", extra={"count": len(reports), "added": recorded.added})
 
     async def _record_one_by_one(self, reports: list[events.UsageEvent]) -> UsageRecorded:
