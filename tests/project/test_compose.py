@@ -33,6 +33,7 @@ from byorouter_common.settings import ServiceSettings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CADDYFILE = ROOT / "deploy" / "Caddyfile"
+PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 NATS_CONFIG = "./deploy/nats.conf"
 PROXY = "proxy"
 # Read by libraries rather than our settings classes; a service may be given them.
@@ -276,6 +277,32 @@ def _http_problems(
     return problems
 
 
+def prometheus_problems(compose: Mapping[str, Any], prometheus: Mapping[str, Any]) -> list[str]:
+    """Scrape targets `<service>:<port>` that are not that compose service's metrics port."""
+    services: Mapping[str, Any] = compose.get("services", {})
+    problems = []
+    scraped = set()
+    for job in prometheus.get("scrape_configs", []):
+        for static in job.get("static_configs", []):
+            for target in static.get("targets", []):
+                host, _, port = str(target).rpartition(":")
+                if host not in SERVICES:
+                    continue
+                scraped.add(host)
+                env = {
+                    var: interpolate(value)
+                    for var, value in services.get(host, {}).get("environment", {}).items()
+                }
+                metrics_port = effective_settings(host, env).metrics_port
+                if int(port) != metrics_port:
+                    problems.append(
+                        f"prometheus: scrapes {target}; {host} serves metrics on {metrics_port}"
+                    )
+    for name in sorted(set(SERVICES) - scraped):
+        problems.append(f"prometheus: does not scrape {name}")
+    return problems
+
+
 # --- the committed files ----------------------------------------------------------------------
 
 
@@ -286,6 +313,21 @@ def load_compose() -> dict[str, Any]:
 
 def test_compose_agrees_with_the_code() -> None:
     assert compose_problems(load_compose(), CADDYFILE.read_text()) == []
+
+
+def load_prometheus() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(PROMETHEUS.read_text())
+    return loaded
+
+
+def test_prometheus_scrapes_every_service_where_compose_serves_its_metrics() -> None:
+    assert prometheus_problems(load_compose(), load_prometheus()) == []
+
+
+def test_a_scrape_of_the_wrong_port_is_caught(compose: dict[str, Any]) -> None:
+    _env(compose, "router")["BYOROUTER_METRICS_PORT"] = "9410"
+    problems = prometheus_problems(compose, load_prometheus())
+    assert "prometheus: scrapes router:9402; router serves metrics on 9410" in problems
 
 
 def test_every_service_reads_only_names_the_checker_knows() -> None:
