@@ -1,9 +1,9 @@
 """What an operator scrapes and reads: every service's /metrics and its access lines.
 
-After one streamed chat and one that fails (the provider answers 503, is asked again, fails
-again), each service's counters have moved with the labels a dashboard groups by, no label
-value anywhere is an id or a key, and each service wrote an access line per request with its
-fields and without the key or the prompt.
+After one streamed chat, one that fails (the provider answers 503, is asked again, fails
+again) and one that falls back to a second provider, each service's counters have moved with
+the labels a dashboard groups by, no label value anywhere is an id or a key, and each service
+wrote an access line per request with its fields and without the key or the prompt.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from byorouter_cli.dev.stack import Stack
 from byorouter_common.bus import Bus
+from byorouter_common.contracts import keystore as ks
 from byorouter_common.contracts.keystore import CREDENTIALS_RESOLVE
 from tests.e2e.conftest import AppWithConnection, create_app_with_connection
 
@@ -82,9 +84,33 @@ async def tenant(bus: Bus, stack: Stack) -> AppWithConnection:
     return await create_app_with_connection(bus, stack.upstream_base_url, name="metrics app")
 
 
+async def connection_with_fallback(bus: Bus, stack: Stack, app_id: str) -> str:
+    """A connection of `app_id` whose OpenAI key is asked first, then a self-hosted server."""
+    created = await bus.request(
+        ks.CONNECTION_CREATE,
+        ks.ConnectionCreate(
+            app_id=app_id,
+            providers=[
+                ks.ProviderCredentialInput(
+                    provider="openai",
+                    api_key=SecretStr("sk-test-" + secrets.token_hex(16)),
+                    base_url=stack.upstream_base_url,
+                ),
+                ks.ProviderCredentialInput(
+                    provider="selfhosted",
+                    base_url=stack.upstream_base_url,
+                    preferred_model="gpt-4o-mini",
+                ),
+            ],
+        ),
+    )
+    return created.connection_id
+
+
 async def test_metrics_move_with_bounded_labels_and_every_request_has_an_access_line(
-    stack: Stack, tenant: AppWithConnection
+    stack: Stack, bus: Bus, tenant: AppWithConnection
 ) -> None:
+    with_fallback = await connection_with_fallback(bus, stack, tenant.app_id)
     before = {name: scrape(stack, name) for name in SERVICES}
     prompt = "metrics-prompt-" + secrets.token_hex(8)
     headers = {
@@ -109,6 +135,13 @@ async def test_metrics_move_with_bounded_labels_and_every_request_has_an_access_
             json={"model": "openai/fail-503", "messages": [{"role": "user", "content": prompt}]},
         )
         assert failed.status_code >= 500
+        fell_back = await client.post(
+            stack.gateway_url + "/v1/chat/completions",
+            headers={**headers, "X-Byorouter-Connection": with_fallback},
+            json={"model": "openai/fail-503", "messages": [{"role": "user", "content": prompt}]},
+        )
+        assert fell_back.status_code == 200
+        assert fell_back.headers["x-byorouter-provider"] == "selfhosted"
         landing = await client.get(stack.connect_url + "/")
         assert landing.status_code == 200
         install = await client.get(stack.tunnel_url + "/client")
@@ -181,6 +214,16 @@ async def test_metrics_move_with_bounded_labels_and_every_request_has_an_access_
     ok_labels = {"operation": "chat", "provider": "openai", "model": "gpt-4o-mini"}
     assert moved(r0, router, "byorouter_router_requests_total", **ok_labels, outcome="ok") >= 1
     assert moved(r0, router, "byorouter_router_retries_total", provider="openai") >= 1
+    assert (
+        moved(
+            r0,
+            router,
+            "byorouter_router_fallbacks_total",
+            from_provider="openai",
+            to_provider="selfhosted",
+        )
+        >= 1
+    )
     upstream_errors = sum(
         after_value - value(r0, name, **dict(labels))
         for (name, labels), after_value in router.items()
@@ -259,6 +302,11 @@ async def test_metrics_move_with_bounded_labels_and_every_request_has_an_access_
     (router_failed,) = [e for e in lines["router"] if e.get("request_id") == failed_id]
     assert router_failed["outcome"] == failed_code
     assert router_failed["attempts"] == 2
+    fallback_id = fell_back.headers["x-request-id"]
+    (router_fell_back,) = [e for e in lines["router"] if e.get("request_id") == fallback_id]
+    assert (router_fell_back["provider"], router_fell_back["attempts"]) == ("selfhosted", 2)
+    (gateway_fell_back,) = [e for e in lines["gateway"] if e.get("request_id") == fallback_id]
+    assert (gateway_fell_back["provider"], gateway_fell_back["attempts"]) == ("selfhosted", 2)
 
     assert any(
         e.get("endpoint") == "credentials_resolve"
