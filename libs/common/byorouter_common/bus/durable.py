@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -265,7 +266,7 @@ class DurablePublisher:
 # MAX_ACK_PENDING unacked.
 FETCH_BATCH: Final = 256
 MAX_ACK_PENDING: Final = 20_000
-# How long one pull waits when nothing is pending; also how long a stop may wait for it.
+# How long one pull stays open when nothing is pending.
 IDLE_FETCH_S: Final = 1.0
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
@@ -281,6 +282,10 @@ class DurableRecorder:
     again, to this copy or another: `handler` must be idempotent. A message that does not decode
     is terminated on arrival. JetStream hands a message to another copy if it is not acked
     within `ack_wait_s`, which must therefore be well over the flush interval.
+
+    Pulls are plain requests whose messages arrive on one callback subscription, and each pull
+    stays open on the server until the batch is due: nats-py's `fetch` costs about three times
+    as much CPU per message (a task and a timer per message; measured 33 against 11 us).
     """
 
     def __init__(
@@ -308,26 +313,28 @@ class DurableRecorder:
         self._flush_interval_s = flush_interval_s
         self._ack_wait_s = ack_wait_s
         self._retry_delay_s = retry_delay_s
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{consumer.stream.name}.{consumer.name}"
         self._task: asyncio.Task[None] | None = None
-        # Fetched and decoded, not yet recorded; `_due` is when they must be.
+        # Received and decoded, not yet recorded; `_due` is when they must be.
         self._messages: list[Msg] = []
         self._payloads: list[Any] = []
         self._due = 0.0
+        # The open pull: how many messages it still may bring; set when it is over.
+        self._outstanding = 0
+        self._pull_over = asyncio.Event()
+        self._consumer_gone = False
         self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"record-{self._consumer.name}")
 
     async def stop(self) -> None:
-        """Stop pulling and record what was fetched already; what is not recorded within a
-        few seconds comes back after the ack wait.
-
-        The pull running now is waited for (at most IDLE_FETCH_S), not cancelled: a fetch cut
-        short drops the messages it had received, which would then wait out the ack wait.
-        """
+        """Stop pulling and record what was received already; what is not recorded within a
+        few seconds comes back after the ack wait."""
         if self._task is not None:
             self._stopping = True
-            done, _ = await asyncio.wait({self._task}, timeout=IDLE_FETCH_S + 5.0)
+            self._pull_over.set()
+            done, _ = await asyncio.wait({self._task}, timeout=10.0)
             if not done:
                 self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -350,19 +357,23 @@ class DurableRecorder:
             filter_subject=self._event.subject,
         )
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+    async def _ensure_consumer(self) -> None:
+        """Make the stream and the consumer if missing; put the consumer's ack wait and pending
+        limit back if it exists with others (made by an older copy, or changed by hand)."""
         stream = self._consumer.stream
         delay = 0.2
         while True:
             try:
                 await ensure_stream(self._js, stream, replicas=self._replicas)
-                await self._repair_consumer()
-                return await self._js.pull_subscribe(
-                    self._event.subject,
-                    durable=self._consumer.name,
-                    stream=stream.name,
-                    config=self._config(),
-                )
+                want = self._config()
+                try:
+                    have = (await self._js.consumer_info(stream.name, self._consumer.name)).config
+                except nats.js.errors.NotFoundError:
+                    await self._js.add_consumer(stream.name, want)
+                    return
+                if (have.ack_wait, have.max_ack_pending) != (want.ack_wait, want.max_ack_pending):
+                    await self._js.add_consumer(stream.name, want)
+                return
             except BUS_ERRORS as exc:
                 log.warning(
                     "cannot consume a durable stream yet; retrying",
@@ -371,85 +382,86 @@ class DurableRecorder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _repair_consumer(self) -> None:
-        """Put the ack wait and pending limit back if the consumer exists with others (made by
-        an older copy, or changed by hand)."""
-        try:
-            have = await self._js.consumer_info(self._consumer.stream.name, self._consumer.name)
-        except nats.js.errors.NotFoundError:
-            return  # pull_subscribe makes it
-        want = self._config()
-        if (have.config.ack_wait, have.config.max_ack_pending) != (
-            want.ack_wait,
-            want.max_ack_pending,
-        ):
-            await self._js.add_consumer(self._consumer.stream.name, want)
-
     async def _run(self) -> None:
-        subscription = await self._subscribe()
+        await self._ensure_consumer()
+        inbox = self._nc.new_inbox()
+        subscription = await self._nc.subscribe(inbox, cb=self._receive)
         loop = asyncio.get_running_loop()
         try:
             while not self._stopping:
                 room = self._flush_events - len(self._messages)
                 wait = self._due - loop.time() if self._messages else IDLE_FETCH_S
-                if room > 0 and wait > 0:
-                    try:
-                        asked = min(room, FETCH_BATCH)
-                        messages = await subscription.fetch(asked, timeout=max(wait, 0.05))
-                    except nats.errors.TimeoutError:
-                        messages = []
-                    except nats.errors.ConnectionClosedError:
-                        return
-                    except BUS_ERRORS as exc:
-                        # The consumer or its stream may be gone (deleted): make them again.
+                if room > 0 and wait > 0.01:
+                    await self._pull(inbox, min(room, FETCH_BATCH), wait)
+                    if self._consumer_gone:
+                        # Deleted by someone: make it again (the stream too, if need be).
                         log.warning(
                             "pulling from a durable stream failed",
-                            extra={"consumer": self._consumer.name, "error": type(exc).__name__},
+                            extra={"consumer": self._consumer.name},
                         )
                         await asyncio.sleep(1.0)
-                        with contextlib.suppress(*BUS_ERRORS):
-                            await subscription.unsubscribe()
-                        subscription = await self._subscribe()
-                        continue
-                    await self._take(messages, loop.time())
-                    if 0 < len(messages) < asked and self._messages:
-                        # Nothing more waits in the stream: let some arrive before the next
-                        # pull, rather than one pull per report.
-                        pause = min(self._flush_interval_s / 10, 0.1)
-                        await asyncio.sleep(min(pause, max(0.0, self._due - loop.time())))
+                        await self._ensure_consumer()
+                        self._consumer_gone = False
                     if len(self._messages) < self._flush_events and loop.time() < self._due:
                         continue
                 if self._messages:
                     await self._flush()
+        except nats.errors.ConnectionClosedError:
+            return
         finally:
-            # Stopping: what this copy holds is written now rather than redelivered after the
-            # ack wait, including what JetStream sent after the last fetch returned (a pull
-            # stays open on the server until it expires; a last fetch gets those).
-            room = self._flush_events - len(self._messages)
+            # Stopping: what this copy received is written now rather than redelivered after
+            # the ack wait (drain hands over what is still queued in the client first).
             with contextlib.suppress(*BUS_ERRORS):
-                if room > 0:
-                    fetched = await subscription.fetch(min(room, FETCH_BATCH), timeout=0.1)
-                    await self._take(fetched, loop.time())
+                await subscription.drain()  # type: ignore[no-untyped-call]
             if self._messages:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._flush(), timeout=5.0)
-            with contextlib.suppress(*BUS_ERRORS):
-                await subscription.unsubscribe()
 
-    async def _take(self, messages: list[Msg], now: float) -> None:
-        for message in messages:
-            try:
-                payload = self._event.payload.model_validate_json(message.data)
-            except ValidationError:
-                # It will never decode: delivering it again would only block the ones behind.
-                log.error("malformed durable event dropped", extra={"event": self._event.subject})
-                with contextlib.suppress(*BUS_ERRORS):
-                    await message.term()
-                continue
-            if not self._messages:
-                self._due = now + self._flush_interval_s
-            self._messages.append(message)
-            self._payloads.append(payload)
+    async def _pull(self, inbox: str, batch: int, expires_s: float) -> None:
+        """Ask for up to `batch` messages and wait until they came or the pull expired (it
+        stays open on the server meanwhile, so what arrives in the window comes in it)."""
+        self._outstanding = batch
+        self._pull_over.clear()
+        request = orjson.dumps({"batch": batch, "expires": int(expires_s * 1e9)})
+        try:
+            await self._nc.publish(self._next, request, reply=inbox)
+        except nats.errors.ConnectionClosedError:
+            raise
+        except BUS_ERRORS:
+            self._consumer_gone = True
+            return
+        try:
+            await asyncio.wait_for(self._pull_over.wait(), timeout=expires_s + 2.0)
+        except TimeoutError:
+            # No end of the pull, not even its expiry: is the consumer still there?
+            self._consumer_gone = True
+
+    async def _receive(self, message: Msg) -> None:
+        headers = message.headers or {}
+        status = headers.get("Status")
+        if status is not None:
+            # 408: the pull expired; 409: it was cut short (the consumer deleted, a leader
+            # change, or too many pulls waiting); 503: nobody answers for the consumer.
+            exceeded = headers.get("Description", "").startswith("Exceeded")
+            if status in ("409", "503") and not exceeded:
+                self._consumer_gone = True
+            self._pull_over.set()
+            return
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._pull_over.set()
+        try:
+            payload = self._event.payload.model_validate_json(message.data)
+        except ValidationError:
+            # It will never decode: delivering it again would only block the ones behind.
+            log.error("malformed durable event dropped", extra={"event": self._event.subject})
+            with contextlib.suppress(*BUS_ERRORS):
+                await message.term()
+            return
+        if not self._messages:
+            self._due = asyncio.get_running_loop().time() + self._flush_interval_s
+        self._messages.append(message)
+        self._payloads.append(payload)
 
     async def _flush(self) -> None:
         messages, payloads = self._messages, self._payloads
