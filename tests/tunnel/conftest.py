@@ -45,6 +45,8 @@ def tunnel_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     # The gateway's register answer names this stack's tunnel endpoint.
     ws_url = stack.tunnel_url.replace("http://", "ws://") + "/tunnel"
     stack.service_env.setdefault("gateway", {})["BYOROUTER_TUNNEL_PUBLIC_URL"] = ws_url
+    # 200 concurrent streams on one connection: past a user's default limit (burst 100).
+    stack.service_env["gateway"]["BYOROUTER_CONNECTION_RATE_LIMIT_RPS"] = "0"
     stack.service_env.setdefault("connect", {})["BYOROUTER_TUNNEL_PUBLIC_URL"] = ws_url
     stack.start()
     try:
