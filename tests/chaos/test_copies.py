@@ -68,6 +68,7 @@ def copies_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "gateway": {
                 "BYOROUTER_AUTH_CACHE_TTL_S": "2",
                 "BYOROUTER_RATE_LIMIT_RPS": "0",
+                "BYOROUTER_CONNECTION_RATE_LIMIT_RPS": "0",
                 "BYOROUTER_DRAIN_DELAY_S": str(DRAIN_DELAY_S),
             },
             "tunnel": {"BYOROUTER_HEARTBEAT_S": "0.5", "BYOROUTER_KEEPALIVE_INTERVAL_S": "1"},
