@@ -133,7 +133,7 @@ class SharedTokenBuckets:
         replicas: int = 1,
         lease_s: float = 0.2,
         lease_ttl_s: float = 10.0,
-        timeout_s: float = 0.25,
+        timeout_s: float = 0.5,
         retry_s: float = 2.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
