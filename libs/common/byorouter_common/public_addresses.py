@@ -5,16 +5,14 @@ so unless private addresses are allowed neither may reach loopback, private, lin
 otherwise non-public addresses. IP literals are checked by our own reading of them rather than
 the HTTP library's (non-canonical IPv4 spellings such as `127.1` are refused, an IPv6 address
 carrying an IPv4 one is judged as that IPv4), and host names every time they are resolved
-(`PublicOnlyResolver`, so a name that later resolves somewhere private is refused too).
+(`public_resolver.PublicOnlyResolver`, so a name that later resolves somewhere private is
+refused too). This module loads no HTTP library: keystore checks webhook URLs without aiohttp.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import socket
-
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 
 class NotPublicAddress(OSError):
@@ -74,24 +72,6 @@ def is_non_canonical_ipv4(host: str) -> bool:
     if not _NUMERIC_LABEL.fullmatch(labels[-1]):
         return False
     return host.endswith(".") or not is_ip_literal(host)
-
-
-class PublicOnlyResolver(AbstractResolver):
-    """Resolves like the default resolver, but refuses names that lead to non-public addresses."""
-
-    def __init__(self, inner: AbstractResolver) -> None:
-        self._inner = inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        if not all(is_public_address(result["host"]) for result in results):
-            raise NotPublicAddress("host resolves to a non-public address")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 def is_forbidden_host(host: str) -> bool:

@@ -17,13 +17,10 @@ import random
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
-from aiohttp.abc import AbstractResolver
-from aiohttp.resolver import DefaultResolver
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -33,7 +30,7 @@ from byorouter_common import errors
 from byorouter_common.bus import serve
 from byorouter_common.contracts import keystore as ks
 from byorouter_common.errors import ByoError
-from byorouter_common.public_addresses import PublicOnlyResolver, is_forbidden_host
+from byorouter_common.public_addresses import is_forbidden_host
 from byorouter_keystore.crypto import (
     KeyringStore,
     SealedSecret,
@@ -46,6 +43,9 @@ from byorouter_keystore.metrics import WEBHOOK_DELIVERIES
 from byorouter_keystore.settings import KeystoreSettings
 from byorouter_keystore.shared import BASE_URL_RULE, Handlers, audit, get_app, is_plain_http_url
 from byorouter_keystore.tables import Connection, Credential, Webhook, WebhookDelivery
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -302,19 +302,31 @@ class WebhookSender:
         self._stopping = asyncio.Event()
 
     def start(self) -> None:
-        resolver: AbstractResolver = DefaultResolver()
-        if not self._settings.allow_private_upstreams:
-            resolver = PublicOnlyResolver(resolver)
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self._settings.webhook_concurrency, resolver=resolver
-            ),
-            timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": _USER_AGENT},
-            trust_env=False,
-        )
         self._task = asyncio.create_task(self._run(), name="webhook-sender")
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        """The HTTP client, made at the first delivery: aiohttp (8 MiB resident) is loaded only
+        by a keystore that has webhooks to send."""
+        if self._http is None:
+            import aiohttp
+            from aiohttp.abc import AbstractResolver
+            from aiohttp.resolver import DefaultResolver
+
+            from byorouter_common.public_resolver import PublicOnlyResolver
+
+            resolver: AbstractResolver = DefaultResolver()
+            if not self._settings.allow_private_upstreams:
+                resolver = PublicOnlyResolver(resolver)
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._settings.webhook_concurrency, resolver=resolver
+                ),
+                timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": _USER_AGENT},
+                trust_env=False,
+            )
+        return self._http
 
     async def stop(self) -> None:
         """Claim nothing more and let deliveries in flight finish (within one timeout), so
@@ -427,7 +439,9 @@ class WebhookSender:
 
     async def _post(self, claimed: _Claimed) -> str | None:
         """None when the receiver took it (2xx); otherwise what went wrong, in a few words."""
-        assert self._http is not None
+        import aiohttp  # loaded by _http_session
+
+        http = self._http_session()
         now = datetime.now(UTC)
         headers = {
             "content-type": "application/json",
@@ -437,7 +451,7 @@ class WebhookSender:
         }
         try:
             # No redirects: a public URL must not bounce the request somewhere private.
-            async with self._http.post(
+            async with http.post(
                 claimed.url, data=claimed.body.encode(), headers=headers, allow_redirects=False
             ) as response:
                 if 200 <= response.status < 300:

@@ -1,10 +1,10 @@
 """`python -m byorouter_router`: chat requests and model lists on the bus until stopped."""
 
-import sys
+from byorouter_common.lean_imports import keep_out
 
 # faststream imports uvicorn (with click and watchfiles) whenever it is installed, for an ASGI
 # mode this service never runs: kept out, the process is about 3 MiB smaller resident.
-sys.modules.setdefault("uvicorn", None)  # type: ignore[arg-type]
+keep_out("uvicorn")
 
 from byorouter_common.service import run_service  # noqa: E402
 from byorouter_router.handlers import SERVICE  # noqa: E402

@@ -22,12 +22,12 @@ from byorouter_common import errors
 from byorouter_common.errors import ByoError
 from byorouter_common.public_addresses import (
     NotPublicAddress,
-    PublicOnlyResolver,
     is_forbidden_host,
 )
 from byorouter_common.public_addresses import (
     is_public_address as is_public_address,
 )
+from byorouter_common.public_resolver import PublicOnlyResolver
 from byorouter_router.settings import RouterSettings
 
 USER_AGENT = "byorouter/0.1"

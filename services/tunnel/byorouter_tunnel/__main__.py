@@ -1,12 +1,12 @@
 """`python -m byorouter_tunnel`: the tunnel clients' WebSocket endpoint on the bus until stopped."""
 
-import sys
+from byorouter_common.lean_imports import keep_out
 
-# Packages loaded only for what this service never does, kept out (measured resident savings):
-# aiohttp, which nats-py loads for a WebSocket transport never dialled (NATS_URL is nats://;
-# 9 MiB; router and keystore use it), and watchfiles, uvicorn's reloader (1 MiB).
-for unused in ("aiohttp", "watchfiles"):
-    sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
+# Packages loaded only for what this service never does (measured resident savings): aiohttp,
+# which nats-py loads for a WebSocket transport never dialled (NATS_URL is nats://; 9 MiB),
+# watchfiles, uvicorn's reloader (1 MiB), and pydantic.v1, which FastAPI would load to check
+# for version-1 models (we have none).
+keep_out("aiohttp", "watchfiles", "pydantic.v1")
 
 from byorouter_common.service import run_service  # noqa: E402
 from byorouter_tunnel.app import SERVICE  # noqa: E402
