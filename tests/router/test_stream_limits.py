@@ -133,3 +133,37 @@ async def test_a_read_past_the_limit_is_the_timeout_and_the_task_is_not_left_can
 
     assert await asyncio.wait_for(read_then_go_on(), 5)
     pace.close()
+
+
+class _OneEventThenSilent:
+    """A response body that sends one event at once, then nothing more."""
+
+    def __init__(self) -> None:
+        self._sent = False
+
+    async def readany(self) -> bytes:
+        if not self._sent:
+            self._sent = True
+            return b'data: {"choices":[]}\n\n'
+        await asyncio.Event().wait()
+        return b""
+
+
+async def test_a_gap_shorter_than_the_first_token_limit_ends_the_stream_at_the_gap() -> None:
+    # The first event swaps a 3 s first-token limit for a 0.2 s gap: the silence after it ends
+    # at the gap, not when the first-token limit would have run out.
+    pace = StreamPace("selfhosted", Timeouts(2, 20, 20, first_token_s=3.0, gap_s=0.2))
+    body = _OneEventThenSilent()
+    began = time.monotonic()
+    try:
+        assert await pace.read(body)
+        pace.events_arrived()
+        with pytest.raises(ByoError) as caught:
+            await asyncio.wait_for(pace.read(body), 10)
+    finally:
+        pace.close()
+    took = time.monotonic() - began
+    assert caught.value.message == (
+        "The selfhosted provider did not send anything more of its answer for 0.2s."
+    )
+    assert took < 2.0
