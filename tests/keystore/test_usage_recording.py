@@ -307,29 +307,31 @@ async def killed_between_fetch_and_commit(
     await until_settled(nc, db, expected_rows(recorded))
     first.stop()
 
-    # Holds what it fetches for 5 s: long enough to be killed with all of it in hand.
     ack_wait = {"BYOROUTER_USAGE_ACK_WAIT_S": "10"}
     doomed = KeystoreProcess(
-        first.env,
-        "keystore-doomed",
-        BYOROUTER_USAGE_FLUSH_INTERVAL_S="5",
-        BYOROUTER_USAGE_FLUSH_EVENTS="10000",
-        **ack_wait,
+        first.env, "keystore-doomed", BYOROUTER_USAGE_FLUSH_EVENTS="10000", **ack_wait
     )
     try:
         await wait_until_serving(nc, doomed)
-        fresh = [random_report(rng, app.app_id, connection, model="gpt-4o") for _ in range(700)]
-        again = rng.sample(recorded, 100)  # redelivered: counted already
-        await publish(nc, fresh)
-        await publish(nc, again, tag="-again")
-        deadline = time.monotonic() + 4
-        while await consumer_state(nc) != (800, 0):
-            assert time.monotonic() < deadline, await consumer_state(nc)
-            await asyncio.sleep(0.05)
-        # All of it fetched, none of it written: now the copy dies.
-        assert await stored_rows(db, [connection]) == expected_rows(recorded)
-        os.kill(doomed.process.pid, signal.SIGKILL)
-        doomed.process.wait(10)
+        # The connection's rows locked: the copy's transaction waits before it can commit.
+        async with db.connect() as lock:
+            await lock.execute(
+                text("SELECT 1 FROM usage_daily WHERE connection_id = :id FOR UPDATE"),
+                {"id": connection},
+            )
+            fresh = [random_report(rng, app.app_id, connection, model="gpt-4o") for _ in range(700)]
+            again = rng.sample(recorded, 100)  # redelivered: counted already
+            await publish(nc, fresh)
+            await publish(nc, again, tag="-again")
+            deadline = time.monotonic() + 15
+            while await consumer_state(nc) != (800, 0):
+                assert time.monotonic() < deadline, await consumer_state(nc)
+                await asyncio.sleep(0.05)
+            # All of it fetched, none of it committed: now the copy dies.
+            assert await stored_rows(db, [connection]) == expected_rows(recorded)
+            os.kill(doomed.process.pid, signal.SIGKILL)
+            doomed.process.wait(10)
+            await lock.rollback()
     finally:
         doomed.stop()
 
