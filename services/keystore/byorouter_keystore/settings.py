@@ -51,10 +51,10 @@ class KeystoreSettings(ServiceSettings):
     # request ids past redelivery, old daily counters, finished webhook deliveries) are deleted.
     housekeeping_interval_s: float = Field(default=3600.0, gt=0)
 
-    # BYOROUTER_USAGE_FLUSH_INTERVAL_S / BYOROUTER_USAGE_FLUSH_EVENTS: usage reports are gathered
-    # and written in one transaction this long after the first arrived, or as soon as this many
-    # wait (decision 0025): usage shows within about the interval, and a busy connection's daily
-    # row is written once per batch instead of once per request.
+    # BYOROUTER_USAGE_FLUSH_INTERVAL_S / BYOROUTER_USAGE_FLUSH_EVENTS: usage reports are written
+    # this long after the first of a batch arrived, at most this many per transaction (decision
+    # 0025): usage shows within about the interval, and a busy connection's daily row is written
+    # once per batch instead of once per request.
     usage_flush_interval_s: float = Field(default=1.0, gt=0, le=60)
     usage_flush_events: int = Field(default=500, ge=1, le=10_000)
     # BYOROUTER_USAGE_ACK_WAIT_S: a report fetched but not acknowledged this long (its copy died

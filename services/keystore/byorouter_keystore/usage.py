@@ -1,8 +1,8 @@
 """Usage: every request the router reports, summed per connection, provider, model and day.
 
 Reports come from the durable usage stream (`events.USAGE_STREAM`), shared by every keystore copy
-through one consumer. A copy gathers them for up to a second (or 500 of them) and records the
-batch in one transaction: request ids already recorded add nothing, the rest are summed per row
+through one consumer. A copy lets them gather for about a second and records up to 500 of
+them in one transaction: request ids already recorded add nothing, the rest are summed per row
 and each row is written once. The batch's reports are acked only after that commit, so a report
 delivered twice is counted once and one a copy fetched but never committed comes back
 (decision 0025).
