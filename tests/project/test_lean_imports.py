@@ -94,3 +94,16 @@ def test_a_package_imported_without_can_still_be_loaded_once_needed() -> None:
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ClientSession"]
+
+
+def test_a_contract_is_built_when_first_used_not_at_import() -> None:
+    """Every service imports every contract but validates a few (`defer_build`, 5 MiB in all)."""
+    check = (
+        "import runpy; runpy.run_module('byorouter_router', run_name='import_check')\n"
+        "from byorouter_common.contracts import keystore as ks\n"
+        "assert not ks.AppCreate.__pydantic_complete__, 'built at import'\n"
+        "print(ks.AppCreate.model_validate({'name': 'demo'}).name)"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["demo"]
