@@ -2,7 +2,8 @@
 
 Measured at idle (psutil RSS, the whole stack): keeping aiohttp out of the gateway, Connect and
 the tunnel service saves about 9 MiB each, out of a keystore until its first webhook 8 MiB,
-`pydantic.v1` out of the gateway 1.5 MiB, Alembic out of a serving keystore about 8 MiB,
+`pydantic.v1` out of the gateway 1.5 MiB, `cryptography` out of a router until its first
+tunnel request 7 MiB, Alembic out of a serving keystore about 8 MiB,
 uvicorn out of router and keystore about 3 MiB each, `cryptography` out of the tunnel service
 7 MiB, the OpenTelemetry SDK out of an untraced service 1.5 MiB. Each case runs
 `python -m byorouter_<service>`'s module top (not its `__main__` block) in a fresh interpreter
@@ -29,7 +30,8 @@ NEVER_LOADED = {
     "connect": ("aiohttp", "cryptography", "sqlalchemy", "alembic", *FASTAPI_APP),
     # It relays ciphertext and shows key fingerprints; only router and client encrypt.
     "tunnel": ("aiohttp", "cryptography", "sqlalchemy", "alembic", "jinja2", *FASTAPI_APP),
-    "router": ("sqlalchemy", "alembic", "jinja2", *NO_HTTP, *ANY_SERVICE),
+    # `cryptography` only at the first tunnel request (it seals to the tunnel client's key).
+    "router": ("cryptography", "sqlalchemy", "alembic", "jinja2", *NO_HTTP, *ANY_SERVICE),
     # aiohttp only once there is a webhook to send (the sender loads it then).
     "keystore": ("aiohttp", "alembic", "mako", "jinja2", *NO_HTTP, *ANY_SERVICE),
 }

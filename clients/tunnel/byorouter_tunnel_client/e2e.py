@@ -29,14 +29,11 @@ from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from byorouter_tunnel_client.fingerprints import fingerprint as fingerprint
+from byorouter_tunnel_client.protocol import DecryptError as DecryptError
 
 PROTOCOL = b"byorouter-tunnel/1"
 _SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)
 _SECRET_BYTES = 32
-
-
-class DecryptError(Exception):
-    """A frame that does not open: tampered, replayed, reordered, or for another key."""
 
 
 def _b64(data: bytes) -> str:

@@ -35,6 +35,14 @@ from typing import Any
 
 from byorouter_tunnel_client import _json
 
+
+class DecryptError(Exception):
+    """A frame that does not open: tampered, replayed, reordered, or for another key.
+
+    Defined here, not in `e2e` (which re-exports it), so the router can catch it without
+    loading `cryptography` before its first tunnel request."""
+
+
 VERSION = 1
 # A frame's payload stays far below both the WebSocket and the NATS message limits.
 MAX_FRAME_PAYLOAD = 256 * 1024

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from nats.errors import Error as NatsError
@@ -25,8 +25,12 @@ from nats.errors import Error as NatsError
 from byorouter_common.bus import CHUNK, DONE, Bus, ReplyStream
 from byorouter_common.contracts import tunnel as tn
 from byorouter_common.errors import ByoError
-from byorouter_tunnel_client import e2e, protocol
+from byorouter_tunnel_client import protocol
 from byorouter_tunnel_client._json import loads
+from byorouter_tunnel_client.protocol import DecryptError
+
+if TYPE_CHECKING:
+    from byorouter_tunnel_client.e2e import RouterStream
 
 OFFLINE_CODE: Final = "tunnel_offline"
 # Cancels in flight, referenced so the loop does not drop them before they are sent.
@@ -67,7 +71,7 @@ class TunnelResponse:
     def __init__(
         self,
         replies: ReplyStream,
-        keys: e2e.RouterStream,
+        keys: RouterStream,
         status: int,
         content_type: str,
         cancel: Callable[[], object],
@@ -89,7 +93,7 @@ class TunnelResponse:
             if kind == CHUNK:
                 try:
                     data = self._keys.open(protocol.DATA, sealed)
-                except e2e.DecryptError:
+                except DecryptError:
                     self.close()
                     raise ByoError(
                         502, "upstream_error", "The tunnel client's answer does not open."
@@ -112,16 +116,16 @@ class TunnelResponse:
         self._replies.close()
 
 
-def _finish(keys: e2e.RouterStream, sealed: bytes) -> None:
+def _finish(keys: RouterStream, sealed: bytes) -> None:
     """The last frame: a clean `end`, or the client's `fail` raised as the error it carries."""
     try:
         keys.open(protocol.END, sealed)
         return
-    except e2e.DecryptError:
+    except DecryptError:
         pass
     try:
         failure = keys.open(protocol.FAIL, sealed)
-    except e2e.DecryptError:
+    except DecryptError:
         raise ByoError(502, "upstream_error", "The tunnel client's answer does not open.") from None
     raise _failure(failure)
 
@@ -162,6 +166,10 @@ class TunnelTransport:
         stream_id = secrets.token_urlsafe(12)
         pieces = protocol.split(body) if body else []
         head = protocol.RequestHead(method, path, stream, len(pieces), upstream_key)
+        # Imported at the first tunnel request: a router whose users have no self-hosted server
+        # never loads `cryptography` (7 MiB resident); the first import takes about 15 ms.
+        from byorouter_tunnel_client import e2e
+
         opening, keys = e2e.open_stream(e2e.load_public_key(public_key), stream_id, head.to_bytes())
         frames = [opening, *(keys.seal(protocol.BODY, piece) for piece in pieces)]
         # One payload; the bus sends it in parts when it is larger than one message.
@@ -199,7 +207,7 @@ class TunnelTransport:
         try:
             head_json = loads(keys.open(protocol.HEAD, sealed))
             status, content_type = int(head_json["status"]), str(head_json["content_type"])
-        except (e2e.DecryptError, ValueError, KeyError, TypeError):
+        except (DecryptError, ValueError, KeyError, TypeError):
             replies.close()
             cancel()
             raise ByoError(
