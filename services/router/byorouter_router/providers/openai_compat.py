@@ -59,6 +59,7 @@ from byorouter_router.providers.http import (
     post_chat,
     read_answer,
     read_at_most,
+    release_stream,
     request_bytes,
 )
 from byorouter_router.providers.sse import OversizedEvent, SseDecoder
@@ -217,7 +218,7 @@ class OpenAICompatProvider:
                 # Not released to the pool: closing is what tells the upstream to stop.
                 response.close()
                 raise
-            response.release()
+            release_stream(response)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise transport_error(
                 exc, self.name, started=started, timeouts=self._timeouts

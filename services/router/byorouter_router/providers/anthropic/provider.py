@@ -41,6 +41,7 @@ from byorouter_router.providers.http import (
     answer_starts_by,
     get_model_list,
     post_chat,
+    release_stream,
     request_bytes,
 )
 from byorouter_router.providers.sse import OversizedEvent, SseDecoder
@@ -177,7 +178,7 @@ class AnthropicProvider:
                 # Not released to the pool: closing is what tells the upstream to stop.
                 response.close()
                 raise
-            response.release()
+            release_stream(response)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise transport_error(
                 exc, self.name, started=started, timeouts=self._timeouts
