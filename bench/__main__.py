@@ -8,8 +8,9 @@ writes bench/results/latest.json, a partial one bench/results/<scenarios>.json.
   requests/s and p50/p99 latency straight to the upstream and through BYORouter.
 - fallback: non-streamed requests to a connection whose first provider answers every request
   with 429 (no Retry-After) and whose second (a self-hosted server, with a preferred model)
-  answers: the router retries the first once after its backoff, then falls back. Its rows say
-  how much that adds to the normal path's p50 (when non-stream ran too).
+  answers: the router falls back at once and cools the first down, so later requests skip it
+  (decision 0026). Its rows say how much that adds to the normal path's p50 (when non-stream
+  ran too).
 - paced (`bench/paced.py`): 200 concurrent streams at 50 tokens/s, direct and through BYORouter:
   tokens/s as a share of direct, time to first token p50/p99 and what BYORouter adds to it.
 - tunnel (`bench/tunnel.py`): the same fake server by its direct URL and through a tunnel
@@ -18,7 +19,8 @@ writes bench/results/latest.json, a partial one bench/results/<scenarios>.json.
 
 Every BYORouter row has the CPU milliseconds each of the five services spent per request
 (process user + system CPU over the run / requests): on a shared machine steadier than req/s.
-Last, the resident memory of each service.
+Memory: each service's RSS, PSS and USS at idle (5 s after start, before any load; the sums
+are the issue's memory floor, PSS being what the five take together) and its RSS after the run.
 """
 
 from __future__ import annotations
@@ -251,6 +253,22 @@ def _memory(stack: Stack) -> dict[str, float]:
     }
 
 
+def _idle_memory(stack: Stack) -> dict[str, Any]:
+    """Each service's memory at idle, in MiB, three ways, with the five summed.
+
+    RSS counts every page a process has in memory, so pages the processes share (the
+    interpreter, extension modules' code) are counted once per process in the sum. PSS divides
+    each shared page among the processes sharing it, so the sum of PSS is what the five take
+    together; USS is what each holds alone.
+    """
+    per: dict[str, dict[str, float]] = {}
+    for name, pid in stack.service_pids().items():
+        info = psutil.Process(pid).memory_full_info()
+        per[name] = {kind: round(getattr(info, kind) / 2**20, 1) for kind in ("rss", "pss", "uss")}
+    total = {kind: round(sum(v[kind] for v in per.values()), 1) for kind in ("rss", "pss", "uss")}
+    return {"services": per, "total": total}
+
+
 async def _measure_fallback(
     stack: Stack, seconds: float, rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -357,7 +375,10 @@ def main() -> None:
     print(f"starting the stack in {state} ...", flush=True)
     stack.start()
     try:
+        time.sleep(5.0)  # let start-up settle: the idle figures are the issue's memory floor
+        idle = _idle_memory(stack)
         report = uvloop.run(_measure(stack, args.seconds, state, scenarios))
+        report["idle_memory_mib"] = idle
     finally:
         stack.stop()
     report["scenarios"] = scenarios
@@ -371,6 +392,11 @@ def main() -> None:
     print()
     print(_table(report["rows"]))
     print("resident memory (MiB): " + ", ".join(f"{k} {v}" for k, v in report["rss_mib"].items()))
+    total = idle["total"]
+    print(
+        f"at idle (MiB, the five services summed): RSS {total['rss']}, PSS {total['pss']} "
+        f"(shared pages counted once), USS {total['uss']}"
+    )
     RESULTS.mkdir(exist_ok=True)
     full = scenarios == list(SCENARIOS)
     out = RESULTS / ("latest.json" if full else "-".join(scenarios) + ".json")
