@@ -353,6 +353,11 @@ def main() -> None:
     )
     parser.add_argument("--tunnel-only", action="store_true", help="same as --scenario tunnel")
     parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="the services' log level (INFO writes an access line per request, as by default)",
+    )
+    parser.add_argument(
         "--copies",
         action="store_true",
         help="only throughput with 1 and 2 copies of every service (bench/copies.py)",
@@ -364,7 +369,7 @@ def main() -> None:
     scenarios = _scenarios(args.scenario, args.tunnel_only)
     state = Path(tempfile.mkdtemp(prefix="byorouter-bench-"))
     env = {
-        "BYOROUTER_LOG_LEVEL": "WARNING",
+        "BYOROUTER_LOG_LEVEL": args.log_level.upper(),
         "BYOROUTER_RATE_LIMIT_RPS": "0",
         # Every scenario drives one connection far past a user's default 20 a second.
         "BYOROUTER_CONNECTION_RATE_LIMIT_RPS": "0",

@@ -115,3 +115,40 @@ def test_json_line_stays_valid_json() -> None:
     entry = orjson.loads(line)
     assert entry["code"] == "bad_request"
     assert "[REDACTED]" in entry["msg"]
+
+
+def test_a_field_a_filter_adds_is_written_and_redacted() -> None:
+    # Fields set on the record after it is made (a filter, a record factory) count as extras.
+    setup_logging("test", "DEBUG", "json")
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    out = io.StringIO()
+    handler.setStream(out)
+
+    def tag(record: logging.LogRecord) -> bool:
+        record.tenant = "acme"
+        record.api_key = "plainsecret123"
+        return True
+
+    handler.addFilter(tag)
+    logging.getLogger("byorouter_test").info("hello", extra={"user": "alice"})
+    entry = orjson.loads(out.getvalue())
+    assert (entry["user"], entry["tenant"]) == ("alice", "acme")
+    assert "plainsecret123" not in out.getvalue()
+
+
+def test_each_line_has_its_own_time() -> None:
+    setup_logging("test", "DEBUG", "json")
+    handler = logging.getLogger().handlers[0]
+    formatter = handler.formatter
+    assert formatter is not None
+    lines = []
+    for created in (1_700_000_000.25, 1_700_000_000.5, 1_700_000_061.75):
+        record = logging.makeLogRecord({"msg": "tick", "created": created})
+        record.msecs = (created - int(created)) * 1000
+        lines.append(orjson.loads(formatter.format(record))["ts"])
+    assert lines == [
+        "2023-11-14T22:13:20.250Z",
+        "2023-11-14T22:13:20.500Z",
+        "2023-11-14T22:14:21.750Z",
+    ]

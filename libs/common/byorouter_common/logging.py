@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -23,23 +24,32 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
     "taskName",
     "color_message",  # uvicorn's ANSI-coloured copy of the message
 }
+# LogRecord.__init__ sets its own attributes first; `extra` fields and anything a filter adds come
+# after them, so a record's fields are read from there on (still checked against _RESERVED).
+_STANDARD_FIELDS = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 
 
 class RedactingJsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        # The timestamp's seconds, formatted once per second rather than once per line.
+        self._second = -1
+        self._second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second_text}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
-        for key, value in record.__dict__.items():
+        for key, value in islice(record.__dict__.items(), _STANDARD_FIELDS, None):
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = REDACTED if is_secret_field(key) and value else redact_value(value)
         if record.exc_info:
