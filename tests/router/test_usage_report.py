@@ -3,10 +3,15 @@ an answer that broke midway, an estimate of what was delivered."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pytest
+
+from byorouter_common.contracts.events import UsageEvent
 from byorouter_router.credentials import ConnectionCredentials
 from byorouter_router.fallback import Candidate
 from byorouter_router.providers.anthropic.response import to_openai_usage
-from byorouter_router.usage import delivered_deltas, streamed_usage, usage_event
+from byorouter_router.usage import delivered_deltas, encoded, streamed_usage, usage_event
 
 CONNECTION = ConnectionCredentials("conn_1", "app_1", fallback_to_default=False, providers={})
 SERVED = Candidate("openai", "gpt-4o-mini")
@@ -76,3 +81,15 @@ def test_a_broken_stream_that_had_its_usage_is_billed_that_usage() -> None:
 def test_content_that_quotes_usage_is_not_read_as_usage() -> None:
     line = b'{"choices":[{"index":0,"delta":{"content":"\\"usage\\":{\\"prompt_tokens\\":1}"}}]}'
     assert streamed_usage(line) is None
+
+
+@pytest.mark.parametrize(
+    "at",
+    [datetime(2026, 12, 2, 11, 25, 51, 180480, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)],
+)
+def test_the_report_is_encoded_as_the_contract_writes_it(at: datetime) -> None:
+    # Keystore reads it with the contract model: the fast encoding must be the same bytes.
+    event = usage_event("req_1", CONNECTION, SERVED, {"prompt_tokens": 4, "total_tokens": 4})
+    event = event.model_copy(update={"at": at})
+    assert encoded(event) == event.model_dump_json().encode()
+    assert UsageEvent.model_validate_json(encoded(event)) == event

@@ -69,7 +69,7 @@ from byorouter_router.model_ids import choose_provider
 from byorouter_router.providers.base import Operation, Provider, ProviderCredential
 from byorouter_router.reply import BusReply
 from byorouter_router.tracing import OFF, RequestTrace, provider_kind, traced_request
-from byorouter_router.usage import ask_for_usage, usage_event, wants_usage
+from byorouter_router.usage import ask_for_usage, encoded, usage_event, wants_usage
 from byorouter_router.user_limits import Admit, admit, allows
 
 log = logging.getLogger(__name__)
@@ -493,7 +493,7 @@ class ChatRouter:
             delivered=reply.delivered,
         )
         # The ack is awaited (and retried) in the background: the answer never waits for it.
-        self._usage.publish(events.USAGE.subject, event.model_dump_json().encode(), request_id)
+        self._usage.publish(events.USAGE.subject, encoded(event), request_id)
         count_tokens(served.provider, event)
         return event
 
