@@ -43,7 +43,9 @@ class ReplyStream:
     """The caller's end of one streamed reply: `await next()` gives (kind, data) in order."""
 
     __slots__ = (
+        "_due",
         "_expected",
+        "_expired",
         "_idle",
         "_inbox",
         "_mux",
@@ -51,6 +53,8 @@ class ReplyStream:
         "_pieces_kind",
         "_queue",
         "_rest",
+        "_timer",
+        "_waiter",
         "_what",
         "finished",
         "pass_keepalives",
@@ -78,6 +82,11 @@ class ReplyStream:
         self.finished = False
         # A caller relaying to a client that needs its own keep-alives (SSE) turns this on.
         self.pass_keepalives = False
+        # The idle limit: one timer per stream, moved on lazily (as the router's StreamPace).
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Task[Any] | None = None
+        self._expired = False
 
     async def next(self) -> tuple[str, bytes]:
         """The next start/chunk/done/result (or keepalive, if passed) message.
@@ -88,16 +97,7 @@ class ReplyStream:
             try:
                 msg = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                try:
-                    # Not `wait_for`: it wraps the get in a task of its own, for every message
-                    # of a stream whose next one is not there yet.
-                    async with asyncio.timeout(self._idle):
-                        msg = await self._queue.get()
-                except TimeoutError:
-                    self.finished = True
-                    raise errors.timeout(
-                        f"The {self._what} sent nothing for {self._idle:g}s."
-                    ) from None
+                msg = await self._wait()
             headers = msg.headers or {}
             if headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
                 self.finished = True
@@ -134,10 +134,56 @@ class ReplyStream:
                 self._pieces = []
             if kind == ERROR:
                 self.finished = True
+                self._stop_timer()
                 raise ByoError.from_json(data)
             if kind in TERMINAL:
                 self.finished = True
+                self._stop_timer()
             return kind, data
+
+    async def _wait(self) -> Msg:
+        """The next message, waiting at most the idle limit for it.
+
+        Not `wait_for` (a task per wait) nor an `asyncio.timeout` per wait (a timer set and
+        cancelled for every message not there yet): one timer per stream, which, when it fires
+        before the limit (moved on by every wait since), sets itself for the new one. Only a
+        wait still going past the limit is cancelled, and becomes the timeout; a cancel from
+        outside stays a cancel.
+        """
+        loop = asyncio.get_running_loop()
+        self._due = due = loop.time() + self._idle
+        if self._timer is None:
+            # The limit is the same for every wait, so a timer already set is due no later.
+            self._timer = loop.call_at(due, self._check)
+        waiter = self._waiter = asyncio.current_task()
+        try:
+            return await self._queue.get()
+        except asyncio.CancelledError:
+            if self._expired and waiter is not None:
+                self._expired = False
+                if waiter.uncancel() == 0:
+                    self.finished = True
+                    raise errors.timeout(
+                        f"The {self._what} sent nothing for {self._idle:g}s."
+                    ) from None
+            raise
+        finally:
+            self._waiter = None
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._due:
+            self._timer = loop.call_at(self._due, self._check)
+            return
+        self._timer = None
+        if self._waiter is not None:
+            self._expired = True
+            self._waiter.cancel()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def _send_rest(self, subject: str) -> None:
         rest, self._rest = self._rest, []
@@ -149,6 +195,7 @@ class ReplyStream:
             raise bus_error(exc, self._what, self._idle) from None
 
     def close(self) -> None:
+        self._stop_timer()
         self._mux.forget(self._inbox)
 
 
