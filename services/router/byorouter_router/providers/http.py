@@ -141,7 +141,7 @@ async def _release_at_end(response: aiohttp.ClientResponse) -> None:
                     ended = True
                     break
                 size += len(data)
-    except (aiohttp.ClientError, OSError, TimeoutError):
+    except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError):  # closed under us
         pass
     finally:
         if ended:
