@@ -5,6 +5,9 @@ change it reports (`enqueue_event`), so it exists exactly when the change does. 
 copy runs a `WebhookSender`: it claims due rows with `FOR UPDATE SKIP LOCKED` (two copies never
 send the same row at once), posts them signed per the Standard Webhooks spec, and marks them
 delivered or due again later. Nothing here is on the chat path. Decision 0015.
+
+Just over 500 lines since the sender loads its HTTP client at the first delivery (keystore
+starts without aiohttp); the sender is the next to move out, into its own module.
 """
 
 from __future__ import annotations
